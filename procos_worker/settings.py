@@ -1,0 +1,170 @@
+"""Every setting of procos-worker, in one pydantic-settings type.
+
+This is the only module that reads the environment. Each section is a small model; an environment
+variable is named ``<SECTION>_<FIELD>`` in upper case, so ``CAMUNDA_BASE_URL`` sets
+``settings.camunda.base_url`` and ``WORKER_LOCK_DURATION_MS`` sets ``settings.worker.lock_duration_ms``
+(the names of seed 002, ``CAMUNDA_BASE_URL`` and ``OLLAMA_BASE_URL``, keep their meaning). Values
+can also come from a ``.env`` file in the working directory. Secrets are ``SecretStr`` so that they
+never print.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = [
+    "BackoffSettings",
+    "CamundaSettings",
+    "DatabaseSettings",
+    "LogSettings",
+    "OllamaSettings",
+    "Settings",
+    "TaskSettings",
+    "WorkerSettings",
+    "default_worker_id",
+    "env_var_names",
+]
+
+# Camunda rejects a long poll above 30 minutes with HTTP 400.
+_MAX_ASYNC_RESPONSE_TIMEOUT_MS = 1_800_000
+
+
+def default_worker_id() -> str:
+    """A worker id unique per process: ``complete`` does not check lock expiry, so two processes
+    sharing an id could complete each other's tasks."""
+    return f"procos-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class CamundaSettings(BaseModel):
+    """Where the Camunda 7 REST API is and how to log in."""
+
+    base_url: str = "http://127.0.0.1:8080/engine-rest"
+    username: str | None = None
+    password: SecretStr | None = None
+    http_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+class WorkerSettings(BaseModel):
+    """How the poll loop fetches, locks and holds tasks."""
+
+    id: str = Field(default_factory=default_worker_id, min_length=1)
+    topics: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["ai-query"], min_length=1)
+    lock_duration_ms: int = Field(default=60_000, ge=1_000)
+    max_tasks_in_flight: int = Field(default=4, ge=1, le=256)
+    async_response_timeout_ms: int = Field(default=20_000, ge=0, le=_MAX_ASYNC_RESPONSE_TIMEOUT_MS)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    retries: int = Field(default=3, ge=0, description="Camunda retries given to a task on its first failure")
+    retry_timeout_ms: int = Field(default=10_000, ge=0, description="first retryTimeout; doubles per failure")
+    retry_timeout_max_ms: int = Field(default=600_000, ge=0)
+    health_file: Path = Path("/tmp/procos-worker-health.json")
+    health_max_age_s: float = Field(default=60.0, gt=0)
+
+    _split_topics = field_validator("topics", mode="before")(_split_csv)
+
+
+class TaskSettings(BaseModel):
+    """Which process variables a task reads, and how bad input is reported."""
+
+    query_variable: str = "query"
+    context_variable: str = "context"
+    system_prompt_variable: str = "system_prompt"
+    input_error_code: str = "AI_INPUT_INVALID"
+    max_input_chars: int = Field(default=2_000_000, ge=1)
+
+
+class OllamaSettings(BaseModel):
+    """The model server and the request sent to it."""
+
+    base_url: str = "http://127.0.0.1:11434"
+    model: str = "smollm2:135m"
+    timeout_s: float = Field(default=600.0, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict, description="JSON, e.g. {\"temperature\": 0.2}")
+    keep_alive: str | None = None
+    attempts: int = Field(default=3, ge=1, description="in-process tries on a transient Ollama error")
+    provider: str = "ollama"
+
+
+class DatabaseSettings(BaseModel):
+    """The PostgreSQL database that holds procos_ai_context."""
+
+    url: SecretStr = SecretStr("postgresql://procos:procos123@127.0.0.1:5432/procos")
+    pool_max_size: int = Field(default=8, ge=1)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class BackoffSettings(BaseModel):
+    """Jittered exponential backoff while a service is unreachable (one state per service)."""
+
+    initial_s: float = Field(default=0.5, gt=0)
+    max_s: float = Field(default=15.0, gt=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    jitter: float = Field(default=0.25, ge=0, le=1)
+
+
+class LogSettings(BaseModel):
+    """Log level and format (``auto``: console on a terminal, JSON otherwise)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    """All of procos-worker's configuration. Build it once (``Settings()``) and pass it down."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+        frozen=True,
+    )
+
+    camunda: CamundaSettings = Field(default_factory=CamundaSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    task: TaskSettings = Field(default_factory=TaskSettings)
+    ollama: OllamaSettings = Field(default_factory=OllamaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    backoff: BackoffSettings = Field(default_factory=BackoffSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if (self.camunda.username is None) != (self.camunda.password is None):
+            raise ValueError("CAMUNDA_USERNAME and CAMUNDA_PASSWORD must be set together")
+        if self.worker.retry_timeout_max_ms < self.worker.retry_timeout_ms:
+            raise ValueError("WORKER_RETRY_TIMEOUT_MAX_MS must be >= WORKER_RETRY_TIMEOUT_MS")
+        return self
+
+
+def env_var_names() -> set[str]:
+    """The environment variable names Settings reads (what .env.example and compose must list)."""
+    names: set[str] = set()
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        names.update(f"{section}_{name}".upper() for name in model.model_fields)
+    return names
