@@ -1,0 +1,912 @@
+"""A fake Ollama server that speaks the wire protocol of Ollama v0.24.0.
+
+Integration tests use the real Ollama. This fake exists for what a real one cannot do on demand:
+answer instantly, slowly, with 503/500/404, with 64 MiB, with NUL bytes or lone surrogates, never,
+or by dropping the connection half-way. Benchmarks use it so they measure the worker, not the model.
+
+What is byte-compatible with v0.24.0 (read from ``api/types.go`` and ``server/routes.go``):
+
+* ``GET|HEAD /`` -> ``Ollama is running`` (text/plain), ``GET|HEAD /api/version``, ``GET /api/tags``,
+  ``POST /api/show``, ``POST /api/chat`` streamed (``application/x-ndjson``, one JSON object a line)
+  or not (``"stream": false``, one JSON object).
+* Field order of ``api.ChatResponse``: ``model, created_at, message{role, content}, done,
+  done_reason, total_duration, load_duration, prompt_eval_count, prompt_eval_duration, eval_count,
+  eval_duration``; zero metrics are omitted (Go ``omitempty``).
+* JSON is escaped the way Go's ``encoding/json`` does: ``<``, ``>``, ``&``, U+2028 and U+2029 as
+  ``\\u`` escapes, other non-ASCII as raw UTF-8, ``\\b \\f \\n \\r \\t`` short, other controls
+  ``\\u00xx``. Timestamps are RFC 3339 with nanoseconds (trailing zeros cut), in UTC.
+* Errors are ``{"error": "..."}``: unknown model 404 ``model 'x' not found``, busy 503
+  ``server busy, please try again.  maximum pending requests exceeded``, bad JSON 400.
+
+Not what real Ollama does: ``surrogate`` answers carry a ``\\ud800`` escape (Go would write
+``\\ufffd``); it is there to test the worker against any JSON a server may legally send.
+
+Behaviour is set per server (:class:`Behaviour`) and can be overridden per request by a marker in
+the last user message, e.g. ``[[fake:delay_ms=200,nul]]`` (comma-separated ``key=value`` or bare
+boolean keys; ``answer`` values cannot contain ``,`` or ``]``). Control endpoints for a fake running
+as its own process: ``GET /_fake/counts``, ``POST /_fake/behaviour`` (fields to change),
+``POST /_fake/reset``.
+
+Run as a process: ``python -m procos_worker.testing.fake_ollama --port 11435 --delay-ms 50``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import re
+import select
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, ClassVar, Self, cast
+
+__all__ = [
+    "BUSY_MESSAGE",
+    "DEFAULT_MODELS",
+    "OLLAMA_VERSION",
+    "BackgroundServer",
+    "Behaviour",
+    "FakeOllama",
+    "TrackedHandler",
+    "generated_answer_chunks",
+    "go_json",
+    "main",
+]
+
+OLLAMA_VERSION = "0.24.0"
+BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+DEFAULT_MODELS: tuple[str, ...] = ("smollm2:135m", "fake:latest")
+# A realistic 500 from Ollama: the runner died under the request.
+_SERVER_ERROR_MESSAGE = "llama runner process has terminated: exit status 2"
+_LOOPBACK = "127.0.0.1"
+# Go's net/http adds Content-Length only when a handler's whole output fits this buffer.
+_GO_CHUNKING_THRESHOLD = 2048
+_GENERATED_PIECE_BYTES = 64 * 1024
+_TEXT_STREAM_PIECE_CHARS = 64
+_MARKER_RE = re.compile(r"\[\[fake:([^\]]*)\]\]")
+_JSON_CT = "application/json; charset=utf-8"
+_NDJSON_CT = "application/x-ndjson"
+_TEXT_CT = "text/plain; charset=utf-8"
+# What Go's encoding/json escapes that Python's json.dumps(ensure_ascii=False) leaves raw.
+_GO_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+_FILLER = (b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor " * 1000)[
+    :_GENERATED_PIECE_BYTES
+]
+
+
+def go_json(obj: Any) -> bytes:
+    """Encode ``obj`` compactly, escaping strings as Go's ``encoding/json`` does.
+
+    Lone surrogates come out as ``\\udXXX`` escapes (``backslashreplace``), which is valid JSON.
+    """
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return text.translate(_GO_ESCAPES).encode("utf-8", "backslashreplace")
+
+
+def _go_time(ns: int) -> str:
+    """Go's ``time.Time`` JSON form (RFC 3339 with nanoseconds, zeros trimmed) for a UTC time."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    if frac:
+        stamp += "." + f"{frac:09d}".rstrip("0")
+    return stamp + "Z"
+
+
+def generated_answer_chunks(total_bytes: int, piece_bytes: int = _GENERATED_PIECE_BYTES) -> Iterator[bytes]:
+    """The ``answer_bytes`` answer: ``total_bytes`` of JSON-safe ASCII, yielded piece by piece.
+
+    Each piece starts with its index so a reordered or repeated piece changes the checksum.
+    """
+    index = 0
+    remaining = total_bytes
+    while remaining > 0:
+        size = min(piece_bytes, remaining)
+        head = b"%010d " % index
+        piece = (head + _FILLER)[:size] if size > len(head) else head[:size]
+        if len(piece) < size:  # piece_bytes larger than the filler: pad with spaces
+            piece += b" " * (size - len(piece))
+        yield piece
+        remaining -= size
+        index += 1
+
+
+_INT_FIELDS = frozenset(
+    {"delay_ms", "chunk_delay_ms", "answer_bytes", "chunk_chars", "status", "fail_first_n"}
+)
+_BOOL_FIELDS = frozenset({"nul", "surrogate", "hang", "drop"})
+_STR_FIELDS = frozenset({"answer", "done_reason"})
+_TRUE = frozenset({"", "1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """How the fake answers ``/api/chat``.
+
+    Order of effects: ``delay_ms``, then ``fail_first_n`` / ``status`` errors, then ``hang``, then
+    the answer (``drop`` cuts it half-way). ``answer`` wins over the default echo answer;
+    ``answer_bytes`` wins over both. ``nul``/``surrogate`` apply to text answers only.
+    """
+
+    delay_ms: int = 0
+    """Latency before anything is sent (errors included)."""
+    chunk_delay_ms: int = 0
+    """Pause between streamed chunks (a slow generation)."""
+    answer: str | None = None
+    """Fixed answer text; None answers with an echo of the prompt."""
+    answer_bytes: int | None = None
+    """Generated ASCII answer of exactly this many bytes, written in pieces."""
+    chunk_chars: int = 0
+    """Content characters per streamed chunk; 0 picks 64 for text, 64 KiB for generated answers."""
+    status: int | None = None
+    """Answer every chat with this error status (404, 500 or 503)."""
+    fail_first_n: int = 0
+    """The first N chats (per prompt when set by marker) get 503, later ones succeed."""
+    nul: bool = False
+    """Put a NUL character in the middle of the answer."""
+    surrogate: bool = False
+    """Put a lone surrogate (``\\ud800`` escape) in the middle of the answer."""
+    hang: bool = False
+    """Send nothing until the client goes away or the server stops."""
+    drop: bool = False
+    """Close the connection half-way through the response body."""
+    done_reason: str = "stop"
+    """``stop`` or ``length``."""
+
+    def __post_init__(self) -> None:
+        if self.status not in (None, 404, 500, 503):
+            raise ValueError(f"status must be 404, 500 or 503, not {self.status}")
+        for name in ("delay_ms", "chunk_delay_ms", "chunk_chars", "fail_first_n"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.answer_bytes is not None and self.answer_bytes < 0:
+            raise ValueError("answer_bytes must be >= 0")
+
+    def with_marker(self, text: str) -> Behaviour:
+        """This behaviour overridden by every ``[[fake:...]]`` marker found in ``text``."""
+        changes: dict[str, Any] = {}
+        for match in _MARKER_RE.finditer(text):
+            for item in match.group(1).split(","):
+                key, _, value = item.strip().partition("=")
+                if key:
+                    changes[key] = _parse_value(key, value.strip())
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def changed(self, fields: dict[str, Any]) -> Behaviour:
+        """This behaviour with ``fields`` (JSON-typed values, as from a control request) changed."""
+        unknown = set(fields) - _INT_FIELDS - _BOOL_FIELDS - _STR_FIELDS
+        if unknown:
+            raise ValueError(f"unknown behaviour field(s): {sorted(unknown)}")
+        return dataclasses.replace(self, **fields)
+
+
+def _parse_value(key: str, value: str) -> Any:
+    if key in _BOOL_FIELDS:
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+    elif key in _INT_FIELDS:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    elif key in _STR_FIELDS:
+        return value
+    else:
+        raise ValueError(f"fake: unknown behaviour key {key!r}")
+    raise ValueError(f"fake: bad value {value!r} for {key!r}")
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that knows its owner and its open connections."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128  # benchmarks open many connections at once
+
+    def __init__(self, owner: BackgroundServer, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.owner = owner
+        super().__init__((_LOOPBACK, port), handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up mid-response is routine here (timeouts, drop tests): stay quiet.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls getfqdn(), a DNS lookup that can stall on an offline machine.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+
+class BackgroundServer:
+    """A ``ThreadingHTTPServer`` on 127.0.0.1 run by a daemon thread; a context manager.
+
+    Subclasses give the handler class. Port 0 picks a free port; the port is kept across
+    :meth:`_unlisten`/:meth:`_listen` so a paused server comes back on the same address.
+    """
+
+    handler_class: ClassVar[type[BaseHTTPRequestHandler]]
+
+    def __init__(self, port: int = 0) -> None:
+        self._port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        self.stopping = threading.Event()
+        """Set by :meth:`stop`; wakes handlers that wait (delays, hangs)."""
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{_LOOPBACK}:{self._port}"
+
+    def start(self) -> Self:
+        self.stopping.clear()
+        self._listen()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._unlisten()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def serve_until_signal(self) -> None:
+        """Block until SIGINT or SIGTERM, then stop (for ``python -m``)."""
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        print(f"listening on {self.base_url}", flush=True)  # a parent using --port 0 reads this
+        while not done.wait(1.0):
+            pass
+        self.stop()
+
+    def _listen(self) -> None:
+        if self._server is not None:
+            return
+        server = _Server(self, self._port, self.handler_class)
+        self._port = int(server.server_address[1])
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            daemon=True,
+            name=f"{type(self).__name__}:{self._port}",
+        )
+        self._thread.start()
+
+    def _unlisten(self) -> None:
+        """Stop accepting, close the listening socket and cut every open connection."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        self._cut_connections()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def _cut_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):  # already closed by the other side
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def _track(self, conn: socket.socket, add: bool) -> None:
+        with self._connections_lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+
+class TrackedHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive handler that registers its connection with its server and stays quiet."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # streamed chunks must not wait for the client's delayed ACK
+
+    @property
+    def owner(self) -> BackgroundServer:
+        return cast(_Server, self.server).owner
+
+    def setup(self) -> None:
+        super().setup()
+        self.owner._track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.owner._track(self.connection, False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per request on stderr would cost more than the request itself
+
+    def read_body(self) -> bytes:
+        """The request body, by Content-Length or chunked transfer encoding."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def head_bytes(self, status: int, headers: Sequence[tuple[str, str]], add_date: bool = True) -> bytes:
+        """Status line and headers as Go's net/http would send them (no Server header)."""
+        reason = self.responses.get(status, ("",))[0]
+        lines = [f"HTTP/1.1 {status} {reason}"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        if add_date:
+            lines.append(f"Date: {self.date_time_string()}")
+        if self.close_connection:
+            lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def send_body(self, status: int, body: bytes, content_type: str, head_only: bool = False) -> None:
+        """A whole response in one write; chunked above 2 KiB like Go's net/http."""
+        if len(body) <= _GO_CHUNKING_THRESHOLD or head_only:
+            head = self.head_bytes(
+                status, [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+            )
+            self.wfile.write(head if head_only else head + body)
+        else:
+            head = self.head_bytes(status, [("Content-Type", content_type), ("Transfer-Encoding", "chunked")])
+            self.wfile.write(head + _chunk(body) + b"0\r\n\r\n")
+
+    def send_error_json(self, status: int, message: str) -> None:
+        self.send_body(status, go_json({"error": message}), _JSON_CT)
+
+    def abort(self) -> None:
+        """Cut the connection now (a crash half-way through a response)."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class _Aborted(Exception):
+    """The response was cut on purpose or the client went away."""
+
+
+class FakeOllama(BackgroundServer):
+    """A fake Ollama v0.24.0 on 127.0.0.1 (see the module docstring).
+
+    Usage::
+
+        with FakeOllama(behaviour=Behaviour(delay_ms=50)) as fake:
+            ollama.Client(host=fake.base_url).chat(model="smollm2:135m", messages=[...])
+            assert fake.chat_calls == 1
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        behaviour: Behaviour | None = None,
+        models: Sequence[str] = DEFAULT_MODELS,
+        max_in_flight: int = 0,
+    ) -> None:
+        """``max_in_flight`` > 0 answers 503 busy to chats beyond that many at once (Ollama's queue)."""
+        super().__init__(port)
+        self._behaviour = behaviour or Behaviour()
+        self.models: tuple[str, ...] = tuple(_full_name(m) for m in models)
+        self.max_in_flight = max_in_flight
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._failures: Counter[str] = Counter()
+        self._in_flight = 0
+        self._started_ns = time.time_ns()
+
+    @property
+    def behaviour(self) -> Behaviour:
+        return self._behaviour
+
+    def set_behaviour(self, behaviour: Behaviour | None = None, **changes: Any) -> Behaviour:
+        """Replace the behaviour (``behaviour``) and/or change some of its fields; returns the new one.
+
+        Also restarts the ``fail_first_n`` count.
+        """
+        new = (behaviour or self._behaviour).changed(changes)
+        with self._lock:
+            self._behaviour = new
+            self._failures.clear()
+        return new
+
+    @property
+    def chat_calls(self) -> int:
+        """How many ``POST /api/chat`` requests arrived (whatever their outcome)."""
+        return self.count("/api/chat")
+
+    def count(self, path: str) -> int:
+        with self._lock:
+            return self._counts[path]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self._counts.clear()
+            self._failures.clear()
+
+    def _record(self, path: str) -> None:
+        with self._lock:
+            self._counts[path] += 1
+
+    def _should_fail(self, key: str, first_n: int) -> bool:
+        with self._lock:
+            if self._failures[key] < first_n:
+                self._failures[key] += 1
+                return True
+            return False
+
+    def _enter(self) -> bool:
+        with self._lock:
+            if self.max_in_flight and self._in_flight >= self.max_in_flight:
+                return False
+            self._in_flight += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _tags_body(self) -> bytes:
+        modified = _go_time(self._started_ns)
+        return go_json(
+            {
+                "models": [
+                    {
+                        "name": m,
+                        "model": m,
+                        "modified_at": modified,
+                        "size": 100_000_000,
+                        "digest": hashlib.sha256(m.encode()).hexdigest(),
+                        "details": _DETAILS,
+                    }
+                    for m in self.models
+                ]
+            }
+        )
+
+    def _show_body(self) -> bytes:
+        return go_json(
+            {
+                "modelfile": "# Modelfile generated by procos_worker.testing.fake_ollama\nFROM fake\n",
+                "parameters": 'stop                           "<|im_end|>"',
+                "template": "{{ .Prompt }}",
+                "details": _DETAILS,
+                "model_info": {
+                    "general.architecture": "llama",
+                    "general.parameter_count": 134515008,
+                    "llama.context_length": 8192,
+                },
+                "capabilities": ["completion"],
+                "modified_at": _go_time(self._started_ns),
+            }
+        )
+
+
+_DETAILS: dict[str, Any] = {
+    "parent_model": "",
+    "format": "gguf",
+    "family": "llama",
+    "families": ["llama"],
+    "parameter_size": "134.52M",
+    "quantization_level": "Q4_1",
+}
+
+
+def _full_name(model: str) -> str:
+    # Ollama resolves a name without a tag to ":latest".
+    return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+
+
+def _go_decode_error(body: bytes) -> str:
+    """Roughly the message Go's decoder gives for a body that is not a JSON object."""
+    stripped = body.lstrip()
+    if not stripped:
+        return "missing request body"
+    first = chr(stripped[0])
+    if first not in '{["-0123456789tfn':
+        return f"invalid character {first!r} looking for beginning of value"
+    return "unexpected EOF"
+
+
+@dataclass(slots=True)
+class _Chat:
+    """One parsed chat request and what the fake will answer."""
+
+    model: str
+    stream: bool
+    behaviour: Behaviour
+    prompt_chars: int
+    key: str
+    text: str  # the answer unless behaviour.answer_bytes is set
+    load_only: bool  # no messages: Ollama just loads the model
+    started_ns: int
+
+
+class _FakeHandler(TrackedHandler):
+    """Routes requests to the fake's endpoints."""
+
+    @property
+    def fake(self) -> FakeOllama:
+        return cast(FakeOllama, self.owner)
+
+    def do_HEAD(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/api/version", "/api/tags"):
+            self.fake._record(path)
+            self.send_body(200, b"", _TEXT_CT if path == "/" else _JSON_CT, head_only=True)
+        else:
+            self.send_body(404, b"404 page not found", _TEXT_CT)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        fake = self.fake
+        if path == "/_fake/counts":
+            self.send_body(200, go_json(fake.counts()), _JSON_CT)
+            return
+        fake._record(path)
+        if path == "/":
+            self.send_body(200, b"Ollama is running", _TEXT_CT)
+        elif path == "/api/version":
+            self.send_body(200, go_json({"version": OLLAMA_VERSION}), _JSON_CT)
+        elif path == "/api/tags":
+            self.send_body(200, fake._tags_body(), _JSON_CT)
+        else:
+            self.send_body(404, b"404 page not found", _TEXT_CT)
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        body = self.read_body()
+        if path.startswith("/_fake/"):
+            self._control(path, body)
+            return
+        self.fake._record(path)
+        if path == "/api/chat":
+            self._chat(body)
+        elif path == "/api/show":
+            self._show(body)
+        else:
+            self.send_body(404, b"404 page not found", _TEXT_CT)
+
+    def _json_object(self, body: bytes, go_type: str) -> dict[str, Any] | None:
+        """The body as a JSON object, or None after answering 400 as Ollama would."""
+        try:
+            req = json.loads(body)
+        except ValueError:
+            self.send_error_json(400, _go_decode_error(body))
+            return None
+        if not isinstance(req, dict):
+            kind = {list: "array", str: "string", bool: "bool"}.get(type(req), "number")
+            self.send_error_json(400, f"json: cannot unmarshal {kind} into Go value of type {go_type}")
+            return None
+        return req
+
+    def _show(self, body: bytes) -> None:
+        req = self._json_object(body, "api.ShowRequest")
+        if req is None:
+            return
+        name = str(req.get("model") or req.get("name") or "").strip()
+        if not name:
+            self.send_error_json(400, "model is required")
+        elif _full_name(name) not in self.fake.models:
+            self.send_error_json(404, f"model '{name}' not found")
+        else:
+            self.send_body(200, self.fake._show_body(), _JSON_CT)
+
+    def _control(self, path: str, body: bytes) -> None:
+        fake = self.fake
+        try:
+            if path == "/_fake/behaviour":
+                fields = json.loads(body or b"{}")
+                new = fake.set_behaviour(**fields)
+                self.send_body(200, go_json(dataclasses.asdict(new)), _JSON_CT)
+            elif path == "/_fake/reset":
+                fake.reset_counts()
+                self.send_body(200, b"{}", _JSON_CT)
+            else:
+                self.send_body(404, b"404 page not found", _TEXT_CT)
+        except (ValueError, TypeError) as exc:
+            self.send_error_json(400, str(exc))
+
+    def _parse_chat(self, body: bytes) -> _Chat | None:
+        """The chat request, or None after answering the error Ollama would give."""
+        started_ns = time.monotonic_ns()
+        req = self._json_object(body, "api.ChatRequest")
+        if req is None:
+            return None
+        model = str(req.get("model") or "").strip()
+        messages = req.get("messages") or []
+        if not model:
+            self.send_error_json(400, "model is required")
+            return None
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            self.send_error_json(400, "json: cannot unmarshal into Go struct field ChatRequest.messages")
+            return None
+        last_user = next(
+            (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        try:
+            behaviour = self.fake.behaviour.with_marker(last_user)
+        except (ValueError, TypeError) as exc:
+            self.send_error_json(400, str(exc))
+            return None
+        if _full_name(model) not in self.fake.models and behaviour.status is None:
+            self.send_error_json(404, f"model '{model}' not found")
+            return None
+        marked = _MARKER_RE.search(last_user) is not None
+        return _Chat(
+            model=model,
+            stream=req.get("stream") is not False,  # Ollama streams unless told "stream": false
+            behaviour=behaviour,
+            prompt_chars=sum(len(str(m.get("content") or "")) for m in messages),
+            key=last_user if marked else "",
+            text=_answer_text(behaviour, last_user, req.get("format") is not None),
+            load_only=not messages,
+            started_ns=started_ns,
+        )
+
+    def _chat(self, body: bytes) -> None:
+        chat = self._parse_chat(body)
+        if chat is None:
+            return
+        fake, b = self.fake, chat.behaviour
+        if chat.load_only:
+            # No messages: Ollama only loads the model and says so, in one object even when streaming.
+            loaded = {
+                "model": chat.model,
+                "created_at": _go_time(time.time_ns()),
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": "load",
+            }
+            self.send_body(200, go_json(loaded), _JSON_CT)
+            return
+        if b.delay_ms and fake.stopping.wait(b.delay_ms / 1000):
+            self.abort()
+            return
+        refusal = _refusal(chat, fake)
+        if refusal is not None:
+            self.send_error_json(*refusal)
+            return
+        if b.hang:
+            self._hang()
+            return
+        if not fake._enter():
+            self.send_error_json(503, BUSY_MESSAGE)
+            return
+        try:
+            self._answer(chat)
+        except (_Aborted, OSError):
+            self.abort()
+        finally:
+            fake._leave()
+
+    def _hang(self) -> None:
+        """Say nothing until the client gives up or the server stops."""
+        while not self.fake.stopping.is_set():
+            readable, _, _ = select.select([self.connection], [], [], 0.2)
+            if readable:
+                try:
+                    if not self.connection.recv(1, socket.MSG_PEEK):
+                        break  # the client closed its end
+                except OSError:
+                    break
+        self.abort()
+
+    def _answer(self, chat: _Chat) -> None:
+        b = chat.behaviour
+        created = _go_time(time.time_ns())
+        load_ns = max(1, time.monotonic_ns() - chat.started_ns)
+        head: dict[str, Any] = {
+            "model": chat.model,
+            "created_at": created,
+            "message": {"role": "assistant", "content": ""},
+        }
+        # Split the JSON around the (empty) content so the content can be written in pieces.
+        open_part, close_part = go_json({**head, "done": False}).split(b'"content":""', 1)
+        open_part += b'"content":"'
+        close_part = b'"' + close_part
+        pieces: Iterator[bytes]
+        if b.answer_bytes is not None:
+            answer_len = b.answer_bytes
+            pieces = generated_answer_chunks(b.answer_bytes, b.chunk_chars or _GENERATED_PIECE_BYTES)
+        else:
+            answer_len = len(chat.text)
+            size = b.chunk_chars or _TEXT_STREAM_PIECE_CHARS
+            # Encode each piece as its own JSON string, minus the quotes.
+            pieces = (go_json(chat.text[i : i + size])[1:-1] for i in range(0, len(chat.text), size))
+        eval_start = time.monotonic_ns()
+        if not chat.stream and b.answer_bytes is None and not (b.drop or b.chunk_delay_ms):
+            # The common case in one piece: Content-Length when small, as Go sends it.
+            content = b"".join(pieces)
+            tail = self._final(chat, head, answer_len, load_ns, eval_start)
+            self.send_body(200, open_part + content + tail, _JSON_CT)
+            return
+        if chat.stream:
+            self._stream(chat, open_part, close_part, pieces)
+        else:
+            self._single(chat, open_part, pieces)
+        tail = self._final(chat, head, answer_len, load_ns, eval_start)
+        if chat.stream:
+            self.wfile.write(_chunk(tail + b"\n") + b"0\r\n\r\n")
+        else:
+            self.wfile.write(_chunk(tail) + b"0\r\n\r\n")
+
+    def _final(
+        self, chat: _Chat, head: dict[str, Any], answer_len: int, load_ns: int, eval_start: int
+    ) -> bytes:
+        """The final object (stream) or the part after the content (non-stream)."""
+        now = time.monotonic_ns()
+        prompt_tokens = max(1, chat.prompt_chars // 4)
+        final = {
+            **head,
+            "done": True,
+            "done_reason": chat.behaviour.done_reason,
+            "total_duration": max(1, now - chat.started_ns),
+            "load_duration": load_ns,
+            "prompt_eval_count": prompt_tokens,
+            "prompt_eval_duration": prompt_tokens * 20_000,
+            "eval_count": max(1, answer_len // 4),
+            "eval_duration": max(1, now - eval_start),
+        }
+        encoded = go_json(final)
+        if chat.stream:
+            return encoded
+        return b'"' + encoded.split(b'"content":""', 1)[1]
+
+    def _stream(self, chat: _Chat, open_part: bytes, close_part: bytes, pieces: Iterator[bytes]) -> None:
+        b = chat.behaviour
+        self.wfile.write(
+            self.head_bytes(200, [("Content-Type", _NDJSON_CT), ("Transfer-Encoding", "chunked")])
+        )
+        batch: list[bytes] = []
+        for n, piece in enumerate(pieces):
+            if b.drop and n >= 1:
+                self.wfile.write(b"".join(batch))
+                raise _Aborted
+            batch.append(_chunk(open_part + piece + close_part + b"\n"))
+            # Small answers go out in one write; big or slow ones chunk by chunk, as Ollama flushes.
+            if b.chunk_delay_ms or len(batch) >= 16 or len(piece) > 4096:
+                self.wfile.write(b"".join(batch))
+                batch.clear()
+                if b.chunk_delay_ms and self.fake.stopping.wait(b.chunk_delay_ms / 1000):
+                    raise _Aborted
+        if b.drop:
+            self.wfile.write(b"".join(batch))
+            raise _Aborted
+        if batch:
+            self.wfile.write(b"".join(batch))
+
+    def _single(self, chat: _Chat, open_part: bytes, pieces: Iterator[bytes]) -> None:
+        b = chat.behaviour
+        self.wfile.write(
+            self.head_bytes(200, [("Content-Type", _JSON_CT), ("Transfer-Encoding", "chunked")])
+            + _chunk(open_part)
+        )
+        for n, piece in enumerate(pieces):
+            if b.drop and n >= 1:
+                raise _Aborted
+            self.wfile.write(_chunk(piece))
+            if b.chunk_delay_ms and self.fake.stopping.wait(b.chunk_delay_ms / 1000):
+                raise _Aborted
+        if b.drop:
+            raise _Aborted
+
+
+FakeOllama.handler_class = _FakeHandler
+
+
+def _refusal(chat: _Chat, fake: FakeOllama) -> tuple[int, str] | None:
+    """The error status and message this chat gets instead of an answer, if any."""
+    b = chat.behaviour
+    if b.fail_first_n and fake._should_fail(chat.key, b.fail_first_n):
+        return 503, BUSY_MESSAGE
+    if b.status == 404:
+        return 404, f"model '{chat.model}' not found"
+    if b.status == 503:
+        return 503, BUSY_MESSAGE
+    if b.status is not None:
+        return b.status, _SERVER_ERROR_MESSAGE
+    return None
+
+
+def _answer_text(b: Behaviour, last_user: str, wants_json: bool) -> str:
+    if b.answer is not None:
+        text = b.answer
+    else:
+        excerpt = _MARKER_RE.sub("", last_user).strip()[:80]
+        text = json.dumps({"answer": excerpt}) if wants_json else f"This is a fake answer to: {excerpt}"
+    for flag, char in ((b.nul, "\x00"), (b.surrogate, "\ud800")):
+        if flag:
+            mid = len(text) // 2
+            text = text[:mid] + char + text[mid:]
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m procos_worker.testing.fake_ollama", description="A fake Ollama v0.24.0."
+    )
+    parser.add_argument("--port", type=int, default=11435, help="0 picks a free port (printed on start)")
+    parser.add_argument("--model", action="append", dest="models", help="installed model (repeatable)")
+    parser.add_argument("--max-in-flight", type=int, default=0, help="503 beyond this many chats at once")
+    parser.add_argument("--delay-ms", type=int, default=0)
+    parser.add_argument("--chunk-delay-ms", type=int, default=0)
+    parser.add_argument("--answer")
+    parser.add_argument("--answer-bytes", type=int)
+    parser.add_argument("--chunk-chars", type=int, default=0)
+    parser.add_argument("--status", type=int, choices=(404, 500, 503))
+    parser.add_argument("--fail-first-n", type=int, default=0)
+    parser.add_argument("--done-reason", default="stop")
+    for flag in ("nul", "surrogate", "hang", "drop"):
+        parser.add_argument(f"--{flag}", action="store_true")
+    args = parser.parse_args(argv)
+    behaviour = Behaviour(
+        delay_ms=args.delay_ms,
+        chunk_delay_ms=args.chunk_delay_ms,
+        answer=args.answer,
+        answer_bytes=args.answer_bytes,
+        chunk_chars=args.chunk_chars,
+        status=args.status,
+        fail_first_n=args.fail_first_n,
+        nul=args.nul,
+        surrogate=args.surrogate,
+        hang=args.hang,
+        drop=args.drop,
+        done_reason=args.done_reason,
+    )
+    fake = FakeOllama(args.port, behaviour, tuple(args.models or DEFAULT_MODELS), args.max_in_flight)
+    fake.start()
+    fake.serve_until_signal()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
