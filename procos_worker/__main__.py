@@ -1,0 +1,3 @@
+from procos_worker.cli import main
+
+raise SystemExit(main())

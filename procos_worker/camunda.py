@@ -1,0 +1,168 @@
+"""The Camunda 7 external-task REST API, named after its calls.
+
+``fetch_and_lock``, ``complete``, ``handle_failure`` and ``handle_bpmn_error`` go through
+camunda-external-task-client-python3's ``ExternalTaskClient``; it lacks ``extendLock``, ``unlock``
+and the task query, which are added here on a ``requests.Session``.
+
+Errors are converted here and nowhere else: connection errors, timeouts and 5xx ->
+``EngineUnavailable``; 404 (the task is gone) and the 400s that mean the lock is no longer ours ->
+``LockLost``; any other 4xx -> ``EngineRejected``. The library raises a bare ``Exception("received
+<status> : <type> : <message>")`` for most failures, so the status is read back from that text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import requests
+from camunda.client.external_task_client import ExternalTaskClient
+
+from procos_worker.errors import EngineRejected, EngineUnavailable, LockLost
+from procos_worker.flags import check_variables, clip_error_message
+from procos_worker.models import Task
+from procos_worker.settings import CamundaSettings
+
+__all__ = ["EngineClient"]
+
+_T = TypeVar("_T")
+_LIBRARY_ERROR = re.compile(r"^received (\d{3})(?: : ([^:]*?))?(?: : (.*))?$", re.DOTALL)
+# 400 messages meaning "the lock is not ours any more" (7.24 wording).
+_LOCK_GONE = ("lock", "expired", "worker")
+
+
+class EngineClient:
+    """One worker's view of the engine: a worker id plus the REST calls it makes."""
+
+    def __init__(self, settings: CamundaSettings, worker_id: str, *, lock_duration_ms: int,
+                 async_response_timeout_ms: int) -> None:
+        self.worker_id = worker_id
+        self._base_url = settings.base_url
+        self._timeout_s = settings.http_timeout_s
+        config: dict[str, Any] = {
+            "lockDuration": lock_duration_ms,
+            "asyncResponseTimeout": async_response_timeout_ms,
+            "httpTimeoutMillis": int(settings.http_timeout_s * 1000),
+            "includeExtensionProperties": True,
+            "deserializeValues": False,
+        }
+        self._auth: tuple[str, str] | None = None
+        if settings.username is not None and settings.password is not None:
+            self._auth = (settings.username, settings.password.get_secret_value())
+            config["auth_basic"] = {"username": self._auth[0], "password": self._auth[1]}
+        self._client = ExternalTaskClient(worker_id, engine_base_url=settings.base_url, config=config)
+        self._session = requests.Session()
+        self._session.auth = self._auth
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- the library's calls ---------------------------------------------------------------------
+
+    def fetch_and_lock(self, topics: list[str], *, max_tasks: int, variables: list[str]) -> list[Task]:
+        """Long-poll for up to ``max_tasks`` tasks on ``topics``, fetching only ``variables``."""
+        # The library reads maxTasks from its config; only the poll thread calls this.
+        self._client.config["maxTasks"] = max_tasks
+        answer = self._converting(lambda: self._client.fetch_and_lock(",".join(topics), variables=variables))
+        return [Task.from_rest(item) for item in answer or []]
+
+    def complete(self, task_id: str, variables: Mapping[str, Any]) -> None:
+        check_variables(variables)
+        self._converting(lambda: self._client.complete(task_id, dict(variables)), task_id=task_id)
+
+    def handle_failure(self, task_id: str, *, message: str, details: str, retries: int,
+                       retry_timeout_ms: int) -> None:
+        self._converting(
+            lambda: self._client.failure(task_id, clip_error_message(message), details, retries, retry_timeout_ms),
+            task_id=task_id,
+        )
+
+    def handle_bpmn_error(self, task_id: str, *, code: str, message: str,
+                          variables: Mapping[str, Any] | None = None) -> None:
+        check_variables(variables or {})
+        self._converting(
+            lambda: self._client.bpmn_failure(task_id, code, clip_error_message(message), dict(variables or {})),
+            task_id=task_id,
+        )
+
+    # -- what the library lacks ------------------------------------------------------------------
+
+    def extend_lock(self, task_id: str, new_duration_ms: int) -> None:
+        self._post(f"/external-task/{task_id}/extendLock",
+                   {"workerId": self.worker_id, "newDuration": new_duration_ms}, task_id=task_id)
+
+    def unlock(self, task_id: str) -> None:
+        self._post(f"/external-task/{task_id}/unlock", None, task_id=task_id)
+
+    def locked_task_ids(self) -> list[str]:
+        """Ids of the tasks the engine says this worker id holds (used to sweep at shutdown)."""
+        def call() -> Any:
+            response = self._session.get(f"{self._base_url}/external-task",
+                                         params={"workerId": self.worker_id, "locked": "true"},
+                                         timeout=self._timeout_s)
+            _raise_for(response)
+            return response.json()
+
+        return [str(item["id"]) for item in self._converting(call)]
+
+    def engine_name(self) -> str:
+        """``GET /engine``: the cheapest call that proves the REST API answers (and auth works)."""
+        def call() -> Any:
+            response = self._session.get(f"{self._base_url}/engine", timeout=self._timeout_s)
+            _raise_for(response)
+            return response.json()
+
+        engines = self._converting(call)
+        return ", ".join(str(e.get("name")) for e in engines) or "(none)"
+
+    def _post(self, path: str, body: dict[str, Any] | None, *, task_id: str) -> None:
+        def call() -> None:
+            response = self._session.post(f"{self._base_url}{path}", json=body, timeout=self._timeout_s)
+            _raise_for(response, task_id)
+
+        self._converting(call, task_id=task_id)
+
+    def _converting(self, call: Callable[[], _T], *, task_id: str | None = None) -> _T:
+        try:
+            return call()
+        except (EngineRejected, EngineUnavailable, LockLost):
+            raise
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise EngineUnavailable(f"Camunda at {self._base_url} can't be reached", details=repr(exc)) from exc
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            raise _classify(status, "HTTPError", str(exc), task_id) from exc
+        except Exception as exc:  # the library raises bare Exception("received <status> ...")
+            match = _LIBRARY_ERROR.match(str(exc))
+            if match is None:
+                raise
+            status, error_type, message = int(match.group(1)), match.group(2) or "", match.group(3) or ""
+            raise _classify(status, error_type.strip(), message.strip(), task_id) from exc
+
+
+def _raise_for(response: requests.Response, task_id: str | None = None) -> None:
+    status = response.status_code
+    if status < 400:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    error_type = str(body.get("type", "")) if isinstance(body, dict) else ""
+    message = str(body.get("message", response.text[:500])) if isinstance(body, dict) else response.text[:500]
+    raise _classify(status, error_type, message, task_id)
+
+
+def _classify(status: int, error_type: str, message: str, task_id: str | None) -> Exception:
+    if status >= 500 or status == 0:
+        return EngineUnavailable(f"Camunda answered {status} {error_type}: {message[:300]}",
+                                 details=f"{status} {error_type}: {message}")
+    if task_id is not None and (status == 404 or (status == 400 and _means_lock_gone(message))):
+        return LockLost(f"task {task_id}: {message[:300] or status}", details=f"{status} {error_type}: {message}")
+    return EngineRejected(status, error_type, message)
+
+
+def _means_lock_gone(message: str) -> bool:
+    lowered = message.lower()
+    return any(word in lowered for word in _LOCK_GONE)

@@ -1,0 +1,118 @@
+"""The ``procos-worker`` command: run, init-db, check, health."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+from pydantic import ValidationError
+
+from procos_worker.camunda import EngineClient
+from procos_worker.errors import EngineRejected, ProcosError, ServiceUnavailable
+from procos_worker.llm import LlmClient
+from procos_worker.logs import configure_logging
+from procos_worker.settings import Settings
+from procos_worker.store import ContextStore
+from procos_worker.worker import Worker
+
+__all__ = ["main"]
+
+# `check` exit codes: which dependency failed.
+EXIT_CONFIG, EXIT_CAMUNDA, EXIT_POSTGRES, EXIT_OLLAMA, EXIT_MODEL = 2, 3, 4, 5, 6
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="procos-worker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="serve external tasks until SIGTERM/SIGINT")
+    init = sub.add_parser("init-db", help="apply sql/init-db.sql to DATABASE_URL (idempotent)")
+    init.add_argument("--file", type=Path, help="apply this SQL file instead of the bundled one")
+    sub.add_parser("check", help="reach Camunda, PostgreSQL and Ollama; check the model is present")
+    sub.add_parser("health", help="exit 0 if a running worker refreshed its health file recently")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"procos-worker: invalid settings:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings)
+
+    if args.command == "run":
+        return Worker(settings).run()
+    if args.command == "init-db":
+        return _init_db(settings, args.file)
+    if args.command == "check":
+        return _check(settings)
+    return _health(settings)
+
+
+def _init_db(settings: Settings, path: Path | None) -> int:
+    log = structlog.get_logger("procos_worker.cli")
+    sql = path.read_text(encoding="utf-8") if path is not None else None
+    with ContextStore(settings.database) as store:
+        try:
+            store.apply_schema(sql)
+        except ProcosError as exc:
+            log.error("db.init_failed", error=str(exc))
+            return EXIT_POSTGRES
+    log.info("db.initialised", file=str(path) if path else "bundled sql/init-db.sql")
+    return 0
+
+
+def _check(settings: Settings) -> int:
+    """One line per dependency; the exit code names the first that failed."""
+    results: list[tuple[str, int, str]] = []
+    engine = EngineClient(settings.camunda, settings.worker.id, lock_duration_ms=settings.worker.lock_duration_ms,
+                          async_response_timeout_ms=0)
+    try:
+        results.append(("camunda", 0, f"ok: engines {engine.engine_name()} at {settings.camunda.base_url}"))
+    except (ServiceUnavailable, EngineRejected) as exc:
+        results.append(("camunda", EXIT_CAMUNDA, f"FAILED: {exc}"))
+    finally:
+        engine.close()
+
+    with ContextStore(settings.database) as store:
+        try:
+            store.ping()
+            results.append(("postgresql", 0, "ok"))
+        except ProcosError as exc:
+            results.append(("postgresql", EXIT_POSTGRES, f"FAILED: {exc}"))
+
+    llm = LlmClient(settings.ollama)
+    try:
+        models = llm.ping()
+        if settings.ollama.model in models or f"{settings.ollama.model}:latest" in models:
+            results.append(("ollama", 0, f"ok: model {settings.ollama.model} present"))
+        else:
+            results.append(("ollama", EXIT_MODEL,
+                            f"FAILED: model {settings.ollama.model} not on {settings.ollama.base_url} "
+                            f"(has: {', '.join(models) or 'none'})"))
+    except ProcosError as exc:
+        results.append(("ollama", EXIT_OLLAMA, f"FAILED: {exc}"))
+
+    for name, _code, message in results:
+        print(f"{name:<11} {message}")
+    return next((code for _name, code, _msg in results if code), 0)
+
+
+def _health(settings: Settings) -> int:
+    path = settings.worker.health_file
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"unhealthy: no readable health file at {path} ({exc})", file=sys.stderr)
+        return 1
+    age_s = time.time() - float(record.get("ts", 0))
+    if record.get("state") != "running" or age_s > settings.worker.health_max_age_s:
+        print(f"unhealthy: state={record.get('state')} age={age_s:.1f}s", file=sys.stderr)
+        return 1
+    down = record.get("down") or []
+    print(f"healthy: worker {record.get('worker_id')} in_flight={record.get('in_flight')} "
+          f"age={age_s:.1f}s" + (f" waiting for {', '.join(down)}" if down else ""))
+    return 0

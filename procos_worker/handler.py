@@ -1,0 +1,60 @@
+"""One task, start to stored answer: inputs -> (already stored?) -> input row -> LLM -> output row.
+
+Returns the ``Complete`` outcome built from the committed output row, or raises a ``TaskError``.
+It never talks to Camunda: the worker sends the outcome.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from procos_worker.flags import build_flags
+from procos_worker.gate import ServiceGate
+from procos_worker.inputs import parse_inputs
+from procos_worker.llm import LlmClient, build_messages
+from procos_worker.models import Complete, Task
+from procos_worker.settings import Settings
+from procos_worker.store import ContextStore
+
+__all__ = ["TaskHandler"]
+
+
+class TaskHandler:
+    """Runs the pipeline for one task at a time per call (many calls run in parallel threads)."""
+
+    def __init__(self, settings: Settings, store: ContextStore, llm: LlmClient,
+                 store_gate: ServiceGate, llm_gate: ServiceGate) -> None:
+        self._settings = settings
+        self._store = store
+        self._llm = llm
+        self._store_gate = store_gate
+        self._llm_gate = llm_gate
+
+    def handle(self, task: Task, cancel: threading.Event, log: Any) -> Complete:
+        """``cancel`` interrupts waits for an unreachable service (lock lost, or shutdown)."""
+        inputs = parse_inputs(task, self._settings.task)
+
+        stored = self._store_gate.call(lambda: self._store.find_output(task.id), cancel)
+        if stored is not None:
+            # Redelivered after a crash or an expired lock: the answer exists, don't ask again.
+            log.info("task.redelivered", ai_context_id=str(stored.id))
+            return Complete(build_flags(stored))
+
+        messages = build_messages(inputs)
+        prompt = messages[-1]["content"]
+        t0 = time.perf_counter()
+        input_id = self._store_gate.call(lambda: self._store.save_input(task, inputs, prompt), cancel)
+        t1 = time.perf_counter()
+        log.info("task.input_stored", prompt_length=len(prompt), store_s=round(t1 - t0, 4))
+
+        result = self._llm_gate.call(lambda: self._llm.chat(messages), cancel)
+        t2 = time.perf_counter()
+        log.info("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
+                 eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,
+                 done_reason=result.done_reason)
+
+        output = self._store_gate.call(lambda: self._store.save_output(task, result, input_id), cancel)
+        log.info("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
+        return Complete(build_flags(output))

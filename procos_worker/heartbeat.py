@@ -1,0 +1,66 @@
+"""Keeps the locks of running tasks alive, and notices when one is lost.
+
+A generation can outlast the lock many times over. Each tick, every held task whose lock runs out
+within half a lock duration gets ``extendLock``. When the engine answers that the lock is gone
+(expired and taken, or the task deleted) the task is marked LOST: it will not be completed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from procos_worker.camunda import EngineClient
+from procos_worker.errors import EngineRejected, EngineUnavailable, LockLost
+from procos_worker.taskrun import RunState, TaskRun
+
+__all__ = ["Heartbeat"]
+
+
+class Heartbeat:
+    """A daemon thread extending locks for the runs ``snapshot()`` returns."""
+
+    def __init__(self, engine: EngineClient, snapshot: Callable[[], list[TaskRun]], lock_duration_ms: int) -> None:
+        self._engine = engine
+        self._snapshot = snapshot
+        self._lock_duration_ms = lock_duration_ms
+        self._tick_s = min(1.0, lock_duration_ms / 4000)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="procos-heartbeat", daemon=True)
+        self._log = structlog.get_logger("procos_worker.heartbeat")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._tick_s):
+            now = time.monotonic()
+            for run in self._snapshot():
+                if run.state in (RunState.RUNNING, RunState.REPORTING) and self._due(run, now):
+                    self._extend(run)
+
+    def _due(self, run: TaskRun, now: float) -> bool:
+        return run.lock_expires_at - now < self._lock_duration_ms / 2000
+
+    def _extend(self, run: TaskRun) -> None:
+        log = self._log.bind(task_id=run.task.id, process_instance_id=run.task.process_instance_id,
+                             topic=run.task.topic)
+        try:
+            self._engine.extend_lock(run.task.id, self._lock_duration_ms)
+        except (LockLost, EngineRejected) as exc:
+            if run.give_up(RunState.LOST):
+                log.warning("task.lock_lost", error=str(exc), elapsed_s=run.elapsed_s())
+            return
+        except EngineUnavailable as exc:
+            # The engine is down; try again next tick. complete() does not check expiry anyway.
+            log.debug("task.lock_extend_failed", error=exc.message)
+            return
+        run.lock_expires_at = time.monotonic() + self._lock_duration_ms / 1000
+        log.debug("task.lock_extended", elapsed_s=run.elapsed_s())

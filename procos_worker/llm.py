@@ -1,0 +1,125 @@
+"""The Ollama chat call (task inputs -> **LLM** -> store).
+
+Ollama's and httpx's exceptions become the project's here:
+connection refused -> ``LlmUnavailable`` (the worker waits for Ollama, fetching nothing new);
+503/5xx, timeouts, a dropped connection -> ``LlmBusy`` after ``OLLAMA_ATTEMPTS`` in-process tries;
+404 (model not found) -> ``ModelNotFound``; other 4xx -> ``LlmRequestInvalid``: both are incidents.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+import ollama
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from procos_worker.errors import LlmBusy, LlmRequestInvalid, LlmUnavailable, ModelNotFound
+from procos_worker.models import LlmResult, TaskInputs
+from procos_worker.settings import OllamaSettings
+
+__all__ = ["LlmClient", "build_messages"]
+
+_T = TypeVar("_T")
+
+
+def build_messages(inputs: TaskInputs) -> list[dict[str, str]]:
+    """The chat messages for one task: optional system prompt, then the question with its context."""
+    messages: list[dict[str, str]] = []
+    if inputs.system_prompt:
+        messages.append({"role": "system", "content": inputs.system_prompt})
+    if inputs.context is None:
+        user = inputs.query
+    else:
+        context = inputs.context if isinstance(inputs.context, str) else json.dumps(inputs.context, ensure_ascii=False)
+        user = f"Context:\n{context}\n\nQuestion:\n{inputs.query}"
+    messages.append({"role": "user", "content": user})
+    return messages
+
+
+class LlmClient:
+    """Chat with one Ollama server, with a bounded number of tries on transient errors."""
+
+    def __init__(self, settings: OllamaSettings) -> None:
+        self._settings = settings
+        self._client = ollama.Client(host=settings.base_url, timeout=settings.timeout_s)
+
+    @property
+    def model(self) -> str:
+        return self._settings.model
+
+    def chat(self, messages: list[dict[str, str]], *, model: str | None = None) -> LlmResult:
+        """Ask the model; raise a project error that says what to do next."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(LlmBusy),
+            stop=stop_after_attempt(self._settings.attempts),
+            wait=wait_exponential_jitter(initial=0.5, max=5.0),
+            reraise=True,
+        )
+        return retrying(self._chat_once, messages, model or self._settings.model)
+
+    def ping(self) -> list[str]:
+        """The models the server has; raises like ``chat`` when it can't be reached."""
+        listing = self._converting(self._client.list, self._settings.model)
+        return [m.model for m in listing.models if m.model]
+
+    def _chat_once(self, messages: list[dict[str, str]], model: str) -> LlmResult:
+        started = time.perf_counter()
+        response = self._converting(
+            lambda: self._client.chat(
+                model=model,
+                messages=messages,
+                options=self._settings.options or None,
+                keep_alive=self._settings.keep_alive,
+                stream=False,
+            ),
+            model,
+        )
+        return LlmResult(
+            content=response.message.content or "",
+            model=response.model or model,
+            done_reason=response.done_reason,
+            prompt_eval_count=response.prompt_eval_count or 0,
+            eval_count=response.eval_count or 0,
+            total_duration_ns=response.total_duration or 0,
+            load_duration_ns=response.load_duration or 0,
+            prompt_eval_duration_ns=response.prompt_eval_duration or 0,
+            eval_duration_ns=response.eval_duration or 0,
+            wall_s=time.perf_counter() - started,
+        )
+
+    def _converting(self, call: Callable[[], _T], model: str) -> _T:
+        where = self._settings.base_url
+        try:
+            return call()
+        except ollama.ResponseError as exc:
+            raise _from_status(exc.status_code, exc.error, model, where) from exc
+        except ConnectionError as exc:
+            raise LlmUnavailable(f"Ollama at {where} can't be reached", details=repr(exc)) from exc
+        except httpx.TimeoutException as exc:
+            raise LlmBusy(
+                f"Ollama at {where} did not answer within {self._settings.timeout_s:g} s (OLLAMA_TIMEOUT_S)",
+                details=repr(exc),
+            ) from exc
+        except httpx.TransportError as exc:
+            raise LlmBusy(f"Ollama at {where}: connection broke: {exc}", details=repr(exc)) from exc
+        except (ValueError, KeyError) as exc:
+            raise LlmBusy(f"Ollama at {where} sent an answer that does not parse", details=repr(exc)) from exc
+
+
+def _from_status(status: int, error: Any, model: str, where: str) -> Exception:
+    details = f"Ollama at {where} answered HTTP {status}: {error}"
+    if status == 404:
+        return ModelNotFound(
+            f"model '{model}' is not on the Ollama server at {where}: pull or create it, or fix OLLAMA_MODEL",
+            details=details,
+        )
+    if 400 <= status < 500:
+        return LlmRequestInvalid(
+            f"Ollama rejected the request ({status}: {str(error)[:200]}); check OLLAMA_OPTIONS and the model",
+            details=details,
+        )
+    return LlmBusy(f"Ollama busy or failing (HTTP {status})", details=details)

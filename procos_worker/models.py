@@ -1,0 +1,159 @@
+"""Immutable data that flows through the worker: task -> inputs -> LLM result -> stored row -> outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+__all__ = [
+    "Abandon",
+    "BpmnError",
+    "Complete",
+    "Failure",
+    "LlmResult",
+    "Outcome",
+    "StoredContext",
+    "StoredOutput",
+    "Task",
+    "TaskInputs",
+    "Variable",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One Camunda variable as the REST API returns it."""
+
+    value: Any
+    type: str = "String"
+    value_info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """An external task fetched and locked by this worker."""
+
+    id: str
+    topic: str
+    worker_id: str
+    process_instance_id: str
+    activity_id: str | None = None
+    process_definition_key: str | None = None
+    business_key: str | None = None
+    retries: int | None = None
+    variables: Mapping[str, Variable] = field(default_factory=dict)
+    extension_properties: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_rest(cls, data: Mapping[str, Any]) -> Task:
+        """Build from one element of ``fetchAndLock``'s answer."""
+        variables = {
+            name: Variable(value=v.get("value"), type=v.get("type") or "String", value_info=v.get("valueInfo") or {})
+            for name, v in (data.get("variables") or {}).items()
+        }
+        return cls(
+            id=str(data["id"]),
+            topic=str(data.get("topicName") or ""),
+            worker_id=str(data.get("workerId") or ""),
+            process_instance_id=str(data.get("processInstanceId") or ""),
+            activity_id=data.get("activityId"),
+            process_definition_key=data.get("processDefinitionKey"),
+            business_key=data.get("businessKey"),
+            retries=data.get("retries"),
+            variables=variables,
+            extension_properties=dict(data.get("extensionProperties") or {}),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInputs:
+    """The validated inputs of one task. ``context`` keeps its JSON shape when it came as Json."""
+
+    query: str
+    context: str | dict[str, Any] | list[Any] | None = None
+    system_prompt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LlmResult:
+    """What Ollama answered, with its own timings (nanoseconds) and token counts."""
+
+    content: str
+    model: str
+    done_reason: str | None
+    prompt_eval_count: int
+    eval_count: int
+    total_duration_ns: int
+    load_duration_ns: int
+    prompt_eval_duration_ns: int
+    eval_duration_ns: int
+    wall_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOutput:
+    """The committed output row a completion points at (and everything its flags need)."""
+
+    id: UUID
+    response_length: int
+    model: str
+    provider: str
+    prompt_tokens: int
+    completion_tokens: int
+    done_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredContext:
+    """One row of procos_ai_context as the read API returns it (text decoded back losslessly)."""
+
+    id: UUID
+    process_instance_id: str
+    task_id: str | None
+    activity_id: str | None
+    context_type: str
+    content_text: str | None
+    content_data: Mapping[str, Any]
+    ai_provider: str | None
+    model_used: str | None
+    token_usage: Mapping[str, Any] | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """Complete the task with these (small) variables."""
+
+    variables: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Report a failure; ``retries == 0`` creates an incident."""
+
+    message: str
+    details: str
+    retries: int
+    retry_timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class BpmnError:
+    """Throw a BPMN error the process model can catch."""
+
+    code: str
+    message: str
+    variables: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """Tell Camunda nothing: the lock is gone, or the task is being released."""
+
+    reason: str
+
+
+Outcome = Complete | Failure | BpmnError | Abandon

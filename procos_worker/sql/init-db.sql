@@ -1,0 +1,1 @@
+../../sql/init-db.sql

@@ -1,0 +1,314 @@
+"""procos_ai_context in PostgreSQL: exactly-once writes for the worker, and a small read API.
+
+Writes are keyed by (task_id, context_type) (unique index in sql/init-db.sql): a task fetched again
+after a crash or an expired lock finds its rows instead of writing second ones. Each write is one
+autocommitted statement, so a row the worker sees has been committed.
+
+psycopg errors are turned into the project's errors here: can't connect / connection lost ->
+``StoreUnavailable`` (the worker waits for the database); anything else PostgreSQL rejects ->
+``PermanentError`` (an incident, with PostgreSQL's message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, TypeVar
+from uuid import UUID
+
+import psycopg
+import psycopg_pool
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from procos_worker import textcodec
+from procos_worker.errors import PermanentError, StoreUnavailable
+from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs
+from procos_worker.settings import DatabaseSettings
+
+__all__ = ["ContextStore", "init_db_sql"]
+
+_T = TypeVar("_T")
+_JsonTree = Any
+
+_OUTPUT_COLUMNS = """
+    id, model_used, ai_provider, token_usage,
+    content_data->>'done_reason' AS done_reason,
+    (content_data->>'response_length')::bigint AS response_length
+"""
+_ROW_COLUMNS = """
+    id, process_instance_id, task_id, activity_id, context_type, content_text, content_data,
+    ai_provider, model_used, token_usage, created_at
+"""
+
+
+def init_db_sql() -> str:
+    """The text of sql/init-db.sql, as shipped inside the package."""
+    return resources.files("procos_worker").joinpath("sql/init-db.sql").read_text(encoding="utf-8")
+
+
+class ContextStore:
+    """A connection pool on the ProcOS database and every query the worker makes there."""
+
+    def __init__(self, settings: DatabaseSettings, *, provider: str = "ollama") -> None:
+        self._provider = provider
+        self._timeout_s = settings.connect_timeout_s
+        self._pool = psycopg_pool.ConnectionPool(
+            settings.url.get_secret_value(),
+            min_size=1,
+            max_size=settings.pool_max_size,
+            open=False,
+            timeout=settings.connect_timeout_s,
+            # A pooled connection can be dead after a database restart: check it before use.
+            check=psycopg_pool.ConnectionPool.check_connection,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(settings.connect_timeout_s))},
+            name="procos-store",
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start the pool without waiting: the worker starts even while the database is down."""
+        self._pool.open(wait=False)
+
+    def close(self) -> None:
+        self._pool.close(timeout=self._timeout_s)
+
+    def __enter__(self) -> ContextStore:
+        self.open()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless a query runs."""
+        self._run(lambda cur: cur.execute("SELECT 1"))
+
+    def apply_schema(self, sql: str | None = None) -> None:
+        """Apply sql/init-db.sql (idempotent)."""
+        text = sql if sql is not None else init_db_sql()
+        self._run(lambda cur: cur.execute(text.encode()))
+
+    # -- worker writes ---------------------------------------------------------------------------
+
+    def find_output(self, task_id: str) -> StoredOutput | None:
+        """The committed output row of ``task_id``, if an earlier attempt stored one."""
+
+        def query(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any] | None:
+            cur.execute(
+                f"SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context WHERE task_id = %s AND context_type = 'output'",
+                (task_id,),
+            )
+            return cur.fetchone()
+
+        row = self._run(query)
+        return None if row is None else self._to_output(row)
+
+    def save_input(self, task: Task, inputs: TaskInputs, prompt: str) -> UUID:
+        """Store the task's inputs and the exact prompt sent; return the row id (existing or new)."""
+        data: dict[str, Any] = {
+            "query": inputs.query,
+            "context": inputs.context,
+            "system_prompt": inputs.system_prompt,
+            "topic": task.topic,
+            "worker_id": task.worker_id,
+            "prompt_length": len(prompt),
+        }
+        data, text = _storable(data, prompt)
+
+        def insert(cur: psycopg.Cursor[dict[str, Any]]) -> UUID:
+            cur.execute(
+                """
+                INSERT INTO procos_ai_context
+                    (process_instance_id, task_id, activity_id, context_type, content_data, content_text)
+                VALUES (%(pi)s, %(task)s, %(activity)s, 'input', %(data)s, %(text)s)
+                ON CONFLICT (task_id, context_type) DO NOTHING
+                RETURNING id
+                """,
+                {"pi": task.process_instance_id, "task": task.id, "activity": task.activity_id,
+                 "data": Jsonb(data), "text": text},
+            )
+            row = cur.fetchone()
+            if row is None:
+                cur.execute(
+                    "SELECT id FROM procos_ai_context WHERE task_id = %s AND context_type = 'input'", (task.id,)
+                )
+                row = cur.fetchone()
+            assert row is not None
+            return UUID(str(row["id"]))
+
+        return self._run(insert)
+
+    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None) -> StoredOutput:
+        """Store the answer; if an earlier attempt already did, return that row instead (exactly once)."""
+        meta: dict[str, Any] = {
+            "model": result.model,
+            "done_reason": result.done_reason,
+            "response_length": len(result.content),
+            "total_duration": result.total_duration_ns,
+            "load_duration": result.load_duration_ns,
+            "prompt_eval_duration": result.prompt_eval_duration_ns,
+            "eval_duration": result.eval_duration_ns,
+            "wall_s": round(result.wall_s, 6),
+            "input_context_id": None if input_id is None else str(input_id),
+            "topic": task.topic,
+            "worker_id": task.worker_id,
+        }
+        meta, text = _storable(meta, result.content)
+        usage = {
+            "prompt_tokens": result.prompt_eval_count,
+            "completion_tokens": result.eval_count,
+            "total_tokens": result.prompt_eval_count + result.eval_count,
+            "prompt_eval_count": result.prompt_eval_count,
+            "eval_count": result.eval_count,
+        }
+
+        def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
+            # The answer is sent once ($n reused) and goes into both content_text and content_data.
+            cur.execute(
+                f"""
+                INSERT INTO procos_ai_context
+                    (process_instance_id, task_id, activity_id, context_type, content_data, content_text,
+                     ai_provider, model_used, token_usage)
+                VALUES (%(pi)s, %(task)s, %(activity)s, 'output',
+                        jsonb_build_object('content', %(text)s::text) || %(meta)s::jsonb, %(text)s::text,
+                        %(provider)s, %(model)s, %(usage)s)
+                ON CONFLICT (task_id, context_type) DO NOTHING
+                RETURNING {_OUTPUT_COLUMNS}
+                """,
+                {"pi": task.process_instance_id, "task": task.id, "activity": task.activity_id, "text": text,
+                 "meta": Jsonb(meta), "provider": self._provider, "model": result.model, "usage": Jsonb(usage)},
+            )
+            row = cur.fetchone()
+            if row is None:
+                cur.execute(
+                    f"SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context "
+                    "WHERE task_id = %s AND context_type = 'output'",
+                    (task.id,),
+                )
+                row = cur.fetchone()
+            assert row is not None
+            return row
+
+        return self._to_output(self._run(insert))
+
+    # -- read API --------------------------------------------------------------------------------
+
+    def get(self, context_id: UUID | str) -> StoredContext | None:
+        """One stored row by its id (the ``ai_context_id`` flag), text decoded back to the original."""
+        rows = self._select(f"SELECT {_ROW_COLUMNS} FROM procos_ai_context WHERE id = %s", (str(context_id),))
+        return rows[0] if rows else None
+
+    def get_input_for(self, context_id: UUID | str) -> StoredContext | None:
+        """The input row of the task whose output row is ``context_id``."""
+        rows = self._select(
+            f"""SELECT {_ROW_COLUMNS} FROM procos_ai_context
+                WHERE context_type = 'input'
+                  AND task_id = (SELECT task_id FROM procos_ai_context WHERE id = %s)""",
+            (str(context_id),),
+        )
+        return rows[0] if rows else None
+
+    def conversation(self, process_instance_id: str) -> list[StoredContext]:
+        """Every row of a process instance in the order it was written (input before output)."""
+        return self._select(
+            f"""SELECT {_ROW_COLUMNS} FROM procos_ai_context WHERE process_instance_id = %s
+                ORDER BY created_at, context_type, id""",
+            (process_instance_id,),
+        )
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _select(self, sql: str, params: tuple[Any, ...]) -> list[StoredContext]:
+        def query(cur: psycopg.Cursor[dict[str, Any]]) -> list[dict[str, Any]]:
+            cur.execute(sql.encode(), params)
+            return cur.fetchall()
+
+        return [_to_context(row) for row in self._run(query)]
+
+    def _run(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
+        with self._converting(), self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            return work(cur)
+
+    @contextmanager
+    def _converting(self) -> Iterator[None]:
+        try:
+            yield
+        except (psycopg_pool.PoolTimeout, psycopg.OperationalError, psycopg_pool.PoolClosed) as exc:
+            raise StoreUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}", details=repr(exc)) from exc
+        except psycopg.Error as exc:
+            raise PermanentError(
+                f"PostgreSQL rejected the write: {_first_line(exc)}; check the schema (procos-worker init-db)",
+                details=repr(exc),
+            ) from exc
+
+    def _to_output(self, row: Mapping[str, Any]) -> StoredOutput:
+        usage = row.get("token_usage") or {}
+        return StoredOutput(
+            id=UUID(str(row["id"])),
+            response_length=int(row.get("response_length") or 0),
+            model=str(row.get("model_used") or ""),
+            provider=str(row.get("ai_provider") or self._provider),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            done_reason=row.get("done_reason"),
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _storable(data: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
+    """Escape the row's strings when any of them can't go into PostgreSQL as they are."""
+    if not textcodec.needs_escape(text) and not _tree_needs_escape(data):
+        return data, text
+    encoded = _map_strings(data, textcodec.encode)
+    encoded["text_encoding"] = textcodec.ESCAPE_ENCODING
+    return encoded, textcodec.encode(text)
+
+
+def _tree_needs_escape(tree: _JsonTree) -> bool:
+    if isinstance(tree, str):
+        return textcodec.needs_escape(tree)
+    if isinstance(tree, dict):
+        return any(_tree_needs_escape(k) or _tree_needs_escape(v) for k, v in tree.items())
+    if isinstance(tree, list):
+        return any(_tree_needs_escape(v) for v in tree)
+    return False
+
+
+def _map_strings(tree: _JsonTree, fn: Callable[[str], str]) -> _JsonTree:
+    if isinstance(tree, str):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {fn(k): _map_strings(v, fn) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_map_strings(v, fn) for v in tree]
+    return tree
+
+
+def _to_context(row: Mapping[str, Any]) -> StoredContext:
+    data = row.get("content_data") or {}
+    text = row.get("content_text")
+    if data.get("text_encoding") == textcodec.ESCAPE_ENCODING:
+        data = {k: v for k, v in data.items() if k != "text_encoding"}
+        data = _map_strings(data, textcodec.decode)
+        text = None if text is None else textcodec.decode(text)
+    return StoredContext(
+        id=UUID(str(row["id"])),
+        process_instance_id=str(row["process_instance_id"]),
+        task_id=row.get("task_id"),
+        activity_id=row.get("activity_id"),
+        context_type=str(row["context_type"]),
+        content_text=text,
+        content_data=data,
+        ai_provider=row.get("ai_provider"),
+        model_used=row.get("model_used"),
+        token_usage=row.get("token_usage"),
+        created_at=row["created_at"],
+    )
+

@@ -1,0 +1,305 @@
+"""The worker: the poll loop, capacity, heartbeat, shutdown; it sends each outcome to Camunda.
+
+Threads: the main thread waits for a stop and then shuts down; one poll thread long-polls
+``fetchAndLock`` for as many tasks as there is free capacity; one thread per task in flight runs the
+handler and reports its outcome; the heartbeat thread extends locks. Task threads are daemons so that
+an LLM call still running at the end of the grace period does not hold the process.
+
+Shutdown (SIGTERM/SIGINT, or ``stop()``): stop fetching at once (the long poll in progress is
+abandoned, not awaited), let tasks in flight finish within WORKER_SHUTDOWN_GRACE_S, unlock the
+rest (no retry is consumed), sweep any task the engine still lists as locked by this worker id, close
+clients in reverse order, exit 0. A second signal exits at once with status 130. No path completes
+a task whose output row is not committed: completion is only ever built from a stored row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from procos_worker.backoff import Backoff
+from procos_worker.camunda import EngineClient
+from procos_worker.errors import EngineRejected, EngineUnavailable, LockLost, TaskError
+from procos_worker.gate import ServiceGate
+from procos_worker.handler import TaskHandler
+from procos_worker.heartbeat import Heartbeat
+from procos_worker.inputs import requested_variables
+from procos_worker.llm import LlmClient
+from procos_worker.models import Abandon, BpmnError, Complete, Failure, Outcome, Task
+from procos_worker.outcomes import outcome_for
+from procos_worker.settings import Settings
+from procos_worker.store import ContextStore
+from procos_worker.taskrun import RunState, TaskRun
+
+__all__ = ["Worker"]
+
+_HEALTH_INTERVAL_S = 2.0
+
+
+class Worker:
+    """Owns all runtime state of one worker process.
+
+    Attributes:
+        settings: the one Settings object.
+        engine, store, llm: the clients (opened in ``run``, closed in reverse order).
+        counters: tasks completed / failed / bpmn_errors / abandoned / released since start.
+    """
+
+    def __init__(self, settings: Settings, *, engine: EngineClient | None = None,
+                 store: ContextStore | None = None, llm: LlmClient | None = None) -> None:
+        self.settings = settings
+        w = settings.worker
+        self.engine = engine or EngineClient(settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
+                                             async_response_timeout_ms=w.async_response_timeout_ms)
+        self.store = store or ContextStore(settings.database, provider=settings.ollama.provider)
+        self.llm = llm or LlmClient(settings.ollama)
+        self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping)
+        self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping)
+        self.handler = TaskHandler(settings, self.store, self.llm, self.store_gate, self.llm_gate)
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("fetched", "completed", "failed", "bpmn_errors", "abandoned", "released"), 0)
+        self._runs: dict[str, TaskRun] = {}
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._signals = 0
+        self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms)
+        self._poll_thread = threading.Thread(target=self._poll_loop, name="procos-poll", daemon=True)
+        self._log = structlog.get_logger("procos_worker.worker").bind(worker_id=w.id)
+
+    # -- public ----------------------------------------------------------------------------------
+
+    def run(self, *, install_signal_handlers: bool = True) -> int:
+        """Serve tasks until stopped; returns the process exit status."""
+        if install_signal_handlers:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.store.open()
+        self._heartbeat.start()
+        self._poll_thread.start()
+        self._log.info("worker.started", topics=self.settings.worker.topics,
+                       max_tasks_in_flight=self.settings.worker.max_tasks_in_flight)
+        while not self._stopping.wait(_HEALTH_INTERVAL_S):
+            self._write_health("running")
+        return self._shutdown()
+
+    def stop(self) -> None:
+        """Graceful stop: fetch nothing more; ``run`` then finishes the shutdown."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._runs)
+
+    # -- poll loop -------------------------------------------------------------------------------
+
+    def _poll_loop(self) -> None:
+        backoff = Backoff(self.settings.backoff)
+        while not self._stopping.is_set():
+            free = self._wait_for_capacity()
+            if free == 0 or not self._dependencies_up():
+                continue
+            try:
+                tasks = self.engine.fetch_and_lock(
+                    self.settings.worker.topics, max_tasks=free, variables=requested_variables(self.settings.task))
+            except (EngineUnavailable, EngineRejected) as exc:
+                delay = backoff.next_delay_s()
+                self._log.warning("engine.fetch_failed", error=str(exc), retry_in_s=round(delay, 2))
+                self._stopping.wait(delay)
+                continue
+            backoff.reset()
+            for task in tasks:
+                self._dispatch(task)
+
+    def _wait_for_capacity(self) -> int:
+        limit = self.settings.worker.max_tasks_in_flight
+        with self._cond:
+            while len(self._runs) >= limit and not self._stopping.is_set():
+                self._cond.wait()
+            return 0 if self._stopping.is_set() else limit - len(self._runs)
+
+    def _dependencies_up(self) -> bool:
+        # While Ollama or PostgreSQL is down, fetched tasks could only fail and burn their retries.
+        return self.store_gate.wait_until_up(self._stopping) and self.llm_gate.wait_until_up(self._stopping)
+
+    def _dispatch(self, task: Task) -> None:
+        self._count("fetched")
+        log = self._task_log(task)
+        if self._stopping.is_set():
+            # Locked by a poll that returned after the stop: hand it straight back.
+            self._unlock(task, log)
+            return
+        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_ms)
+        with self._cond:
+            self._runs[task.id] = run
+        log.info("task.fetched", retries=task.retries)
+        threading.Thread(target=self._run_task, args=(run,), name=f"procos-task-{task.id[:8]}", daemon=True).start()
+
+    # -- one task --------------------------------------------------------------------------------
+
+    def _run_task(self, run: TaskRun) -> None:
+        log = self._task_log(run.task)
+        try:
+            outcome = self._outcome(run, log)
+            self._report(run, outcome, log)
+        finally:
+            with self._cond:
+                self._runs.pop(run.task.id, None)
+                self._cond.notify_all()
+
+    def _outcome(self, run: TaskRun, log: Any) -> Outcome:
+        try:
+            return self.handler.handle(run.task, run.cancel, log)
+        except TaskError as exc:
+            return outcome_for(exc, run.task, self.settings)
+        except Exception as exc:  # a bug: make it an incident instead of a task locked until expiry
+            log.exception("task.unexpected_error")
+            return Failure(message=f"procos-worker internal error: {type(exc).__name__}: {exc}"[:600],
+                           details=repr(exc), retries=0, retry_timeout_ms=0)
+
+    def _report(self, run: TaskRun, outcome: Outcome, log: Any) -> None:
+        if isinstance(outcome, Abandon):
+            run.give_up(RunState.LOST)
+            self._count("abandoned")
+            log.warning("task.abandoned", reason=outcome.reason, elapsed_s=run.elapsed_s())
+            return
+        if not run.begin_report():
+            self._count("abandoned" if run.state is RunState.LOST else "released")
+            log.info("task.not_reported", state=run.state.value, elapsed_s=run.elapsed_s())
+            return
+        backoff = Backoff(self.settings.backoff)
+        while True:
+            try:
+                self._send(run.task, outcome)
+            except EngineUnavailable as exc:
+                # The answer is stored: keep trying until the engine takes it (or says the lock is gone).
+                delay = backoff.next_delay_s()
+                log.warning("task.report_retry", error=exc.message, retry_in_s=round(delay, 2))
+                time.sleep(delay)
+                continue
+            except (LockLost, EngineRejected) as exc:
+                self._count("abandoned")
+                log.warning("task.abandoned", reason=str(exc), elapsed_s=run.elapsed_s())
+                return
+            self._log_outcome(run, outcome, log)
+            return
+
+    def _send(self, task: Task, outcome: Outcome) -> None:
+        if isinstance(outcome, Complete):
+            self.engine.complete(task.id, outcome.variables)
+        elif isinstance(outcome, Failure):
+            self.engine.handle_failure(task.id, message=outcome.message, details=outcome.details,
+                                       retries=outcome.retries, retry_timeout_ms=outcome.retry_timeout_ms)
+        elif isinstance(outcome, BpmnError):
+            self.engine.handle_bpmn_error(task.id, code=outcome.code, message=outcome.message,
+                                          variables=outcome.variables)
+
+    def _log_outcome(self, run: TaskRun, outcome: Outcome, log: Any) -> None:
+        elapsed = run.elapsed_s()
+        if isinstance(outcome, Complete):
+            self._count("completed")
+            log.info("task.completed", elapsed_s=elapsed, ai_context_id=outcome.variables.get("ai_context_id"))
+        elif isinstance(outcome, Failure):
+            self._count("failed")
+            event = "task.incident" if outcome.retries == 0 else "task.retry_scheduled"
+            log.warning(event, error=outcome.message, retries=outcome.retries,
+                        retry_timeout_ms=outcome.retry_timeout_ms, elapsed_s=elapsed)
+        elif isinstance(outcome, BpmnError):
+            self._count("bpmn_errors")
+            log.warning("task.bpmn_error", code=outcome.code, error=outcome.message, elapsed_s=elapsed)
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            # Second signal: leave now. Unreported tasks stay locked until their lock expires, and
+            # nothing unstored was completed (completion is only built from a stored row).
+            os._exit(130)
+        self._log.info("worker.stopping", signal=signal.Signals(signum).name)
+        self.stop()
+
+    def _shutdown(self) -> int:
+        self._write_health("stopping")
+        grace_s = self.settings.worker.shutdown_grace_s
+        deadline = time.monotonic() + grace_s
+        with self._cond:
+            while self._runs and time.monotonic() < deadline:
+                self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+            leftover = list(self._runs.values())
+        for run in leftover:
+            if run.give_up(RunState.RELEASED):
+                self._unlock(run.task, self._task_log(run.task))
+        self._wait_for_reports(self.settings.camunda.http_timeout_s)
+        self._sweep()
+        self._heartbeat.stop()
+        self.store.close()
+        self.engine.close()
+        self._write_health("stopped")
+        self._log.info("worker.stopped", **self.counters)
+        return 0
+
+    def _wait_for_reports(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while any(r.state is RunState.REPORTING for r in self._runs.values()) and time.monotonic() < deadline:
+                self._cond.wait(timeout=0.1)
+
+    def _sweep(self) -> None:
+        """Unlock what the engine still lists as ours: tasks a poll abandoned at stop may have locked."""
+        try:
+            held = set(self.engine.locked_task_ids())
+        except (EngineUnavailable, EngineRejected) as exc:
+            self._log.warning("worker.sweep_failed", error=str(exc))
+            return
+        with self._cond:
+            reporting = {tid for tid, r in self._runs.items() if r.state is RunState.REPORTING}
+        for task_id in held - reporting:
+            try:
+                self.engine.unlock(task_id)
+                self._log.info("task.released", task_id=task_id, reason="sweep")
+            except (EngineUnavailable, EngineRejected, LockLost) as exc:
+                self._log.warning("task.release_failed", task_id=task_id, error=str(exc))
+
+    def _unlock(self, task: Task, log: Any) -> None:
+        try:
+            self.engine.unlock(task.id)
+        except (EngineUnavailable, EngineRejected, LockLost) as exc:
+            log.warning("task.release_failed", error=str(exc))
+            return
+        self._count("released")
+        log.info("task.released", reason="shutdown")
+
+    # -- small helpers ---------------------------------------------------------------------------
+
+    def _snapshot(self) -> list[TaskRun]:
+        with self._cond:
+            return list(self._runs.values())
+
+    def _count(self, key: str) -> None:
+        with self._cond:
+            self.counters[key] += 1
+
+    def _task_log(self, task: Task) -> Any:
+        return self._log.bind(task_id=task.id, process_instance_id=task.process_instance_id, topic=task.topic)
+
+    def _write_health(self, state: str) -> None:
+        record = {"ts": time.time(), "state": state, "worker_id": self.settings.worker.id,
+                  "in_flight": self.in_flight, "pid": os.getpid(),
+                  "down": [g.name for g in (self.store_gate, self.llm_gate) if g.is_down]}
+        path = self.settings.worker.health_file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(record))
+            tmp.replace(path)
+        except OSError as exc:
+            self._log.warning("worker.health_write_failed", path=str(path), error=str(exc))

@@ -1,0 +1,137 @@
+-- ProcOS PostgreSQL schema for AI context storage (seed 001, "Database Management Guide").
+--
+-- Applied by `procos-worker init-db`, by the test suite, and by docker compose as PostgreSQL's
+-- init script. Applying it twice changes nothing: every statement is IF NOT EXISTS / OR REPLACE,
+-- and the default model rows are inserted only when missing.
+
+-- Extensions: UUID generation and trigram search (both are "trusted": the database owner may create them).
+CREATE EXTENSION IF NOT EXISTS "uuid-ossp";
+CREATE EXTENSION IF NOT EXISTS "pg_trgm";
+
+-- PRIMARY AI STORAGE: complete prompts and answers, no size limit (TEXT and JSONB).
+CREATE TABLE IF NOT EXISTS procos_ai_context (
+    id UUID PRIMARY KEY DEFAULT uuid_generate_v4(),
+    process_instance_id VARCHAR(64) NOT NULL,
+    task_id VARCHAR(64),
+    activity_id VARCHAR(255),
+    context_type VARCHAR(50) NOT NULL, -- 'input', 'output', 'system'
+    content_data JSONB NOT NULL,       -- structured data, unlimited size
+    content_text TEXT,                 -- full text content, unlimited size
+    ai_provider VARCHAR(50),
+    model_used VARCHAR(100),
+    token_usage JSONB,
+    created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+    updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+);
+
+-- AI MODEL MANAGEMENT AND VERSIONING
+CREATE TABLE IF NOT EXISTS procos_ai_models (
+    id UUID PRIMARY KEY DEFAULT uuid_generate_v4(),
+    model_name VARCHAR(255) NOT NULL,
+    provider VARCHAR(100) NOT NULL,
+    version VARCHAR(100),
+    config_data JSONB,
+    performance_stats JSONB,
+    is_active BOOLEAN DEFAULT true,
+    created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+    updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+
+    UNIQUE(model_name, provider, version)
+);
+
+-- Exactly-once storage: one input and one output row per Camunda task. A task fetched again (a
+-- crash, an expired lock) finds its row here instead of writing a second one. Rows written by other
+-- tools without a task id are not constrained (NULLs are distinct).
+CREATE UNIQUE INDEX IF NOT EXISTS uq_procos_ai_context_task_type
+    ON procos_ai_context (task_id, context_type);
+
+-- AI context table indexes (seed 001), plus the conversation order and analytics ones of seed 002.
+CREATE INDEX IF NOT EXISTS idx_procos_ai_context_proc_inst ON procos_ai_context (process_instance_id);
+CREATE INDEX IF NOT EXISTS idx_procos_ai_context_content_search
+    ON procos_ai_context USING gin (content_text gin_trgm_ops);
+CREATE INDEX IF NOT EXISTS idx_procos_ai_context_content_jsonb ON procos_ai_context USING gin (content_data);
+CREATE INDEX IF NOT EXISTS idx_procos_ai_context_usage_jsonb ON procos_ai_context USING gin (token_usage);
+CREATE INDEX IF NOT EXISTS idx_procos_ai_context_provider_model ON procos_ai_context (ai_provider, model_used);
+CREATE INDEX IF NOT EXISTS idx_procos_ai_context_created_at ON procos_ai_context (created_at);
+
+-- EASY QUERY INTERFACE FOR AI CONVERSATIONS (seed 001)
+CREATE OR REPLACE VIEW procos_ai_conversations AS
+SELECT
+    process_instance_id,
+    task_id,
+    activity_id,
+    ai_provider,
+    model_used,
+    created_at,
+    CASE WHEN context_type = 'input' THEN content_data->>'query' END AS query_text,
+    CASE WHEN context_type = 'input' THEN content_data->>'context' END AS input_context,
+    CASE WHEN context_type = 'output' THEN content_data->>'content' END AS ai_response,
+    CASE WHEN context_type = 'output' THEN token_usage END AS usage_stats
+FROM procos_ai_context
+ORDER BY process_instance_id, created_at;
+
+-- Automatic maintenance: updated_at follows every UPDATE.
+CREATE OR REPLACE FUNCTION update_updated_at_column()
+RETURNS TRIGGER AS $$
+BEGIN
+    NEW.updated_at = NOW();
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE OR REPLACE TRIGGER trigger_procos_ai_context_updated_at
+    BEFORE UPDATE ON procos_ai_context
+    FOR EACH ROW
+    EXECUTE FUNCTION update_updated_at_column();
+
+CREATE OR REPLACE TRIGGER trigger_procos_ai_models_updated_at
+    BEFORE UPDATE ON procos_ai_models
+    FOR EACH ROW
+    EXECUTE FUNCTION update_updated_at_column();
+
+-- Post-startup tuning: `SELECT optimize_camunda_for_ai();`. Camunda creates its ACT_* tables when the
+-- engine first starts, possibly in another database: each Camunda index is created only where its
+-- table exists here, and the function says what it did instead of failing.
+CREATE OR REPLACE FUNCTION optimize_camunda_for_ai()
+RETURNS TEXT AS $$
+DECLARE
+    report TEXT := '';
+BEGIN
+    IF to_regclass('act_ru_variable') IS NOT NULL THEN
+        EXECUTE 'CREATE INDEX IF NOT EXISTS idx_act_ru_variable_name_text '
+             || 'ON act_ru_variable USING gin (name_ gin_trgm_ops) WHERE text_ IS NOT NULL';
+        report := report || 'idx_act_ru_variable_name_text ready; ';
+    ELSE
+        report := report || 'act_ru_variable not in this database, skipped; ';
+    END IF;
+
+    IF to_regclass('act_hi_varinst') IS NOT NULL THEN
+        EXECUTE 'CREATE INDEX IF NOT EXISTS idx_act_hi_varinst_proc_inst_ai '
+             || 'ON act_hi_varinst (proc_inst_id_, name_) '
+             || 'WHERE name_ IN (''query'', ''context'', ''content'', ''ai_provider'', ''usage'')';
+        report := report || 'idx_act_hi_varinst_proc_inst_ai ready; ';
+    ELSE
+        report := report || 'act_hi_varinst not in this database, skipped; ';
+    END IF;
+
+    ANALYZE procos_ai_context;
+    ANALYZE procos_ai_models;
+    RETURN report || 'procos_ai_context and procos_ai_models analyzed';
+END;
+$$ LANGUAGE plpgsql;
+
+-- Default AI model configurations (inserted only when missing, so a second run adds nothing).
+INSERT INTO procos_ai_models (model_name, provider, version, config_data, performance_stats)
+SELECT v.model_name, v.provider, v.version, v.config_data::jsonb, '{}'::jsonb
+FROM (VALUES
+    ('smollm2:135m', 'ollama', '135m-instruct-q4_1',
+     '{"description": "SmolLM2-135M-Instruct, the local stack and test model", "num_ctx": 8192}'),
+    ('llama3.2:1b', 'ollama', '1b',
+     '{"description": "lightweight CPU model of seed 002", "num_ctx": 8192}')
+) AS v(model_name, provider, version, config_data)
+WHERE NOT EXISTS (
+    SELECT 1 FROM procos_ai_models m
+    WHERE m.model_name = v.model_name AND m.provider = v.provider AND m.version = v.version
+);
+
+DO $$ BEGIN RAISE NOTICE 'ProcOS PostgreSQL AI context schema ready'; END $$;
