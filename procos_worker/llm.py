@@ -56,7 +56,7 @@ class LlmClient:
         retrying = Retrying(
             retry=retry_if_exception_type(LlmBusy),
             stop=stop_after_attempt(self._settings.attempts),
-            wait=wait_exponential_jitter(initial=0.5, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.5, max=5.0),
             reraise=True,
         )
         return retrying(self._chat_once, messages, model or self._settings.model)

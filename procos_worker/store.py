@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from importlib import resources
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -45,7 +45,8 @@ _ROW_COLUMNS = """
 
 def init_db_sql() -> str:
     """The text of sql/init-db.sql, as shipped inside the package."""
-    return resources.files("procos_worker").joinpath("sql/init-db.sql").read_text(encoding="utf-8")
+    # A file next to the modules (a symlink to sql/init-db.sql in the source tree, a copy in a wheel).
+    return (Path(__file__).parent / "sql" / "init-db.sql").read_text(encoding="utf-8")
 
 
 class ContextStore:

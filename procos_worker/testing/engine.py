@@ -1,0 +1,125 @@
+"""A small Camunda REST helper for tests and benchmarks: deploy, start, inspect.
+
+Not used by the worker itself (the worker's engine calls are in ``procos_worker.camunda``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+
+__all__ = ["EXAMPLE_BPMN", "EngineRest", "example_bpmn"]
+
+EXAMPLE_BPMN = Path(__file__).resolve().parents[2] / "bpmn" / "ai-query.bpmn"
+
+
+def example_bpmn(topic: str, process_key: str) -> str:
+    """The example process with its own topic and key, so that tests and runs don't see each other's tasks."""
+    xml = EXAMPLE_BPMN.read_text(encoding="utf-8")
+    return xml.replace('camunda:topic="ai-query"', f'camunda:topic="{topic}"').replace(
+        'id="ai-query"', f'id="{process_key}"'
+    )
+
+
+class EngineRest:
+    """Plain REST calls against one engine."""
+
+    def __init__(self, base_url: str, auth: tuple[str, str] | None = None, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        self.session.auth = auth
+        self.timeout_s = timeout_s
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = self.session.get(f"{self.base_url}{path}", params=params, timeout=self.timeout_s)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def post(self, path: str, body: Any = None) -> requests.Response:
+        return self.session.post(f"{self.base_url}{path}", json=body, timeout=self.timeout_s)
+
+    def deploy(self, xml: str, name: str) -> dict[str, Any]:
+        response = self.session.post(
+            f"{self.base_url}/deployment/create",
+            data={"deployment-name": name, "deploy-changed-only": "true"},
+            files={f"{name}.bpmn": (f"{name}.bpmn", xml.encode("utf-8"), "application/xml")},
+            timeout=self.timeout_s,
+        )
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def deploy_example(self, topic: str | None = None) -> tuple[str, str]:
+        """Deploy the example process under a unique topic and key; return (topic, process key)."""
+        suffix = uuid.uuid4().hex[:10]
+        topic = topic or f"ai-query-{suffix}"
+        key = f"ai-query-{suffix}"
+        self.deploy(example_bpmn(topic, key), key)
+        return topic, key
+
+    def start(self, process_key: str, variables: dict[str, Any] | None = None, business_key: str | None = None) -> str:
+        body: dict[str, Any] = {"variables": {k: _typed(v) for k, v in (variables or {}).items()}}
+        if business_key:
+            body["businessKey"] = business_key
+        response = self.post(f"/process-definition/key/{process_key}/start", body)
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    def external_tasks(self, **params: Any) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.get("/external-task", **params)
+        return result
+
+    def activity_ids(self, process_instance_id: str) -> list[str]:
+        """Activities the instance has passed through (history), in start order."""
+        rows = self.get(
+            "/history/activity-instance", processInstanceId=process_instance_id, sortBy="startTime", sortOrder="asc"
+        )
+        return [str(row["activityId"]) for row in rows]
+
+    def variables(self, process_instance_id: str) -> dict[str, Any]:
+        rows = self.get("/history/variable-instance", processInstanceId=process_instance_id, deserializeValues="false")
+        return {str(row["name"]): row for row in rows}
+
+    def incidents(self, process_instance_id: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.get("/incident", processInstanceId=process_instance_id)
+        return result
+
+    def wait_for(
+        self, predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.2, what: str = "condition"
+    ) -> Any:
+        """Poll ``predicate()`` until truthy; fail with ``what`` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
+            time.sleep(interval_s)
+
+    def passed_task(self, process_instance_id: str, activity_id: str = "review-answer") -> bool:
+        return activity_id in self.activity_ids(process_instance_id)
+
+    def delete_instance(self, process_instance_id: str) -> None:
+        response = self.session.delete(
+            f"{self.base_url}/process-instance/{process_instance_id}",
+            params={"skipCustomListeners": "true"},
+            timeout=self.timeout_s,
+        )
+        response.raise_for_status()
+
+
+def _typed(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict) and "value" in value and "type" in value:
+        return value
+    if isinstance(value, bool):
+        return {"value": value, "type": "Boolean"}
+    if isinstance(value, int):
+        return {"value": value, "type": "Long"}
+    if isinstance(value, str):
+        return {"value": value, "type": "String"}
+    return {"value": value}

@@ -1,0 +1,137 @@
+"""The worker end to end on the real stack: Camunda -> Ollama -> procos_ai_context -> complete."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import string
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from procos_worker.flags import MAX_VARIABLE_CHARS
+from procos_worker.settings import Settings
+from procos_worker.store import ContextStore
+from procos_worker.testing.engine import EngineRest
+from procos_worker.testing.fake_ollama import FakeOllama
+
+pytestmark = pytest.mark.integration
+
+SMALL_ANSWER = {"num_predict": 24, "seed": 7, "temperature": 0}
+
+
+def _text(size: int, seed: int) -> str:
+    rng = random.Random(seed)
+    words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(size // 4)]
+    text = " ".join(words)
+    # Some non-ASCII so "byte for byte" means something beyond ASCII.
+    return (text + " äöü ✓ 日本語 ")[:size]
+
+
+def _rows(db: psycopg.Connection[Any], process_instance_id: str) -> dict[str, dict[str, Any]]:
+    with db.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        cur.execute("SELECT * FROM procos_ai_context WHERE process_instance_id = %s", (process_instance_id,))
+        return {row["context_type"]: row for row in cur.fetchall()}
+
+
+def test_example_process_end_to_end_with_real_model(
+    engine_rest: EngineRest, deployed: tuple[str, str], run_worker: Callable[..., Any], db: psycopg.Connection[Any],
+    store: ContextStore, ollama_up: str, settings: Settings,
+) -> None:
+    topic, key = deployed
+    query = _text(20_000, 1)
+    context = _text(200_000, 2)
+    pi = engine_rest.start(key, {"query": query, "context": context})
+
+    run_worker(topic, ollama={"options": SMALL_ANSWER})
+    engine_rest.wait_for(lambda: engine_rest.passed_task(pi), timeout_s=300, what="instance past the AI task")
+
+    rows = _rows(db, pi)
+    assert set(rows) == {"input", "output"}
+    inp, out = rows["input"], rows["output"]
+    assert inp["content_data"]["query"] == query
+    assert inp["content_data"]["context"] == context
+    assert query in inp["content_text"] and context in inp["content_text"]
+    assert out["content_text"], "the model's answer is stored"
+    assert out["content_data"]["content"] == out["content_text"]
+    assert out["model_used"] == settings.ollama.model and out["ai_provider"] == "ollama"
+    assert out["token_usage"]["prompt_tokens"] > 0 and out["token_usage"]["completion_tokens"] > 0
+    assert out["content_data"]["done_reason"] in ("stop", "length")
+
+    variables = engine_rest.variables(pi)
+    assert variables["ai_context_id"]["value"] == str(out["id"])
+    assert variables["ai_response_stored"]["value"] is True
+    assert variables["ai_response_length"]["value"] == len(out["content_text"])
+    assert variables["ai_completion_tokens"]["value"] == out["token_usage"]["completion_tokens"]
+    written = {name: v for name, v in variables.items() if name.startswith("ai_")}
+    assert len(written) >= 8
+    for name, var in written.items():
+        assert len(str(var["value"])) <= MAX_VARIABLE_CHARS, name
+
+    with db.cursor() as cur:
+        cur.execute("SELECT query_text, ai_response FROM procos_ai_conversations WHERE process_instance_id = %s",
+                    (pi,))
+        view = cur.fetchall()
+    assert (query, None) in view and (None, out["content_text"]) in view
+
+    exchange_out = store.get(out["id"])
+    exchange_in = store.get_input_for(out["id"])
+    assert exchange_out is not None and exchange_out.content_text == out["content_text"]
+    assert exchange_in is not None and exchange_in.content_data["query"] == query
+    assert [row.context_type for row in store.conversation(pi)] == ["input", "output"]
+
+
+def test_large_answer_is_stored_byte_for_byte(
+    engine_rest: EngineRest, deployed: tuple[str, str], run_worker: Callable[..., Any], db: psycopg.Connection[Any],
+) -> None:
+    # A real model can't be made to answer 3 MB on demand: the fake speaks Ollama's wire protocol.
+    topic, key = deployed
+    size = 3 * 1024 * 1024
+    with FakeOllama() as fake:
+        pi = engine_rest.start(key, {"query": f"long answer please [[fake:answer_bytes={size}]]"})
+        run_worker(topic, ollama={"base_url": fake.base_url})
+        engine_rest.wait_for(lambda: engine_rest.passed_task(pi), timeout_s=60, what="instance past the AI task")
+    out = _rows(db, pi)["output"]
+    expected = b"".join(_generated(size))
+    assert len(out["content_text"]) == size
+    assert hashlib.sha256(out["content_text"].encode()).digest() == hashlib.sha256(expected).digest()
+    assert engine_rest.variables(pi)["ai_response_length"]["value"] == size
+
+
+def _generated(size: int) -> Any:
+    from procos_worker.testing.fake_ollama import generated_answer_chunks
+
+    return generated_answer_chunks(size)
+
+
+def test_long_string_variable_breaks_completion_but_worker_completes(
+    engine_rest: EngineRest, deployed: tuple[str, str], run_worker: Callable[..., Any], db: psycopg.Connection[Any],
+) -> None:
+    """The reason for dual storage, on the real engine: a >4000-char String variable fails complete
+    with HTTP 500 and leaves the task locked; the same task completed through procos-worker succeeds."""
+    topic, key = deployed
+    pi = engine_rest.start(key, {"query": "Summarise BPMN in one line. [[fake:answer_bytes=9000]]"})
+    fetched = engine_rest.post("/external-task/fetchAndLock", {
+        "workerId": "naive-worker", "maxTasks": 1,
+        "topics": [{"topicName": topic, "lockDuration": 3000}],
+    }).json()
+    assert len(fetched) == 1
+    task_id = fetched[0]["id"]
+
+    response = engine_rest.post(f"/external-task/{task_id}/complete", {
+        "workerId": "naive-worker", "variables": {"content": {"value": "x" * 9000, "type": "String"}},
+    })
+    assert response.status_code == 500, response.text
+    assert response.json()["type"] == "ProcessEnginePersistenceException"
+    task = engine_rest.get(f"/external-task/{task_id}")
+    assert task["workerId"] == "naive-worker" and task["lockExpirationTime"] is not None
+    assert not engine_rest.passed_task(pi)
+
+    with FakeOllama() as fake:
+        run_worker(topic, ollama={"base_url": fake.base_url})
+        engine_rest.wait_for(lambda: engine_rest.passed_task(pi), timeout_s=60, what="worker completion")
+    out = _rows(db, pi)["output"]
+    assert len(out["content_text"]) == 9000
+    assert engine_rest.variables(pi)["ai_response_length"]["value"] == 9000
