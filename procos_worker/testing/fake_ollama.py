@@ -80,9 +80,7 @@ _JSON_CT = "application/json; charset=utf-8"
 _NDJSON_CT = "application/x-ndjson"
 _TEXT_CT = "text/plain; charset=utf-8"
 # What Go's encoding/json escapes that Python's json.dumps(ensure_ascii=False) leaves raw.
-_GO_ESCAPES = str.maketrans(
-    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-)
+_GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 _FILLER = (b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor " * 1000)[
     :_GENERATED_PIECE_BYTES
 ]
@@ -124,9 +122,7 @@ def generated_answer_chunks(total_bytes: int, piece_bytes: int = _GENERATED_PIEC
         index += 1
 
 
-_INT_FIELDS = frozenset(
-    {"delay_ms", "chunk_delay_ms", "answer_bytes", "chunk_chars", "status", "fail_first_n"}
-)
+_INT_FIELDS = frozenset({"delay_ms", "chunk_delay_ms", "answer_bytes", "chunk_chars", "status", "fail_first_n"})
 _BOOL_FIELDS = frozenset({"nul", "surrogate", "hang", "drop"})
 _STR_FIELDS = frozenset({"answer", "done_reason"})
 _TRUE = frozenset({"", "1", "true", "yes", "on"})
@@ -382,9 +378,7 @@ class TrackedHandler(BaseHTTPRequestHandler):
     def send_body(self, status: int, body: bytes, content_type: str, head_only: bool = False) -> None:
         """A whole response in one write; chunked above 2 KiB like Go's net/http."""
         if len(body) <= _GO_CHUNKING_THRESHOLD or head_only:
-            head = self.head_bytes(
-                status, [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-            )
+            head = self.head_bytes(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
             self.wfile.write(head if head_only else head + body)
         else:
             head = self.head_bytes(status, [("Content-Type", content_type), ("Transfer-Encoding", "chunked")])
@@ -669,9 +663,7 @@ class _FakeHandler(TrackedHandler):
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             self.send_error_json(400, "json: cannot unmarshal into Go struct field ChatRequest.messages")
             return None
-        last_user = next(
-            (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), ""
-        )
+        last_user = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")
         try:
             behaviour = self.fake.behaviour.with_marker(last_user)
         except (ValueError, TypeError) as exc:
@@ -696,7 +688,6 @@ class _FakeHandler(TrackedHandler):
         chat = self._parse_chat(body)
         if chat is None:
             return
-        fake, b = self.fake, chat.behaviour
         if chat.load_only:
             # No messages: Ollama only loads the model and says so, in one object even when streaming.
             loaded = {
@@ -708,25 +699,28 @@ class _FakeHandler(TrackedHandler):
             }
             self.send_body(200, go_json(loaded), _JSON_CT)
             return
-        if b.delay_ms and fake.stopping.wait(b.delay_ms / 1000):
-            self.abort()
-            return
-        refusal = _refusal(chat, fake)
-        if refusal is not None:
-            self.send_error_json(*refusal)
-            return
-        if b.hang:
-            self._hang()
-            return
-        if not fake._enter():
+        # Ollama's queue limit counts waiting requests too, so in-flight covers the delay.
+        if not self.fake._enter():
             self.send_error_json(503, BUSY_MESSAGE)
             return
         try:
-            self._answer(chat)
+            self._run_chat(chat)
         except (_Aborted, OSError):
             self.abort()
         finally:
-            fake._leave()
+            self.fake._leave()
+
+    def _run_chat(self, chat: _Chat) -> None:
+        fake, b = self.fake, chat.behaviour
+        if b.delay_ms and fake.stopping.wait(b.delay_ms / 1000):
+            raise _Aborted
+        refusal = _refusal(chat, fake)
+        if refusal is not None:
+            self.send_error_json(*refusal)
+        elif b.hang:
+            self._hang()
+        else:
+            self._answer(chat)
 
     def _hang(self) -> None:
         """Say nothing until the client gives up or the server stops."""
@@ -779,9 +773,7 @@ class _FakeHandler(TrackedHandler):
         else:
             self.wfile.write(_chunk(tail) + b"0\r\n\r\n")
 
-    def _final(
-        self, chat: _Chat, head: dict[str, Any], answer_len: int, load_ns: int, eval_start: int
-    ) -> bytes:
+    def _final(self, chat: _Chat, head: dict[str, Any], answer_len: int, load_ns: int, eval_start: int) -> bytes:
         """The final object (stream) or the part after the content (non-stream)."""
         now = time.monotonic_ns()
         prompt_tokens = max(1, chat.prompt_chars // 4)
@@ -803,9 +795,7 @@ class _FakeHandler(TrackedHandler):
 
     def _stream(self, chat: _Chat, open_part: bytes, close_part: bytes, pieces: Iterator[bytes]) -> None:
         b = chat.behaviour
-        self.wfile.write(
-            self.head_bytes(200, [("Content-Type", _NDJSON_CT), ("Transfer-Encoding", "chunked")])
-        )
+        self.wfile.write(self.head_bytes(200, [("Content-Type", _NDJSON_CT), ("Transfer-Encoding", "chunked")]))
         batch: list[bytes] = []
         for n, piece in enumerate(pieces):
             if b.drop and n >= 1:
@@ -827,8 +817,7 @@ class _FakeHandler(TrackedHandler):
     def _single(self, chat: _Chat, open_part: bytes, pieces: Iterator[bytes]) -> None:
         b = chat.behaviour
         self.wfile.write(
-            self.head_bytes(200, [("Content-Type", _JSON_CT), ("Transfer-Encoding", "chunked")])
-            + _chunk(open_part)
+            self.head_bytes(200, [("Content-Type", _JSON_CT), ("Transfer-Encoding", "chunked")]) + _chunk(open_part)
         )
         for n, piece in enumerate(pieces):
             if b.drop and n >= 1:
