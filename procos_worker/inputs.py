@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -13,6 +15,7 @@ __all__ = ["parse_inputs", "requested_variables"]
 
 _TEXT_TYPES = {"String", "string"}
 _JSON_TYPES = {"Json", "json"}
+_BYTES_TYPES = {"Bytes", "bytes"}
 
 
 def requested_variables(settings: TaskSettings) -> list[str]:
@@ -51,9 +54,30 @@ def _optional_text(task: Task, name: str) -> str | None:
 
 
 def _as_text(variable: Variable, name: str) -> str:
-    if variable.type not in _TEXT_TYPES or not isinstance(variable.value, str):
-        raise InputError(f"variable '{name}' must be a String, got {variable.type} ({type(variable.value).__name__})")
-    return variable.value
+    """Text from a String variable, or (for text over Camunda's 4000-char String limit) from a Json
+    variable holding a JSON string, or a Bytes variable holding UTF-8."""
+    if variable.type in _TEXT_TYPES and isinstance(variable.value, str):
+        return variable.value
+    if variable.type in _JSON_TYPES and isinstance(variable.value, str):
+        parsed = _parse_json(variable.value, name)
+        if isinstance(parsed, str):
+            return parsed
+    if variable.type in _BYTES_TYPES and isinstance(variable.value, str):
+        try:
+            return base64.b64decode(variable.value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise InputError(f"variable '{name}' is a Bytes variable that is not UTF-8 text: {exc}") from exc
+    raise InputError(
+        f"variable '{name}' must be text (a String, a Json string or UTF-8 Bytes), "
+        f"got {variable.type} ({type(variable.value).__name__})"
+    )
+
+
+def _parse_json(value: str, name: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"variable '{name}' is a Json variable that does not parse: {exc}") from exc
 
 
 def _optional_context(task: Task, name: str) -> str | dict[str, Any] | list[Any] | None:
@@ -61,10 +85,7 @@ def _optional_context(task: Task, name: str) -> str | dict[str, Any] | list[Any]
     if variable is None or variable.value is None:
         return None
     if variable.type in _JSON_TYPES:
-        try:
-            parsed = json.loads(variable.value) if isinstance(variable.value, str) else variable.value
-        except json.JSONDecodeError as exc:
-            raise InputError(f"variable '{name}' is a Json variable that does not parse: {exc}") from exc
+        parsed = _parse_json(variable.value, name) if isinstance(variable.value, str) else variable.value
         if not isinstance(parsed, dict | list | str):
             raise InputError(f"variable '{name}' must be a JSON object, array or string")
         return parsed

@@ -5,6 +5,7 @@ Not used by the worker itself (the worker's engine calls are in ``procos_worker.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import requests
 
-__all__ = ["EXAMPLE_BPMN", "EngineRest", "example_bpmn"]
+__all__ = ["EXAMPLE_BPMN", "EngineRest", "example_bpmn", "json_variable"]
 
 EXAMPLE_BPMN = Path(__file__).resolve().parents[2] / "bpmn" / "ai-query.bpmn"
 
@@ -111,6 +112,12 @@ class EngineRest:
             timeout=self.timeout_s,
         )
         response.raise_for_status()
+
+
+def json_variable(value: Any) -> dict[str, Any]:
+    """A Camunda Json variable: stored as a byte array, so it may be longer than 4000 characters
+    (a String variable may not)."""
+    return {"value": json.dumps(value), "type": "Json"}
 
 
 def _typed(value: Any) -> dict[str, Any]:

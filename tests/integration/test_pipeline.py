@@ -14,7 +14,7 @@ import pytest
 from procos_worker.flags import MAX_VARIABLE_CHARS
 from procos_worker.settings import Settings
 from procos_worker.store import ContextStore
-from procos_worker.testing.engine import EngineRest
+from procos_worker.testing.engine import EngineRest, json_variable
 from procos_worker.testing.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,8 @@ def test_example_process_end_to_end_with_real_model(
     topic, key = deployed
     query = _text(20_000, 1)
     context = _text(200_000, 2)
-    pi = engine_rest.start(key, {"query": query, "context": context})
+    # Over 4000 characters, so they travel as Json variables (a String variable can't hold them).
+    pi = engine_rest.start(key, {"query": json_variable(query), "context": json_variable(context)})
 
     run_worker(topic, ollama={"options": SMALL_ANSWER})
     engine_rest.wait_for(lambda: engine_rest.passed_task(pi), timeout_s=300, what="instance past the AI task")
