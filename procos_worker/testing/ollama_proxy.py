@@ -238,8 +238,8 @@ class _ProxyHandler(TrackedHandler):
             headers["Content-Length"] = str(len(body))
         reused = self._upstream is not None
         for attempt in (1, 2):
-            conn = self._connection()
             try:
+                conn = self._connection()
                 conn.request(self.command, self.path, body=body, headers=headers)
                 return conn.getresponse()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
