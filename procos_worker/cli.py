@@ -11,6 +11,7 @@ from pathlib import Path
 
 import structlog
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from procos_worker.camunda import EngineClient
 from procos_worker.errors import EngineRejected, ProcosError, ServiceUnavailable
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = Settings()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         print(f"procos-worker: invalid settings:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings)

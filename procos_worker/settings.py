@@ -10,6 +10,7 @@ never print.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -96,10 +97,22 @@ class OllamaSettings(BaseModel):
     base_url: str = "http://127.0.0.1:11434"
     model: str = "smollm2:135m"
     timeout_s: float = Field(default=600.0, gt=0)
-    options: dict[str, Any] = Field(default_factory=dict, description="JSON, e.g. {\"temperature\": 0.2}")
+    options: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict, description="JSON object of Ollama options, e.g. {\"temperature\": 0.2}")
     keep_alive: str | None = None
     attempts: int = Field(default=3, ge=1, description="in-process tries on a transient Ollama error")
     provider: str = "ollama"
+
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _parse_options(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"OLLAMA_OPTIONS must be a JSON object, e.g. {{\"temperature\": 0.2}}: {exc}") from exc
+        return value
 
 
 class DatabaseSettings(BaseModel):
@@ -140,6 +153,8 @@ class Settings(BaseSettings):
         env_nested_delimiter="_",
         env_nested_max_split=1,
         extra="ignore",
+        # An empty variable (compose's `WORKER_ID=`) means "use the default", e.g. a unique worker id.
+        env_ignore_empty=True,
         frozen=True,
     )
 
