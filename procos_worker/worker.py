@@ -140,6 +140,13 @@ class Worker:
             return
         run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_ms)
         with self._cond:
+            current = self._runs.get(task.id)
+            if current is not None and current.state in (RunState.RUNNING, RunState.REPORTING):
+                # Our lock ran out while the heartbeat could not reach the engine, and this poll locked
+                # the task for us again: the run in progress keeps it (a second run would ask the LLM twice).
+                current.lock_expires_at = run.lock_expires_at
+                log.warning("task.refetched", elapsed_s=current.elapsed_s())
+                return
             self._runs[task.id] = run
         log.info("task.fetched", retries=task.retries)
         threading.Thread(target=self._run_task, args=(run,), name=f"procos-task-{task.id[:8]}", daemon=True).start()
@@ -153,7 +160,8 @@ class Worker:
             self._report(run, outcome, log)
         finally:
             with self._cond:
-                self._runs.pop(run.task.id, None)
+                if self._runs.get(run.task.id) is run:
+                    del self._runs[run.task.id]
                 self._cond.notify_all()
 
     def _outcome(self, run: TaskRun, log: Any) -> Outcome:
