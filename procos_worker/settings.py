@@ -127,7 +127,7 @@ class BackoffSettings(BaseModel):
     """Jittered exponential backoff while a service is unreachable (one state per service)."""
 
     initial_s: float = Field(default=0.5, gt=0)
-    max_s: float = Field(default=15.0, gt=0)
+    max_s: float = Field(default=5.0, gt=0)
     multiplier: float = Field(default=2.0, ge=1)
     jitter: float = Field(default=0.25, ge=0, le=1)
 
