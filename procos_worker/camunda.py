@@ -128,11 +128,11 @@ class EngineClient:
             return call()
         except (EngineRejected, EngineUnavailable, LockLost):
             raise
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise EngineUnavailable(f"Camunda at {self._base_url} can't be reached", details=repr(exc)) from exc
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             raise _classify(status, "HTTPError", str(exc), task_id) from exc
+        except requests.RequestException as exc:  # refused, timed out, broken mid-answer
+            raise EngineUnavailable(f"Camunda at {self._base_url} can't be reached", details=repr(exc)) from exc
         except Exception as exc:  # the library raises bare Exception("received <status> ...")
             match = _LIBRARY_ERROR.match(str(exc))
             if match is None:

@@ -70,7 +70,8 @@ class Worker:
         self._stopping = threading.Event()
         self._signals = 0
         self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms)
-        self._poll_thread = threading.Thread(target=self._poll_loop, name="procos-poll", daemon=True)
+        self._exit_code = 0
+        self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
         self._log = structlog.get_logger("procos_worker.worker").bind(worker_id=w.id)
 
     # -- public ----------------------------------------------------------------------------------
@@ -101,6 +102,14 @@ class Worker:
             return len(self._runs)
 
     # -- poll loop -------------------------------------------------------------------------------
+
+    def _poll_main(self) -> None:
+        try:
+            self._poll_loop()
+        except Exception:  # noqa: BLE001 - a bug: stop the process (non-zero) rather than idle looking healthy
+            self._log.exception("worker.poll_crashed")
+            self._exit_code = 1
+            self.stop()
 
     def _poll_loop(self) -> None:
         backoff = Backoff(self.settings.backoff)
@@ -253,8 +262,8 @@ class Worker:
         self.store.close()
         self.engine.close()
         self._write_health("stopped")
-        self._log.info("worker.stopped", **self.counters)
-        return 0
+        self._log.info("worker.stopped", exit_code=self._exit_code, **self.counters)
+        return self._exit_code
 
     def _wait_for_reports(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
