@@ -16,3 +16,10 @@ def test_every_module_declares_all() -> None:
             continue
         imported = importlib.import_module(module.name)
         assert hasattr(imported, "__all__"), module.name
+
+
+def test_public_names_resolve() -> None:
+    from procos_worker.store import ContextStore
+
+    assert procos_worker.ContextStore is ContextStore
+    assert all(getattr(procos_worker, name) for name in procos_worker.__all__)

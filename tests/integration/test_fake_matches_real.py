@@ -1,6 +1,7 @@
 """The fake answers with the same shapes as the real Ollama, and the proxy passes the real one through.
 
-Needs the real Ollama on 127.0.0.1:11434 with ``smollm2:135m``; skipped when it is not there.
+Needs the real Ollama (OLLAMA_BASE_URL, the local stack's by default) with its model; fails, naming it,
+when it is not there.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import httpx
 import ollama
 import pytest
 
+from procos_worker.settings import Settings
 from procos_worker.testing import FakeOllama, OllamaProxy
 
-REAL = "http://127.0.0.1:11434"
 MODEL = "smollm2:135m"
 MESSAGES = [{"role": "user", "content": "Say hi"}]
 CHAT: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "options": {"num_predict": 8}}
@@ -24,14 +25,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def real() -> str:
+def real(settings: Settings) -> str:
+    base_url = settings.ollama.base_url
     try:
-        tags = httpx.get(f"{REAL}/api/tags", timeout=2).json()
-    except httpx.HTTPError:
-        pytest.skip("no real Ollama on 127.0.0.1:11434")
+        tags = httpx.get(f"{base_url}/api/tags", timeout=5).json()
+    except httpx.HTTPError as exc:
+        pytest.fail(f"the real Ollama is not reachable at {base_url} ({exc}); start it with scripts/stack up")
     if MODEL not in [m["name"] for m in tags["models"]]:
-        pytest.skip(f"the real Ollama has no {MODEL}")
-    return REAL
+        pytest.fail(f"the real Ollama at {base_url} has no {MODEL}; scripts/stack up imports it")
+    return base_url
 
 
 @pytest.fixture(scope="module")
