@@ -1,0 +1,111 @@
+"""``python -m procos_worker.bench [--quick] [--only p1,p4] [--out-dir docs/perf | --no-docs]``.
+
+Prints progress on stderr, the table on stdout, and as its last stdout line one JSON object with
+the keys p1_ratio_vs_ceiling, p2_ratio_vs_library_worker, p3_overhead_ratio, p4_seconds,
+p4_rss_ratio, p5_scaleout_ratio, p5_duplicates (null for a scenario not run) and "details".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from procos_worker.bench.common import Stack
+from procos_worker.bench.report import machine, markdown, plot, summary, table
+from procos_worker.bench.scenarios import Bench, Config
+
+__all__ = ["main"]
+
+SCENARIOS = ("curve", "p2", "p3", "p4", "p5")  # "curve" yields P1
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m procos_worker.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller run (about 3 minutes)")
+    parser.add_argument("--only", default="", help="comma-separated subset of: p1 (=curve), p2, p3, p4, p5")
+    parser.add_argument("--reps", type=int, help="repetitions per comparison (default 3)")
+    parser.add_argument("--levels", help="tasks in flight for the curve, e.g. 1,2,4,8,16")
+    parser.add_argument("--tasks", type=int, help="tasks per curve run")
+    parser.add_argument("--p2-in-flight", type=int, help="WORKER_MAX_TASKS_IN_FLIGHT for P2 (default 8)")
+    parser.add_argument("--p3-reps", type=int)
+    parser.add_argument("--p4-bytes", type=int, help="answer size for P4 (default 64 MiB)")
+    parser.add_argument("--p5-tasks", type=int)
+    parser.add_argument("--camunda-url", default=Stack.camunda_url)
+    parser.add_argument("--database-url", default=Stack.database_url)
+    parser.add_argument("--ollama-url", default=Stack.ollama_url, help="the real Ollama (P3)")
+    parser.add_argument("--model", default=Stack.model)
+    parser.add_argument("--out-dir", type=Path, default=Path("docs/perf"),
+                        help="where latest.md, throughput.png and latest.json go")
+    parser.add_argument("--no-docs", action="store_true", help="write nothing, just print")
+    return parser.parse_args(argv)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = Config.quick() if args.quick else Config()
+    changes: dict[str, Any] = {}
+    if args.reps:
+        changes["reps"] = args.reps
+    if args.levels:
+        changes["levels"] = tuple(int(x) for x in args.levels.split(","))
+    if args.tasks:
+        changes["curve_tasks"] = args.tasks
+        changes["p2_tasks"] = args.tasks
+        changes["p2_library_tasks"] = max(5, args.tasks // 5)
+    for name in ("p2_in_flight", "p3_reps", "p4_bytes", "p5_tasks"):
+        value = getattr(args, name)
+        if value:
+            changes[name] = value
+    if args.p3_reps is None and args.reps:
+        changes["p3_reps"] = max(args.reps, 1)
+    return dataclasses.replace(config, **changes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    config = _config(args)
+    wanted = {"curve" if s.strip() == "p1" else s.strip() for s in args.only.split(",") if s.strip()} or set(SCENARIOS)
+    unknown = wanted - set(SCENARIOS)
+    if unknown:
+        print(f"unknown scenario(s): {sorted(unknown)}", file=sys.stderr)
+        return 2
+    stack = Stack(args.camunda_url, args.database_url, args.ollama_url, args.model)
+    started = time.perf_counter()
+    bench = Bench(stack, config)
+    try:
+        for name in SCENARIOS:
+            if name in wanted:
+                getattr(bench, name)()
+    finally:
+        bench.close()
+    wall_s = time.perf_counter() - started
+    results = bench.results
+    host = machine()
+    config_dict = dataclasses.asdict(config)
+    text = table(results)
+    print(text)
+    if not args.no_docs:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        command = "python -m procos_worker.bench " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
+        (args.out_dir / "latest.md").write_text(markdown(results, command.strip(), host, wall_s))
+        (args.out_dir / "latest.json").write_text(json.dumps(
+            {"summary": summary(results), "config": config_dict, "machine": host, "results": results}, indent=1))
+        if "curve" in results:
+            plot(results, args.out_dir / "throughput.png")
+        print(f"wrote {args.out_dir}/latest.md, latest.json" + (", throughput.png" if "curve" in results else ""),
+              file=sys.stderr)
+    line = {**summary(results), "details": {"config": config_dict, "machine": host, "wall_s": round(wall_s, 1),
+                                            "results": results}}
+    print(json.dumps(line, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

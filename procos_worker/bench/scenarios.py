@@ -1,0 +1,414 @@
+"""The measurements: the throughput curve (and P1 from it), P2, P3, P4, P5.
+
+Every timed run goes through :meth:`Bench.measure`: a fresh :class:`Batch` on its own topic, the
+consumer started and polling, the batch released, completion polled, CPU of each process group taken
+over exactly the timed window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ollama
+import psycopg
+from pydantic import SecretStr
+
+from procos_worker.bench.common import Batch, CpuMeter, CpuReport, Spread, Stack, listener_pids, spread
+from procos_worker.bench.procs import (
+    Consumer,
+    FakeProc,
+    HelperProc,
+    RssSampler,
+    WorkerGroup,
+    WorkerProc,
+    read_status_kib,
+)
+from procos_worker.settings import DatabaseSettings
+from procos_worker.store import ContextStore
+from procos_worker.testing.engine import EngineRest
+
+__all__ = ["Bench", "Config", "Run"]
+
+P3_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+P4_QUERY = "Give me everything. [[fake:answer_bytes={bytes}]]"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes of one benchmark run (``full`` and ``quick`` presets; the CLI can override fields)."""
+
+    reps: int = 3
+    levels: tuple[int, ...] = (1, 2, 4, 8, 16)
+    curve_tasks: int = 200
+    p1_in_flight: int = 4  # WorkerSettings.max_tasks_in_flight's default
+    p2_delay_ms: int = 100
+    p2_library_tasks: int = 40
+    p2_tasks: int = 200
+    p2_in_flight: int = 8
+    p3_reps: int = 5
+    p3_num_predict: int = 32
+    p3_seed: int = 42
+    p4_bytes: int = 64 * 1024 * 1024
+    p4_reps: int = 3
+    p5_tasks: int = 400
+    p5_processes: int = 4
+    p5_delay_ms: int = 100
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls(levels=(1, 4), curve_tasks=60, p2_library_tasks=15, p2_tasks=60, p3_reps=3, p4_reps=1,
+                   p5_tasks=100)
+
+
+@dataclass
+class Run:
+    """One timed run of one side."""
+
+    side: str
+    n: int
+    elapsed_s: float
+    cpu: CpuReport
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.elapsed_s
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def paired(a: list[float], b: list[float]) -> Spread:
+    """Ratios a[i]/b[i] of runs made next to each other (A B A B ...)."""
+    return spread(x / y for x, y in zip(a, b, strict=True))
+
+
+class Bench:
+    """Runs the scenarios on one stack and keeps every result for the report."""
+
+    def __init__(self, stack: Stack, config: Config) -> None:
+        self.stack = stack
+        self.config = config
+        self.results: dict[str, Any] = {}
+        self.topics: list[str] = []
+        self._camunda = listener_pids(int(stack.camunda_url.split(":")[2].split("/")[0]), with_children=False)
+        db_port = 5432
+        self._postgres: Callable[[], list[int]] = lambda: listener_pids(db_port)
+        self._db = psycopg.connect(stack.database_url, autocommit=True)
+        with ContextStore(DatabaseSettings(url=SecretStr(stack.database_url))) as store:
+            store.apply_schema()
+
+    def close(self) -> None:
+        """Delete the rows the benchmark wrote (they are all tagged with a bench topic)."""
+        if self.topics:
+            self._db.execute("DELETE FROM procos_ai_context WHERE content_data->>'topic' = ANY(%s)", (self.topics,))
+        self._db.close()
+
+    # -- one timed run ---------------------------------------------------------------------------
+
+    def measure(self, side: str, n: int, start: Callable[[str], Consumer], *, fake: FakeProc | None = None,
+                query: str | None = None, on_done: Callable[[Batch, Consumer], dict[str, Any]] | None = None) -> Run:
+        batch = Batch(self.stack, n, label="bench", **({"query": query} if query else {})).prepare()
+        self.topics.append(batch.topic)
+        consumer = start(batch.topic)
+        try:
+            time.sleep(0.3)  # the consumer's first long poll reaches the engine
+            meter = CpuMeter({
+                "camunda": lambda: self._camunda,
+                "postgres": self._postgres,
+                "fake_ollama": lambda: [fake.pid] if fake else [],
+                "consumer": consumer.pids,
+                "bench": lambda: [os.getpid()],
+            })
+            meter.start()
+            batch.release()
+            elapsed = batch.wait_done(alive=consumer.alive)
+            cpu = meter.stop()
+            batch.check_all_completed()
+            extra = on_done(batch, consumer) if on_done else {}
+        finally:
+            consumer.stop()
+            batch.close()
+        run = Run(side, n, elapsed, cpu, extra)
+        _log(f"{side:<28} {n:>4} tasks {elapsed:7.2f} s {run.rate:8.1f} tasks/s  "
+             f"cpu%: " + " ".join(f"{g}={cpu.percent(g):.0f}" for g in cpu.seconds)
+             + f" machine={100 * cpu.machine_busy:.0f}%")
+        return run
+
+    # -- consumers -------------------------------------------------------------------------------
+
+    def ceiling(self, threads: int) -> Callable[[str], Consumer]:
+        return lambda topic: HelperProc("procos_worker.bench.ceiling",
+                                        ["--url", self.stack.camunda_url, "--topic", topic, "--threads", str(threads)])
+
+    def library(self, fake: FakeProc) -> Callable[[str], Consumer]:
+        return lambda topic: HelperProc("procos_worker.bench.library_worker",
+                                        ["--url", self.stack.camunda_url, "--topic", topic, "--ollama", fake.url,
+                                         "--db", self.stack.database_url, "--model", self.stack.model])
+
+    def worker(self, fake_url: str, in_flight: int | None, processes: int = 1,
+               env: dict[str, str] | None = None) -> Callable[[str], Consumer]:
+        def start(topic: str) -> Consumer:
+            workers = [WorkerProc(self.stack, topic, fake_url, in_flight=in_flight, env=env) for _ in range(processes)]
+            for w in workers:
+                w.wait_started()
+            return workers[0] if processes == 1 else WorkerGroup(workers)
+
+        return start
+
+    # -- the throughput curve and P1 ---------------------------------------------------------------
+
+    def curve(self) -> None:
+        """Tasks/s against tasks in flight, instant LLM (fake, delay 0): ceiling vs procos-worker,
+        alternated; the sequential library worker is measured at the first level and drawn flat."""
+        cfg = self.config
+        fake = FakeProc(0)
+        try:
+            rows: dict[int, dict[str, list[Run]]] = {}
+            for k in cfg.levels:
+                runs: dict[str, list[Run]] = {"ceiling": [], "procos": [], "library": []}
+                for _ in range(cfg.reps):
+                    runs["ceiling"].append(self.measure(f"ceiling x{k}", cfg.curve_tasks, self.ceiling(k)))
+                    runs["procos"].append(self.measure(f"procos-worker in-flight {k}", cfg.curve_tasks,
+                                                       self.worker(fake.url, k), fake=fake))
+                    if k == cfg.levels[0]:
+                        runs["library"].append(self.measure("library worker (sequential)", cfg.curve_tasks,
+                                                            self.library(fake), fake=fake))
+                rows[k] = runs
+        finally:
+            fake.stop()
+        curve: dict[str, Any] = {}
+        for k, runs in rows.items():
+            entry = {side: spread(r.rate for r in rs).as_dict() for side, rs in runs.items() if rs}
+            entry["ratio"] = paired([r.rate for r in runs["procos"]], [r.rate for r in runs["ceiling"]]).as_dict()
+            entry["cpu_procos"] = _median_cpu(runs["procos"])
+            entry["cpu_ceiling"] = _median_cpu(runs["ceiling"])
+            if runs["library"]:
+                entry["cpu_library"] = _median_cpu(runs["library"])
+            curve[str(k)] = entry
+        library = rows[cfg.levels[0]]["library"]
+        self.results["curve"] = {"levels": list(cfg.levels), "tasks_per_run": cfg.curve_tasks, "points": curve,
+                                 "library_flat": spread(r.rate for r in library).as_dict()}
+        p1 = cfg.p1_in_flight if cfg.p1_in_flight in rows else min(rows, key=lambda k: abs(k - cfg.p1_in_flight))
+        self.results["p1"] = {"in_flight": p1, **curve[str(p1)]}
+
+    # -- P2 ----------------------------------------------------------------------------------------
+
+    def p2(self) -> None:
+        """procos-worker vs the library's ExternalTaskWorker, 100 ms LLM latency, alternated per rep."""
+        cfg = self.config
+        fake = FakeProc(cfg.p2_delay_ms)
+        default_in_flight = 4
+        runs: dict[str, list[Run]] = {"library": [], "procos": [], "procos_default": []}
+        try:
+            for _ in range(cfg.reps):
+                runs["library"].append(self.measure("library worker", cfg.p2_library_tasks, self.library(fake),
+                                                    fake=fake))
+                runs["procos"].append(self.measure(f"procos-worker in-flight {cfg.p2_in_flight}", cfg.p2_tasks,
+                                                   self.worker(fake.url, cfg.p2_in_flight), fake=fake))
+                if cfg.p2_in_flight != default_in_flight:
+                    runs["procos_default"].append(self.measure(
+                        f"procos-worker in-flight {default_in_flight}", cfg.p2_tasks,
+                        self.worker(fake.url, None), fake=fake))
+        finally:
+            fake.stop()
+        lib = [r.rate for r in runs["library"]]
+        self.results["p2"] = {
+            "delay_ms": cfg.p2_delay_ms, "in_flight": cfg.p2_in_flight, "library_tasks": cfg.p2_library_tasks,
+            "procos_tasks": cfg.p2_tasks,
+            "library": spread(lib).as_dict(), "procos": spread(r.rate for r in runs["procos"]).as_dict(),
+            "ratio": paired([r.rate for r in runs["procos"]], lib).as_dict(),
+            "cpu_procos": _median_cpu(runs["procos"]), "cpu_library": _median_cpu(runs["library"]),
+        }
+        if runs["procos_default"]:
+            self.results["p2"]["procos_default"] = spread(r.rate for r in runs["procos_default"]).as_dict()
+            self.results["p2"]["ratio_default"] = paired([r.rate for r in runs["procos_default"]], lib).as_dict()
+
+    # -- P3 ----------------------------------------------------------------------------------------
+
+    def p3(self) -> None:
+        """Real model: the worker's own fetched->completed time vs a bare ollama chat, same request."""
+        cfg = self.config
+        client = ollama.Client(host=self.stack.ollama_url)
+        try:
+            names = [m.model for m in client.list().models]
+        except (ConnectionError, ollama.ResponseError) as exc:
+            self.results["p3"] = {"skipped": f"Ollama at {self.stack.ollama_url} not reachable: {exc}"}
+            return
+        if self.stack.model not in names:
+            self.results["p3"] = {"skipped": f"model {self.stack.model} not on {self.stack.ollama_url}"}
+            return
+        options = {"temperature": 0, "seed": cfg.p3_seed, "num_predict": cfg.p3_num_predict}
+        messages = [{"role": "user", "content": P3_PROMPT}]
+
+        def bare() -> tuple[float, int]:
+            t0 = time.perf_counter()
+            response = client.chat(model=self.stack.model, messages=messages, options=options, stream=False)
+            return time.perf_counter() - t0, int(response.eval_count or 0)
+
+        rest = EngineRest(self.stack.camunda_url)
+        topic, key = rest.deploy_example()
+        self.topics.append(topic)
+        worker = WorkerProc(self.stack, topic, self.stack.ollama_url, env={"OLLAMA_OPTIONS": json.dumps(options)})
+        bare_s: list[float] = []
+        task_s: list[float] = []
+        start_to_done_s: list[float] = []
+        llm_s: list[float] = []
+        tokens: set[tuple[str, int]] = set()
+        try:
+            worker.wait_started()
+            bare()  # warm the model (load, caches) for both sides
+            rest.start(key, {"query": P3_PROMPT})
+            worker.wait_event("task.completed", 1, timeout_s=300)
+            for i in range(cfg.p3_reps):
+                seconds, count = bare()
+                bare_s.append(seconds)
+                tokens.add(("bare", count))
+                t0 = time.perf_counter()
+                rest.start(key, {"query": P3_PROMPT})
+                done = worker.wait_event("task.completed", i + 2, timeout_s=300)
+                start_to_done_s.append(time.perf_counter() - t0)
+                task_s.append(float(done[-1]["elapsed_s"]))
+                answered = worker.events_named("task.llm_answered")[-1]
+                llm_s.append(float(answered["llm_s"]))
+                tokens.add(("worker", int(answered.get("eval_count") or 0)))
+                _log(f"p3 rep {i + 1}: bare {seconds:.3f} s, worker fetched->completed {task_s[-1]:.3f} s "
+                     f"(llm {llm_s[-1]:.3f} s), instance start->completed seen {start_to_done_s[-1]:.3f} s")
+        finally:
+            worker.stop()
+            _delete_deployments(rest, key)
+        self.results["p3"] = {
+            "model": self.stack.model, "options": options, "prompt": P3_PROMPT,
+            "eval_counts": sorted({c for _, c in tokens}),
+            "bare_s": spread(bare_s).as_dict(), "worker_task_s": spread(task_s).as_dict(),
+            "worker_llm_s": spread(llm_s).as_dict(), "start_to_completed_s": spread(start_to_done_s).as_dict(),
+            "ratio": paired(task_s, bare_s).as_dict(),
+            "ratio_start_to_completed": paired(start_to_done_s, bare_s).as_dict(),
+            "timing": "worker's own fetched->completed elapsed_s from its task.completed log event (ms resolution)",
+        }
+
+    # -- P4 ----------------------------------------------------------------------------------------
+
+    def p4(self) -> None:
+        """A 64 MiB answer through a worker subprocess: wall time, peak RSS / idle RSS."""
+        cfg = self.config
+        fake = FakeProc(0)
+        wall: list[float] = []
+        worker_s: list[float] = []
+        ratios: list[float] = []
+        idle_mib: list[float] = []
+        peak_mib: list[float] = []
+        cpu: list[CpuReport] = []
+        try:
+            for _ in range(cfg.p4_reps):
+                state: dict[str, Any] = {}
+
+                def start(topic: str, state: dict[str, Any] = state) -> Consumer:
+                    w = WorkerProc(self.stack, topic, fake.url).wait_started()
+                    time.sleep(1.0)
+                    state["idle"] = read_status_kib(w.pid, "VmRSS")
+                    state["sampler"] = RssSampler(w.pid).start()
+                    state["worker"] = w
+                    return w
+
+                def done(batch: Batch, _c: Consumer, state: dict[str, Any] = state) -> dict[str, Any]:
+                    peak = state["sampler"].stop()
+                    event = state["worker"].wait_event("task.completed", 1)[0]
+                    row = self._db.execute(
+                        "SELECT (content_data->>'response_length')::bigint, octet_length(content_text) "
+                        "FROM procos_ai_context WHERE content_data->>'topic' = %s AND context_type = 'output'",
+                        (batch.topic,)).fetchone()
+                    return {"peak_kib": peak, "worker_s": float(event["elapsed_s"]), "stored": row}
+
+                run = self.measure("procos-worker 64 MiB answer", 1, start, fake=fake,
+                                   query=P4_QUERY.format(bytes=cfg.p4_bytes), on_done=done)
+                stored = run.extra["stored"]
+                if stored is None or int(stored[0]) != cfg.p4_bytes or int(stored[1]) != cfg.p4_bytes:
+                    raise RuntimeError(f"p4: stored answer is {stored}, expected {cfg.p4_bytes} bytes")
+                wall.append(run.elapsed_s)
+                worker_s.append(run.extra["worker_s"])
+                idle_mib.append(state["idle"] / 1024)
+                peak_mib.append(run.extra["peak_kib"] / 1024)
+                ratios.append(run.extra["peak_kib"] / state["idle"])
+                cpu.append(run.cpu)
+                _log(f"p4: idle {idle_mib[-1]:.0f} MiB, peak {peak_mib[-1]:.0f} MiB, ratio {ratios[-1]:.2f}")
+        finally:
+            fake.stop()
+        self.results["p4"] = {
+            "answer_bytes": cfg.p4_bytes, "wall_s": spread(wall).as_dict(), "worker_s": spread(worker_s).as_dict(),
+            "idle_rss_mib": spread(idle_mib).as_dict(), "peak_rss_mib": spread(peak_mib).as_dict(),
+            "rss_ratio": spread(ratios).as_dict(), "cpu": _median_cpu_reports(cpu),
+            "timing": "instance release -> open task count 0 (polled every 25 ms)",
+        }
+
+    # -- P5 ----------------------------------------------------------------------------------------
+
+    def p5(self) -> None:
+        """1 vs N worker processes (own worker ids), 100 ms LLM latency; duplicates counted."""
+        cfg = self.config
+        fake = FakeProc(cfg.p5_delay_ms)
+        runs: dict[int, list[Run]] = {1: [], cfg.p5_processes: []}
+        try:
+            for _ in range(cfg.reps):
+                for procs in (1, cfg.p5_processes):
+                    fake.reset()
+                    runs[procs].append(self.measure(f"procos-worker x{procs} processes", cfg.p5_tasks,
+                                                    self.worker(fake.url, None, processes=procs), fake=fake,
+                                                    on_done=lambda b, _c: self._duplicates(b, fake)))
+        finally:
+            fake.stop()
+        one, many = runs[1], runs[cfg.p5_processes]
+        dup = [r.extra for r in one + many]
+        self.results["p5"] = {
+            "tasks": cfg.p5_tasks, "processes": cfg.p5_processes, "delay_ms": cfg.p5_delay_ms,
+            "one": spread(r.rate for r in one).as_dict(), "many": spread(r.rate for r in many).as_dict(),
+            "ratio": paired([r.rate for r in many], [r.rate for r in one]).as_dict(),
+            "duplicates": sum(d["duplicates"] for d in dup), "per_run": dup,
+            "cpu_many": _median_cpu(many), "cpu_one": _median_cpu(one),
+        }
+
+    def _duplicates(self, batch: Batch, fake: FakeProc) -> dict[str, Any]:
+        calls = fake.chat_calls()
+        outputs, inputs, tasks, worst = self._db.execute(
+            """SELECT count(*) FILTER (WHERE context_type = 'output'), count(*) FILTER (WHERE context_type = 'input'),
+                      count(DISTINCT task_id), coalesce(max(n), 0)
+               FROM (SELECT task_id, context_type, count(*) OVER (PARTITION BY task_id, context_type) AS n
+                     FROM procos_ai_context WHERE content_data->>'topic' = %s) t""",
+            (batch.topic,)).fetchone() or (0, 0, 0, 0)
+        extra_calls = max(0, calls - batch.n)
+        extra_rows = max(0, outputs - batch.n) + max(0, inputs - batch.n)
+        return {"chat_calls": calls, "output_rows": outputs, "input_rows": inputs, "task_ids": tasks,
+                "max_rows_per_task_and_type": worst, "duplicates": extra_calls + extra_rows}
+
+
+def _median_cpu(runs: list[Run]) -> dict[str, Any]:
+    return _median_cpu_reports([r.cpu for r in runs])
+
+
+def _median_cpu_reports(reports: list[CpuReport]) -> dict[str, Any]:
+    """Median CPU % of one core per group, and the machine's busy %, over several runs."""
+    if not reports:
+        return {}
+    groups = reports[0].seconds.keys()
+    out: dict[str, Any] = {g: round(spread(r.percent(g) for r in reports).median, 1) for g in groups}
+    known = sum(out.values())
+    busy = spread(100 * r.machine_busy * r.cores for r in reports).median
+    out["machine_busy_pct_of_one_core"] = round(busy, 1)
+    out["other"] = round(max(0.0, busy - known), 1)
+    out["cores"] = reports[0].cores
+    return out
+
+
+def _delete_deployments(rest: EngineRest, key: str) -> None:
+    response = rest.session.get(f"{rest.base_url}/process-definition", params={"key": key}, timeout=30)
+    if response.ok:
+        for definition in response.json():
+            rest.session.delete(f"{rest.base_url}/deployment/{definition['deploymentId']}",
+                                params={"cascade": "true", "skipCustomListeners": "true"}, timeout=120)
