@@ -37,6 +37,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--p2-in-flight", type=int, help="WORKER_MAX_TASKS_IN_FLIGHT for P2 (default 8)")
     parser.add_argument("--p3-reps", type=int)
     parser.add_argument("--p4-bytes", type=int, help="answer size for P4 (default 64 MiB)")
+    parser.add_argument("--p4-reps", type=int)
     parser.add_argument("--p5-tasks", type=int)
     parser.add_argument("--camunda-url", default=Stack.camunda_url)
     parser.add_argument("--database-url", default=Stack.database_url)
@@ -59,7 +60,7 @@ def _config(args: argparse.Namespace) -> Config:
         changes["curve_tasks"] = args.tasks
         changes["p2_tasks"] = args.tasks
         changes["p2_library_tasks"] = max(5, args.tasks // 5)
-    for name in ("p2_in_flight", "p3_reps", "p4_bytes", "p5_tasks"):
+    for name in ("p2_in_flight", "p3_reps", "p4_bytes", "p4_reps", "p5_tasks"):
         value = getattr(args, name)
         if value:
             changes[name] = value

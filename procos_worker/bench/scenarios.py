@@ -17,6 +17,7 @@ from typing import Any
 
 import ollama
 import psycopg
+import requests
 from pydantic import SecretStr
 
 from procos_worker.bench.common import Batch, CpuMeter, CpuReport, Spread, Stack, listener_pids, spread
@@ -98,6 +99,11 @@ class Bench:
         self.config = config
         self.results: dict[str, Any] = {}
         self.topics: list[str] = []
+        try:
+            requests.get(f"{stack.camunda_url}/engine", timeout=10).raise_for_status()
+        except requests.RequestException as exc:
+            raise SystemExit(f"bench: Camunda not reachable at {stack.camunda_url} ({exc}); "
+                             "run scripts/stack up") from exc
         self._camunda = listener_pids(int(stack.camunda_url.split(":")[2].split("/")[0]), with_children=False)
         db_port = 5432
         self._postgres: Callable[[], list[int]] = lambda: listener_pids(db_port)

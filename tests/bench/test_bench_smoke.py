@@ -29,7 +29,7 @@ def test_bench_tiny_run_prints_the_json_summary_last(settings: Settings) -> None
     except requests.RequestException as exc:
         pytest.fail(f"Camunda not reachable ({exc}); start the local stack with: scripts/stack up")
     argv = [sys.executable, "-m", "procos_worker.bench", "--only", "p1,p2,p4,p5", "--reps", "1", "--levels", "2",
-            "--tasks", "10", "--p4-bytes", str(1024 * 1024), "--p5-tasks", "20", "--no-docs",
+            "--tasks", "10", "--p4-bytes", str(1024 * 1024), "--p4-reps", "1", "--p5-tasks", "20", "--no-docs",
             "--camunda-url", settings.camunda.base_url,
             "--database-url", settings.database.url.get_secret_value()]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=110, check=False)
