@@ -13,3 +13,5 @@ subprocesses), ``ceiling`` (the raw-REST loop), ``library_worker`` (camunda-exte
 ExternalTaskWorker with an equivalent handler), ``scenarios`` (P1-P5 and the curve), ``report`` (table,
 markdown, plot), ``__main__`` (the command).
 """
+
+__all__: list[str] = []
