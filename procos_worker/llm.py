@@ -9,6 +9,7 @@ connection refused -> ``LlmUnavailable`` (the worker waits for Ollama, fetching 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ from procos_worker.settings import OllamaSettings
 __all__ = ["LlmClient", "build_messages"]
 
 _T = TypeVar("_T")
-
+_BAD_OPTION = re.compile(r'option "[^"]*" must be of type')
 
 def build_messages(inputs: TaskInputs) -> list[dict[str, str]]:
     """The chat messages for one task: optional system prompt, then the question with its context."""
@@ -117,7 +118,8 @@ def _from_status(status: int, error: Any, model: str, where: str) -> Exception:
             f"model '{model}' is not on the Ollama server at {where}: pull or create it, or fix OLLAMA_MODEL",
             details=details,
         )
-    if 400 <= status < 500:
+    if 400 <= status < 500 or _BAD_OPTION.search(str(error)):
+        # Ollama 0.24 answers an option of the wrong type (OLLAMA_OPTIONS {"num_ctx": "abc"}) with a 500.
         return LlmRequestInvalid(
             f"Ollama rejected the request ({status}: {str(error)[:200]}); check OLLAMA_OPTIONS and the model",
             details=details,
