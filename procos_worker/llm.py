@@ -26,6 +26,14 @@ __all__ = ["LlmClient", "build_messages"]
 
 _T = TypeVar("_T")
 _BAD_OPTION = re.compile(r'option "[^"]*" must be of type')
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _wire_safe(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Lone surrogates can't be encoded to UTF-8 for the request: send U+FFFD, as Ollama's JSON decoder
+    would make of a ``\\ud800`` escape. The stored prompt keeps the original (see textcodec)."""
+    return [{k: _SURROGATE.sub("\ufffd", v) for k, v in m.items()} for m in messages]
+
 
 def build_messages(inputs: TaskInputs) -> list[dict[str, str]]:
     """The chat messages for one task: optional system prompt, then the question with its context."""
@@ -72,7 +80,7 @@ class LlmClient:
         response = self._converting(
             lambda: self._client.chat(
                 model=model,
-                messages=messages,
+                messages=_wire_safe(messages),
                 options=self._settings.options or None,
                 keep_alive=self._settings.keep_alive,
                 stream=False,
