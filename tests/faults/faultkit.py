@@ -197,6 +197,11 @@ class HoldingProxy(OllamaProxy):
         self.release(forward=False)
         super().stop()
 
+    def _not_forwarded(self, path: str) -> None:
+        """A request counted as forwarded on arrival was cut while held: it never reached the upstream."""
+        with self._lock:
+            self._forwarded[path] -= 1
+
     def _phase_for(self, path: str) -> HoldPhase | None:
         with self._hold_cond:
             if self._hold_pattern is None or not self._hold_pattern.search(path):
@@ -225,6 +230,7 @@ class _HoldingHandler(_ProxyHandler):
             if proxy._wait_release(path):
                 super()._forward(body)
             else:
+                proxy._not_forwarded(path)
                 self.abort()
         else:
             self._forward_then_hold(proxy, path, body)
