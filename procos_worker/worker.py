@@ -145,7 +145,7 @@ class Worker:
         log = self._task_log(task)
         if self._stopping.is_set():
             # Locked by a poll that returned after the stop: hand it straight back.
-            self._unlock(task, log)
+            self._unlock(task, log, "shutdown")
             return
         run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_ms)
         with self._cond:
@@ -156,7 +156,14 @@ class Worker:
                 current.lock_expires_at = run.lock_expires_at
                 log.warning("task.refetched", elapsed_s=current.elapsed_s())
                 return
-            self._runs[task.id] = run
+            down = [gate.name for gate in (self.store_gate, self.llm_gate) if gate.is_down]
+            if not down:
+                self._runs[task.id] = run
+        if down:
+            # Locked by a long poll that was already waiting when a dependency went down: the task could
+            # only wait here holding its lock; hand it back (no retry spent) for after the recovery.
+            self._unlock(task, log, f"{' and '.join(down)} down")
+            return
         log.info("task.fetched", retries=task.retries)
         threading.Thread(target=self._run_task, args=(run,), name=f"procos-task-{task.id[:8]}", daemon=True).start()
 
@@ -255,7 +262,7 @@ class Worker:
             leftover = list(self._runs.values())
         for run in leftover:
             if run.give_up(RunState.RELEASED):
-                self._unlock(run.task, self._task_log(run.task))
+                self._unlock(run.task, self._task_log(run.task), "shutdown")
         self._wait_for_reports(self.settings.camunda.http_timeout_s)
         self._sweep()
         self._heartbeat.stop()
@@ -287,14 +294,14 @@ class Worker:
             except (EngineUnavailable, EngineRejected, LockLost) as exc:
                 self._log.warning("task.release_failed", task_id=task_id, error=str(exc))
 
-    def _unlock(self, task: Task, log: Any) -> None:
+    def _unlock(self, task: Task, log: Any, reason: str) -> None:
         try:
             self.engine.unlock(task.id)
         except (EngineUnavailable, EngineRejected, LockLost) as exc:
             log.warning("task.release_failed", error=str(exc))
             return
         self._count("released")
-        log.info("task.released", reason="shutdown")
+        log.info("task.released", reason=reason)
 
     # -- small helpers ---------------------------------------------------------------------------
 
