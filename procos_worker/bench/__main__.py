@@ -8,6 +8,7 @@ p4_rss_ratio, p5_scaleout_ratio, p5_duplicates (null for a scenario not run) and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -69,6 +70,17 @@ def _config(args: argparse.Namespace) -> Config:
     return dataclasses.replace(config, **changes)
 
 
+def _run_scenario(bench: Bench, name: str) -> None:
+    """Run one scenario; a failure (e.g. the shared stack restarted under it) is recorded, not fatal."""
+    try:
+        bench.wait_for_stack()
+        getattr(bench, name)()
+    except Exception as exc:  # noqa: BLE001 - recorded in the results and the table
+        key = "p1" if name == "curve" else name
+        bench.results[key] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        print(f"[bench] {name} failed: {exc}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     config = _config(args)
@@ -83,9 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for name in SCENARIOS:
             if name in wanted:
-                getattr(bench, name)()
+                _run_scenario(bench, name)
     finally:
-        bench.close()
+        with contextlib.suppress(Exception):
+            bench.close()
     wall_s = time.perf_counter() - started
     results = bench.results
     host = machine()
@@ -100,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             {"summary": summary(results), "config": config_dict, "machine": host, "results": results}, indent=1))
         if "curve" in results:
             plot(results, args.out_dir / "throughput.png")
+        else:
+            print("no throughput curve in this run: throughput.png left as it was", file=sys.stderr)
         print(f"wrote {args.out_dir}/latest.md, latest.json" + (", throughput.png" if "curve" in results else ""),
               file=sys.stderr)
     line = {**summary(results), "details": {"config": config_dict, "machine": host, "wall_s": round(wall_s, 1),

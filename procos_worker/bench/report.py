@@ -68,11 +68,13 @@ def _cpu(c: dict[str, Any] | None) -> str:
 
 
 def _headline_rows(results: dict[str, Any]) -> list[str]:
-    p1, p2, p3, p4, p5 = (results.get(k) or {} for k in ("p1", "p2", "p3", "p4", "p5"))
     lines = [
         "| # | measure | procos-worker | baseline | ratio median (min-max) | target |",
         "|---|---|---|---|---|---|",
     ]
+    failed = {k for k in ("p1", "p2", "p3", "p4", "p5") if "error" in (results.get(k) or {})}
+    lines += [f"| {k.upper()} | failed: {results[k]['error']} | | | | |" for k in sorted(failed)]
+    p1, p2, p3, p4, p5 = ({} if k in failed else results.get(k) or {} for k in ("p1", "p2", "p3", "p4", "p5"))
     if p1:
         lines.append(f"| P1 | tasks/s, instant LLM, full storage, {p1['in_flight']} in flight vs raw-REST ceiling "
                      f"({p1['in_flight']} threads, keep-alive) | {_fmt(p1.get('procos'))} | {_fmt(p1.get('ceiling'))} "

@@ -107,15 +107,33 @@ class Bench:
         self._camunda = listener_pids(int(stack.camunda_url.split(":")[2].split("/")[0]), with_children=False)
         db_port = 5432
         self._postgres: Callable[[], list[int]] = lambda: listener_pids(db_port)
-        self._db = psycopg.connect(stack.database_url, autocommit=True)
         with ContextStore(DatabaseSettings(url=SecretStr(stack.database_url))) as store:
             store.apply_schema()
 
     def close(self) -> None:
         """Delete the rows the benchmark wrote (they are all tagged with a bench topic)."""
         if self.topics:
-            self._db.execute("DELETE FROM procos_ai_context WHERE content_data->>'topic' = ANY(%s)", (self.topics,))
-        self._db.close()
+            self._query("DELETE FROM procos_ai_context WHERE content_data->>'topic' = ANY(%s)", (self.topics,))
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """One statement on a fresh connection (the stack may have been restarted since the last one)."""
+        with psycopg.connect(self.stack.database_url, autocommit=True) as conn:
+            cur = conn.execute(sql.encode(), params)
+            return cur.fetchone() if cur.description else None
+
+    def wait_for_stack(self, timeout_s: float = 300.0) -> None:
+        """Wait until Camunda and PostgreSQL answer (another user of the machine may be restarting them)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                requests.get(f"{self.stack.camunda_url}/engine", timeout=5).raise_for_status()
+                self._query("SELECT 1", ())
+                return
+            except (requests.RequestException, psycopg.Error) as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"stack not back within {timeout_s:.0f}s: {exc}") from exc
+                _log(f"waiting for the stack: {exc}")
+                time.sleep(5)
 
     # -- one timed run ---------------------------------------------------------------------------
 
@@ -327,10 +345,10 @@ class Bench:
                 def done(batch: Batch, _c: Consumer, state: dict[str, Any] = state) -> dict[str, Any]:
                     peak = state["sampler"].stop()
                     event = state["worker"].wait_event("task.completed", 1)[0]
-                    row = self._db.execute(
+                    row = self._query(
                         "SELECT (content_data->>'response_length')::bigint, octet_length(content_text) "
                         "FROM procos_ai_context WHERE content_data->>'topic' = %s AND context_type = 'output'",
-                        (batch.topic,)).fetchone()
+                        (batch.topic,))
                     return {"peak_kib": peak, "worker_s": float(event["elapsed_s"]), "stored": row}
 
                 run = self.measure("procos-worker 64 MiB answer", 1, start, fake=fake,
@@ -382,12 +400,12 @@ class Bench:
 
     def _duplicates(self, batch: Batch, fake: FakeProc) -> dict[str, Any]:
         calls = fake.chat_calls()
-        outputs, inputs, tasks, worst = self._db.execute(
+        outputs, inputs, tasks, worst = self._query(
             """SELECT count(*) FILTER (WHERE context_type = 'output'), count(*) FILTER (WHERE context_type = 'input'),
                       count(DISTINCT task_id), coalesce(max(n), 0)
                FROM (SELECT task_id, context_type, count(*) OVER (PARTITION BY task_id, context_type) AS n
                      FROM procos_ai_context WHERE content_data->>'topic' = %s) t""",
-            (batch.topic,)).fetchone() or (0, 0, 0, 0)
+            (batch.topic,)) or (0, 0, 0, 0)
         extra_calls = max(0, calls - batch.n)
         extra_rows = max(0, outputs - batch.n) + max(0, inputs - batch.n)
         return {"chat_calls": calls, "output_rows": outputs, "input_rows": inputs, "task_ids": tasks,
