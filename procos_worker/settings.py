@@ -88,7 +88,8 @@ class TaskSettings(BaseModel):
     context_variable: str = "context"
     system_prompt_variable: str = "system_prompt"
     input_error_code: str = "AI_INPUT_INVALID"
-    max_input_chars: int = Field(default=2_000_000, ge=1)
+    # Camunda's REST JSON reader refuses strings over 20,000,000 characters anyway.
+    max_input_chars: int = Field(default=20_000_000, ge=1)
 
 
 class OllamaSettings(BaseModel):

@@ -6,7 +6,8 @@ handler and reports its outcome; the heartbeat thread extends locks. Task thread
 an LLM call still running at the end of the grace period does not hold the process.
 
 Shutdown (SIGTERM/SIGINT, or ``stop()``): stop fetching at once (the long poll in progress is
-abandoned, not awaited), let tasks in flight finish within WORKER_SHUTDOWN_GRACE_S, unlock the
+abandoned, not awaited), let tasks in flight finish within WORKER_SHUTDOWN_GRACE_S (not waited out
+while Ollama or PostgreSQL is unreachable: those tasks can't finish), unlock the
 rest (no retry is consumed), sweep any task the engine still lists as locked by this worker id, close
 clients in reverse order, exit 0. A second signal exits at once with status 130. No path completes
 a task whose output row is not committed: completion is only ever built from a stored row.
@@ -257,8 +258,9 @@ class Worker:
         grace_s = self.settings.worker.shutdown_grace_s
         deadline = time.monotonic() + grace_s
         with self._cond:
-            while self._runs and time.monotonic() < deadline:
-                self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+            # A task waiting for an unreachable Ollama/PostgreSQL can't finish: don't wait the grace out.
+            while self._runs and time.monotonic() < deadline and not self._dependency_down():
+                self._cond.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
             leftover = list(self._runs.values())
         for run in leftover:
             if run.give_up(RunState.RELEASED):
@@ -304,6 +306,9 @@ class Worker:
         log.info("task.released", reason=reason)
 
     # -- small helpers ---------------------------------------------------------------------------
+
+    def _dependency_down(self) -> bool:
+        return self.store_gate.is_down or self.llm_gate.is_down
 
     def _snapshot(self) -> list[TaskRun]:
         with self._cond:

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import requests
 
-__all__ = ["EXAMPLE_BPMN", "EngineRest", "example_bpmn", "json_variable"]
+__all__ = ["EXAMPLE_BPMN", "EngineRest", "example_bpmn", "json_variable", "wait_until"]
 
 EXAMPLE_BPMN = Path(__file__).resolve().parents[2] / "bpmn" / "ai-query.bpmn"
 
@@ -89,18 +90,9 @@ class EngineRest:
         result: list[dict[str, Any]] = self.get("/incident", processInstanceId=process_instance_id)
         return result
 
-    def wait_for(
-        self, predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.2, what: str = "condition"
-    ) -> Any:
-        """Poll ``predicate()`` until truthy; fail with ``what`` after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
-            time.sleep(interval_s)
+    def wait_for(self, predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.2,
+                 what: str = "condition") -> Any:
+        return wait_until(predicate, timeout_s, what, interval_s)
 
     def passed_task(self, process_instance_id: str, activity_id: str = "review-answer") -> bool:
         return activity_id in self.activity_ids(process_instance_id)
@@ -112,6 +104,18 @@ class EngineRest:
             timeout=self.timeout_s,
         )
         response.raise_for_status()
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
+    """Poll ``predicate()`` until truthy; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(interval_s)
 
 
 def json_variable(value: Any) -> dict[str, Any]:

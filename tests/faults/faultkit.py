@@ -23,7 +23,7 @@ from typing import Any, Literal, cast
 
 import psycopg
 
-from procos_worker.testing.engine import EngineRest
+from procos_worker.testing.engine import EngineRest, wait_until  # noqa: F401 - re-exported for tests
 from procos_worker.testing.ollama_proxy import OllamaProxy, _ProxyHandler, _UpstreamError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -382,17 +382,6 @@ def completed(engine: EngineRest, process_instance_id: str) -> bool:
 
 def ended_at(engine: EngineRest, process_instance_id: str, activity_id: str) -> bool:
     return engine.passed_task(process_instance_id, activity_id)
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def all_completed(engine: EngineRest, pis: list[str]) -> Callable[[], bool]:

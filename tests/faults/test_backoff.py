@@ -7,6 +7,7 @@ The worker runs with BACKOFF_INITIAL_S=0.2 and BACKOFF_MAX_S=2 (multiplier 2, ji
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -145,3 +146,27 @@ def test_ollama_unreachable_holds_tasks_without_burning_retries(
         assert not engine_rest.get("/history/external-task-log", externalTaskId=ids[pi], failureLog="true")
     assert ollama_proxy.count("/api/chat") == 2, "one answered chat per task"
     wait_until(lambda: worker.find("service.up", service="ollama"), 5, "service.up logged")
+
+
+def test_sigterm_while_ollama_is_down_releases_at_once(
+    engine_rest: EngineRest, deployed: tuple[str, str], ollama_proxy: HoldingProxy,
+    spawn: Callable[..., WorkerProcess],
+) -> None:
+    """A task waiting for an unreachable Ollama can't finish: shutdown doesn't wait the 30 s grace out."""
+    topic, key = deployed
+    worker = spawn(topic, OLLAMA_BASE_URL=ollama_proxy.base_url, OLLAMA_OPTIONS=SMALL_ANSWER,
+                   WORKER_SHUTDOWN_GRACE_S="30")
+    worker.wait_for("worker.started")
+    ollama_proxy.pause("refuse")
+    pi = engine_rest.start(key, {"query": "Name one river."})
+    task_id = task_ids(engine_rest, [pi])[pi]
+    worker.wait_for("service.down", service="ollama")
+    worker.signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert worker.wait(10) == 0
+    assert time.monotonic() - started < 5.0, "released at once, not after the grace period"
+    released = worker.wait_for("task.released", task_id=task_id)
+    assert released["reason"] == "shutdown"
+    _worker_id, lock_expiration, retries = _lock(engine_rest, task_id)
+    assert lock_expiration is None and retries is None, "unlocked, no retry spent"
+    ollama_proxy.resume()

@@ -72,8 +72,7 @@ CASES: dict[str, Case] = {
     "nul-in-answer": Case(lambda: {"query": "say [[fake:nul]]"}, "completed", answer_has="\x00"),
     "surrogate-in-answer": Case(lambda: {"query": "say [[fake:surrogate]]"}, "completed", answer_has="\ud800"),
     "10-MB-json-context": Case(lambda: {"query": "summarise", "context": json_variable(_TEN_MB_CONTEXT)},
-                               "completed", query="summarise", context=_TEN_MB_CONTEXT,
-                               settings={"task": {"max_input_chars": 20_000_000}}),  # default limit: 2,000,000
+                               "completed", query="summarise", context=_TEN_MB_CONTEXT),
     "sql-looking-query": Case(lambda: {"query": SQL, "system_prompt": SQL}, "completed", query=SQL),
     "emoji-and-rtl": Case(lambda: {"query": EMOJI_RTL}, "completed", query=EMOJI_RTL),
     "3000-variables": Case(lambda: {"query": "hello", **{f"v{i:04d}": f"value {i}" for i in range(3000)}},
