@@ -47,6 +47,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=Path("docs/perf"),
                         help="where latest.md, throughput.png and latest.json go")
     parser.add_argument("--no-docs", action="store_true", help="write nothing, just print")
+    parser.add_argument("--merge-from", type=Path,
+                        help="a latest.json of an earlier run: its scenarios not run now are kept (re-run one "
+                             "that failed with --only pN --merge-from docs/perf/latest.json)")
     return parser.parse_args(argv)
 
 
@@ -101,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.close()
     wall_s = time.perf_counter() - started
     results = bench.results
+    if args.merge_from:
+        earlier = json.loads(args.merge_from.read_text())
+        results = {**earlier["results"], **results}
+        wall_s += float(earlier.get("wall_s") or 0.0)
     host = machine()
     config_dict = dataclasses.asdict(config)
     text = table(results)
@@ -110,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "python -m procos_worker.bench " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
         (args.out_dir / "latest.md").write_text(markdown(results, command.strip(), host, wall_s))
         (args.out_dir / "latest.json").write_text(json.dumps(
-            {"summary": summary(results), "config": config_dict, "machine": host, "results": results}, indent=1))
+            {"summary": summary(results), "config": config_dict, "machine": host, "wall_s": round(wall_s, 1),
+             "results": results}, indent=1))
         if "curve" in results:
             plot(results, args.out_dir / "throughput.png")
         else:

@@ -73,7 +73,6 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     failed = {k for k in ("p1", "p2", "p3", "p4", "p5") if "error" in (results.get(k) or {})}
-    lines += [f"| {k.upper()} | failed: {results[k]['error']} | | | | |" for k in sorted(failed)]
     p1, p2, p3, p4, p5 = ({} if k in failed else results.get(k) or {} for k in ("p1", "p2", "p3", "p4", "p5"))
     if p1:
         lines.append(f"| P1 | tasks/s, instant LLM, full storage, {p1['in_flight']} in flight vs raw-REST ceiling "
@@ -105,6 +104,7 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         lines.append(f"| P5 | tasks/s, {p5['tasks']} tasks, {p5['delay_ms']} ms LLM: {p5['processes']} processes vs 1 "
                      f"| {_fmt(p5.get('many'))} | {_fmt(p5.get('one'))} | {_fmt(p5.get('ratio'), 2)}; "
                      f"duplicates {p5.get('duplicates')} | {TARGETS['p5_scaleout_ratio']}, 0 dup |")
+    lines += [f"| {k.upper()} | failed: {results[k]['error']} | | | | |" for k in sorted(failed)]
     return lines
 
 

@@ -104,9 +104,11 @@ class Bench:
         except requests.RequestException as exc:
             raise SystemExit(f"bench: Camunda not reachable at {stack.camunda_url} ({exc}); "
                              "run scripts/stack up") from exc
-        self._camunda = listener_pids(int(stack.camunda_url.split(":")[2].split("/")[0]), with_children=False)
-        db_port = 5432
-        self._postgres: Callable[[], list[int]] = lambda: listener_pids(db_port)
+        # Looked up at every run: another user of the machine may restart the services.
+        camunda_port = int(stack.camunda_url.split(":")[2].split("/")[0])
+        db_port = psycopg.conninfo.conninfo_to_dict(stack.database_url).get("port") or 5432
+        self._camunda: Callable[[], list[int]] = lambda: listener_pids(camunda_port, with_children=False)
+        self._postgres: Callable[[], list[int]] = lambda: listener_pids(int(db_port))
         with ContextStore(DatabaseSettings(url=SecretStr(stack.database_url))) as store:
             store.apply_schema()
 
@@ -145,7 +147,7 @@ class Bench:
         try:
             time.sleep(0.3)  # the consumer's first long poll reaches the engine
             meter = CpuMeter({
-                "camunda": lambda: self._camunda,
+                "camunda": self._camunda,
                 "postgres": self._postgres,
                 "fake_ollama": lambda: [fake.pid] if fake else [],
                 "consumer": consumer.pids,
