@@ -1,4 +1,4 @@
-"""One task, start to stored answer: inputs -> (already stored?) -> input row -> LLM -> output row.
+"""One task, start to stored answer: inputs -> input row (and: already answered?) -> LLM -> output row.
 
 Returns the ``Complete`` outcome built from the committed output row, or raises a ``TaskError``.
 It never talks to Camunda: the worker sends the outcome.
@@ -36,16 +36,14 @@ class TaskHandler:
         """``cancel`` interrupts waits for an unreachable service (lock lost, or shutdown)."""
         inputs = parse_inputs(task, self._settings.task)
 
-        stored = self._store_gate.call(lambda: self._store.find_output(task.id), cancel)
+        messages = build_messages(inputs)
+        prompt = messages[-1]["content"]
+        t0 = time.perf_counter()
+        input_id, stored = self._store_gate.call(lambda: self._store.save_input(task, inputs, prompt), cancel)
         if stored is not None:
             # Redelivered after a crash or an expired lock: the answer exists, don't ask again.
             log.info("task.redelivered", ai_context_id=str(stored.id))
             return Complete(build_flags(stored))
-
-        messages = build_messages(inputs)
-        prompt = messages[-1]["content"]
-        t0 = time.perf_counter()
-        input_id = self._store_gate.call(lambda: self._store.save_input(task, inputs, prompt), cancel)
         t1 = time.perf_counter()
         log.info("task.input_stored", prompt_length=len(prompt), store_s=round(t1 - t0, 4))
 

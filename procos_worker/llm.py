@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator
+from contextlib import closing
+from typing import Any, TypeVar, cast
 
 import httpx
 import ollama
@@ -77,26 +78,44 @@ class LlmClient:
 
     def _chat_once(self, messages: list[dict[str, str]], model: str) -> LlmResult:
         started = time.perf_counter()
-        response = self._converting(
-            lambda: self._client.chat(
-                model=model,
-                messages=_wire_safe(messages),
-                options=self._settings.options or None,
-                keep_alive=self._settings.keep_alive,
-                stream=False,
-            ),
-            model,
-        )
+        return self._converting(lambda: self._stream_chat(messages, model, started), model)
+
+    def _stream_chat(self, messages: list[dict[str, str]], model: str, started: float) -> LlmResult:
+        """Streamed, so a huge answer is held about twice (its pieces, then the joined text) instead of
+        four times (raw body, decoded text, parsed JSON, model), and OLLAMA_TIMEOUT_S bounds the whole
+        generation rather than each read."""
+        parts = cast(Generator[ollama.ChatResponse, None, None], self._client.chat(
+            model=model,
+            messages=_wire_safe(messages),
+            options=self._settings.options or None,
+            keep_alive=self._settings.keep_alive,
+            stream=True,
+        ))
+        pieces: list[str] = []
+        final: ollama.ChatResponse | None = None
+        with closing(parts):
+            for part in parts:
+                if part.message.content:
+                    pieces.append(part.message.content)
+                if part.done:
+                    final = part
+                if time.perf_counter() - started > self._settings.timeout_s:
+                    raise LlmBusy(f"Ollama at {self._settings.base_url} did not finish within "
+                                  f"{self._settings.timeout_s:g} s (OLLAMA_TIMEOUT_S)")
+        if final is None:
+            raise LlmBusy(f"Ollama at {self._settings.base_url} ended the answer without its final chunk")
+        content = "".join(pieces)
+        pieces.clear()
         return LlmResult(
-            content=response.message.content or "",
-            model=response.model or model,
-            done_reason=response.done_reason,
-            prompt_eval_count=response.prompt_eval_count or 0,
-            eval_count=response.eval_count or 0,
-            total_duration_ns=response.total_duration or 0,
-            load_duration_ns=response.load_duration or 0,
-            prompt_eval_duration_ns=response.prompt_eval_duration or 0,
-            eval_duration_ns=response.eval_duration or 0,
+            content=content,
+            model=final.model or model,
+            done_reason=final.done_reason,
+            prompt_eval_count=final.prompt_eval_count or 0,
+            eval_count=final.eval_count or 0,
+            total_duration_ns=final.total_duration or 0,
+            load_duration_ns=final.load_duration or 0,
+            prompt_eval_duration_ns=final.prompt_eval_duration or 0,
+            eval_duration_ns=final.eval_duration or 0,
             wall_s=time.perf_counter() - started,
         )
 
@@ -106,7 +125,7 @@ class LlmClient:
             return call()
         except ollama.ResponseError as exc:
             raise _from_status(exc.status_code, exc.error, model, where) from exc
-        except ConnectionError as exc:
+        except (ConnectionError, httpx.ConnectError) as exc:  # the client wraps it, except in a stream
             raise LlmUnavailable(f"Ollama at {where} can't be reached", details=repr(exc)) from exc
         except httpx.TimeoutException as exc:
             raise LlmBusy(

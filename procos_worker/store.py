@@ -37,6 +37,21 @@ _OUTPUT_COLUMNS = """
     content_data->>'done_reason' AS done_reason,
     (content_data->>'response_length')::bigint AS response_length
 """
+_INSERT_OUTPUT = f"""
+    INSERT INTO procos_ai_context
+        (process_instance_id, task_id, activity_id, context_type, content_data, content_text,
+         ai_provider, model_used, token_usage)
+    VALUES (%(pi)s, %(task)s, %(activity)s, 'output',
+            jsonb_build_object('content', {{text}}) || %(meta)s::jsonb, {{text}},
+            %(provider)s, %(model)s, %(usage)s)
+    ON CONFLICT (task_id, context_type) DO NOTHING
+    RETURNING {_OUTPUT_COLUMNS}
+"""
+# Answers longer than this go to PostgreSQL by COPY, in pieces (see _copy_to_pending).
+_COPY_ABOVE_CHARS = 1 << 20
+_COPY_PIECE_CHARS = 1 << 20
+# COPY's text format: these four characters are written as backslash escapes.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _ROW_COLUMNS = """
     id, process_instance_id, task_id, activity_id, context_type, content_text, content_data,
     ai_provider, model_used, token_usage, created_at
@@ -61,8 +76,6 @@ class ContextStore:
             max_size=settings.pool_max_size,
             open=False,
             timeout=settings.connect_timeout_s,
-            # A pooled connection can be dead after a database restart: check it before use.
-            check=psycopg_pool.ConnectionPool.check_connection,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(settings.connect_timeout_s))},
             name="procos-store",
         )
@@ -94,21 +107,10 @@ class ContextStore:
 
     # -- worker writes ---------------------------------------------------------------------------
 
-    def find_output(self, task_id: str) -> StoredOutput | None:
-        """The committed output row of ``task_id``, if an earlier attempt stored one."""
-
-        def query(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any] | None:
-            cur.execute(
-                f"SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context WHERE task_id = %s AND context_type = 'output'",
-                (task_id,),
-            )
-            return cur.fetchone()
-
-        row = self._run(query)
-        return None if row is None else self._to_output(row)
-
-    def save_input(self, task: Task, inputs: TaskInputs, prompt: str) -> UUID:
-        """Store the task's inputs and the exact prompt sent; return the row id (existing or new)."""
+    def save_input(self, task: Task, inputs: TaskInputs, prompt: str) -> tuple[UUID, StoredOutput | None]:
+        """Store the task's inputs and the exact prompt (once per task id), in the same round trip
+        look for an output row an earlier attempt committed; return (input row id, that output or None).
+        """
         data: dict[str, Any] = {
             "query": inputs.query,
             "context": inputs.context,
@@ -119,28 +121,34 @@ class ContextStore:
         }
         data, text = _storable(data, prompt)
 
-        def insert(cur: psycopg.Cursor[dict[str, Any]]) -> UUID:
+        def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
+            # The outer SELECT does not see the CTE's new row, but it sees a row that conflicted.
             cur.execute(
-                """
-                INSERT INTO procos_ai_context
-                    (process_instance_id, task_id, activity_id, context_type, content_data, content_text)
-                VALUES (%(pi)s, %(task)s, %(activity)s, 'input', %(data)s, %(text)s)
-                ON CONFLICT (task_id, context_type) DO NOTHING
-                RETURNING id
+                f"""
+                WITH ins AS (
+                    INSERT INTO procos_ai_context
+                        (process_instance_id, task_id, activity_id, context_type, content_data, content_text)
+                    VALUES (%(pi)s, %(task)s, %(activity)s, 'input', %(data)s, %(text)s)
+                    ON CONFLICT (task_id, context_type) DO NOTHING
+                    RETURNING id
+                )
+                SELECT COALESCE((SELECT id FROM ins),
+                                (SELECT id FROM procos_ai_context
+                                 WHERE task_id = %(task)s AND context_type = 'input')) AS input_id,
+                       output.*
+                FROM (SELECT 1) AS one
+                LEFT JOIN LATERAL (SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context
+                                   WHERE task_id = %(task)s AND context_type = 'output') AS output ON true
                 """,
                 {"pi": task.process_instance_id, "task": task.id, "activity": task.activity_id,
                  "data": Jsonb(data), "text": text},
             )
             row = cur.fetchone()
-            if row is None:
-                cur.execute(
-                    "SELECT id FROM procos_ai_context WHERE task_id = %s AND context_type = 'input'", (task.id,)
-                )
-                row = cur.fetchone()
             assert row is not None
-            return UUID(str(row["id"]))
+            return row
 
-        return self._run(insert)
+        row = self._run(insert)
+        return UUID(str(row["input_id"])), (None if row["id"] is None else self._to_output(row))
 
     def save_output(self, task: Task, result: LlmResult, input_id: UUID | None) -> StoredOutput:
         """Store the answer; if an earlier attempt already did, return that row instead (exactly once)."""
@@ -166,23 +174,19 @@ class ContextStore:
             "eval_count": result.eval_count,
         }
 
+        params = {"pi": task.process_instance_id, "task": task.id, "activity": task.activity_id, "text": text,
+                  "meta": Jsonb(meta), "provider": self._provider, "model": result.model, "usage": Jsonb(usage)}
+
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
-            # The answer is sent once ($n reused) and goes into both content_text and content_data.
-            cur.execute(
-                f"""
-                INSERT INTO procos_ai_context
-                    (process_instance_id, task_id, activity_id, context_type, content_data, content_text,
-                     ai_provider, model_used, token_usage)
-                VALUES (%(pi)s, %(task)s, %(activity)s, 'output',
-                        jsonb_build_object('content', %(text)s::text) || %(meta)s::jsonb, %(text)s::text,
-                        %(provider)s, %(model)s, %(usage)s)
-                ON CONFLICT (task_id, context_type) DO NOTHING
-                RETURNING {_OUTPUT_COLUMNS}
-                """,
-                {"pi": task.process_instance_id, "task": task.id, "activity": task.activity_id, "text": text,
-                 "meta": Jsonb(meta), "provider": self._provider, "model": result.model, "usage": Jsonb(usage)},
-            )
-            row = cur.fetchone()
+            if len(text) <= _COPY_ABOVE_CHARS:
+                # The answer is sent once ($n reused) and goes into both content_text and content_data.
+                cur.execute(_INSERT_OUTPUT.format(text="%(text)s::text"), params)
+                row = cur.fetchone()
+            else:
+                with cur.connection.transaction():
+                    _copy_to_pending(cur, text)
+                    cur.execute(_INSERT_OUTPUT.format(text="(SELECT t FROM procos_pending_text)"), params)
+                    row = cur.fetchone()
             if row is None:
                 cur.execute(
                     f"SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context "
@@ -230,7 +234,18 @@ class ContextStore:
         return [_to_context(row) for row in self._run(query)]
 
     def _run(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
-        with self._converting(), self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._converting():
+            try:
+                return self._run_once(work)
+            except psycopg.OperationalError:
+                # After a database restart every pooled connection is dead. Checking each one before
+                # every use would cost a round trip per query; instead drop the dead ones and try once
+                # more (every write here is idempotent). A second failure means the database is down.
+                self._pool.check()
+                return self._run_once(work)
+
+    def _run_once(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
+        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             return work(cur)
 
     @contextmanager
@@ -256,6 +271,16 @@ class ContextStore:
             completion_tokens=int(usage.get("completion_tokens") or 0),
             done_reason=row.get("done_reason"),
         )
+
+
+def _copy_to_pending(cur: psycopg.Cursor[dict[str, Any]], text: str) -> None:
+    """Stream ``text`` into a session temp table in pieces, so a 64 MB answer is never encoded whole
+    (as one query parameter it would be held three times: the str, its UTF-8 copy, libpq's buffer)."""
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS procos_pending_text (t text) ON COMMIT DELETE ROWS")
+    with cur.copy("COPY procos_pending_text (t) FROM STDIN") as copy:
+        for start in range(0, len(text), _COPY_PIECE_CHARS):
+            copy.write(text[start : start + _COPY_PIECE_CHARS].translate(_COPY_ESCAPES))
+        copy.write("\n")
 
 
 def _first_line(exc: BaseException) -> str:
