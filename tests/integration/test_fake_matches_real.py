@@ -14,7 +14,6 @@ import httpx
 import ollama
 import pytest
 
-from procos_worker.settings import Settings
 from procos_worker.testing import FakeOllama, OllamaProxy
 
 MODEL = "smollm2:135m"
@@ -25,15 +24,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def real(settings: Settings) -> str:
-    base_url = settings.ollama.base_url
-    try:
-        tags = httpx.get(f"{base_url}/api/tags", timeout=5).json()
-    except httpx.HTTPError as exc:
-        pytest.fail(f"the real Ollama is not reachable at {base_url} ({exc}); start it with scripts/stack up")
-    if MODEL not in [m["name"] for m in tags["models"]]:
-        pytest.fail(f"the real Ollama at {base_url} has no {MODEL}; scripts/stack up imports it")
-    return base_url
+def real(ollama_up: str) -> str:
+    """The real Ollama (the shared check: reachable and serving the model)."""
+    return ollama_up
 
 
 @pytest.fixture(scope="module")
