@@ -57,10 +57,6 @@ class LlmClient:
         self._settings = settings
         self._client = ollama.Client(host=settings.base_url, timeout=settings.timeout_s)
 
-    @property
-    def model(self) -> str:
-        return self._settings.model
-
     def chat(self, messages: list[dict[str, str]], *, model: str | None = None) -> LlmResult:
         """Ask the model; raise a project error that says what to do next."""
         retrying = Retrying(
