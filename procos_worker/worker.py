@@ -9,7 +9,11 @@ Shutdown (SIGTERM/SIGINT, or ``stop()``): stop fetching at once (the long poll i
 abandoned, not awaited), let tasks in flight finish within WORKER_SHUTDOWN_GRACE_S (not waited out
 while Ollama or PostgreSQL is unreachable: those tasks can't finish), unlock the
 rest (no retry is consumed), sweep any task the engine still lists as locked by this worker id, close
-clients in reverse order, exit 0. A second signal exits at once with status 130. No path completes
+clients in reverse order, exit 0. Camunda's unlock wakes long polls still pending in the engine, our own
+included, so after any unlock the poll in progress is given _POLL_RETURN_S to come back with what it
+re-locked (it unlocks that at once) before the final sweep. A long poll still pending when the process
+exits can lock a task created in its last WORKER_ASYNC_RESPONSE_TIMEOUT_MS; that task waits out its lock.
+A second signal exits at once with status 130. No path completes
 a task whose output row is not committed: completion is only ever built from a stored row.
 """
 
@@ -42,6 +46,9 @@ from procos_worker.taskrun import RunState, TaskRun
 __all__ = ["Worker"]
 
 _HEALTH_INTERVAL_S = 2.0
+# Camunda's unlock wakes pending long polls, so our own poll still waiting in the engine re-locks a task we
+# release at shutdown and returns it at once; this long is enough for it to come back and be unlocked again.
+_POLL_RETURN_S = 2.0
 
 
 class Worker:
@@ -262,11 +269,16 @@ class Worker:
             while self._runs and time.monotonic() < deadline and not self._dependency_down():
                 self._cond.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
             leftover = list(self._runs.values())
-        for run in leftover:
-            if run.give_up(RunState.RELEASED):
-                self._unlock(run.task, self._task_log(run.task), "shutdown")
+        released = [run for run in leftover if run.give_up(RunState.RELEASED)]
+        for run in released:
+            self._unlock(run.task, self._task_log(run.task), "shutdown")
         self._wait_for_reports(self.settings.camunda.http_timeout_s)
-        self._sweep()
+        swept = self._sweep()
+        if (released or swept) and self._poll_thread.is_alive():
+            # Our pending long poll re-locks what we just unlocked; once it has come back (its tasks are
+            # unlocked by _dispatch), nothing of ours is left waiting in the engine and a sweep is final.
+            self._poll_thread.join(timeout=_POLL_RETURN_S)
+            self._sweep()
         self._heartbeat.stop()
         self.store.close()
         self.engine.close()
@@ -280,21 +292,25 @@ class Worker:
             while any(r.state is RunState.REPORTING for r in self._runs.values()) and time.monotonic() < deadline:
                 self._cond.wait(timeout=0.1)
 
-    def _sweep(self) -> None:
-        """Unlock what the engine still lists as ours: tasks a poll abandoned at stop may have locked."""
+    def _sweep(self) -> int:
+        """Unlock what the engine still lists as ours (a poll answered after the stop); returns how many."""
         try:
             held = set(self.engine.locked_task_ids())
         except (EngineUnavailable, EngineRejected) as exc:
             self._log.warning("worker.sweep_failed", error=str(exc))
-            return
+            return 0
         with self._cond:
             reporting = {tid for tid, r in self._runs.items() if r.state is RunState.REPORTING}
+        unlocked = 0
         for task_id in held - reporting:
             try:
                 self.engine.unlock(task_id)
-                self._log.info("task.released", task_id=task_id, reason="sweep")
             except (EngineUnavailable, EngineRejected, LockLost) as exc:
                 self._log.warning("task.release_failed", task_id=task_id, error=str(exc))
+                continue
+            unlocked += 1
+            self._log.info("task.released", task_id=task_id, reason="sweep")
+        return unlocked
 
     def _unlock(self, task: Task, log: Any, reason: str) -> None:
         try:

@@ -169,4 +169,9 @@ def test_sigterm_while_ollama_is_down_releases_at_once(
     assert released["reason"] == "shutdown"
     _worker_id, lock_expiration, retries = _lock(engine_rest, task_id)
     assert lock_expiration is None and retries is None, "unlocked, no retry spent"
+    # Camunda's unlock wakes our own long poll still pending in the engine, which re-locks the task: the
+    # worker must have waited for that poll to come back and released the task again before exiting.
+    taken = engine_rest.post("/external-task/fetchAndLock", {
+        "workerId": "next-worker", "maxTasks": 10, "topics": [{"topicName": topic, "lockDuration": 1000}]})
+    assert [t["id"] for t in taken.json()] == [task_id], "free for the next worker at once"
     ollama_proxy.resume()
