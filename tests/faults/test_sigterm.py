@@ -18,6 +18,7 @@ pytestmark = pytest.mark.faults
 
 GRACE_S = 5.0
 MARGIN_S = 2.5  # process exit, the sweep query, closing the pool
+FAST_EXIT_S = 3.0  # far below what is being ruled out (a 20 s long poll, a 30 s grace) on a busy 2-core CI box
 
 
 def _lock(engine: EngineRest, task_id: str) -> tuple[Any, Any]:
@@ -76,7 +77,7 @@ def test_second_sigterm_exits_at_once(
     worker.signal(signal.SIGTERM)
     started = time.monotonic()
     assert worker.wait(5) == 130
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < FAST_EXIT_S, "not the 30 s grace"
     # Nothing was completed without a stored answer; the lock simply runs out.
     assert success_count(engine_rest, task_id) == 0
 
@@ -92,5 +93,5 @@ def test_sigterm_during_idle_long_poll_exits_fast(
     started = time.monotonic()
     assert worker.wait(5) == 0
     took = time.monotonic() - started
-    assert took < 1.0, f"idle SIGTERM took {took:.2f}s"
+    assert took < FAST_EXIT_S, f"idle SIGTERM took {took:.2f}s, not the 20 s long poll"
     wait_until(lambda: worker.find("worker.stopped"), 2, "worker.stopped logged")
