@@ -868,31 +868,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=11435, help="0 picks a free port (printed on start)")
     parser.add_argument("--model", action="append", dest="models", help="installed model (repeatable)")
     parser.add_argument("--max-in-flight", type=int, default=0, help="503 beyond this many chats at once")
-    parser.add_argument("--delay-ms", type=int, default=0)
-    parser.add_argument("--chunk-delay-ms", type=int, default=0)
-    parser.add_argument("--answer")
-    parser.add_argument("--answer-bytes", type=int)
-    parser.add_argument("--chunk-chars", type=int, default=0)
-    parser.add_argument("--status", type=int, choices=(404, 500, 503))
-    parser.add_argument("--fail-first-n", type=int, default=0)
-    parser.add_argument("--done-reason", default="stop")
-    for flag in ("nul", "surrogate", "hang", "drop"):
-        parser.add_argument(f"--{flag}", action="store_true")
+    defaults = Behaviour()
+    for field in dataclasses.fields(Behaviour):  # one flag per Behaviour field, --delay-ms for delay_ms
+        flag, default = "--" + field.name.replace("_", "-"), getattr(defaults, field.name)
+        if field.name in _BOOL_FIELDS:
+            parser.add_argument(flag, action="store_true")
+        elif field.name == "status":
+            parser.add_argument(flag, type=int, choices=(404, 500, 503))
+        elif field.name in _INT_FIELDS:
+            parser.add_argument(flag, type=int, default=default)
+        else:
+            parser.add_argument(flag, default=default)
     args = parser.parse_args(argv)
-    behaviour = Behaviour(
-        delay_ms=args.delay_ms,
-        chunk_delay_ms=args.chunk_delay_ms,
-        answer=args.answer,
-        answer_bytes=args.answer_bytes,
-        chunk_chars=args.chunk_chars,
-        status=args.status,
-        fail_first_n=args.fail_first_n,
-        nul=args.nul,
-        surrogate=args.surrogate,
-        hang=args.hang,
-        drop=args.drop,
-        done_reason=args.done_reason,
-    )
+    behaviour = Behaviour(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Behaviour)})
     fake = FakeOllama(args.port, behaviour, tuple(args.models or DEFAULT_MODELS), args.max_in_flight)
     fake.start()
     fake.serve_until_signal()

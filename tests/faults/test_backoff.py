@@ -79,6 +79,22 @@ def _held_and_not_taken(engine: EngineRest, worker: WorkerProcess, held: str, ne
         time.sleep(0.5)
 
 
+def _two_tasks_across_outage(
+    engine: EngineRest, worker: WorkerProcess, key: str, service: str,
+) -> tuple[str, str, dict[str, str]]:
+    """With ``service`` just made unreachable: one instance meets the outage, one is started during it.
+
+    The first task waits holding its lock (heartbeat); the later one is not kept. Returns both process
+    instance ids and their task ids."""
+    first = engine.start(key, {"query": "Name one tree."})
+    ids = task_ids(engine, [first])
+    worker.wait_for("service.down", service=service)
+    later = engine.start(key, {"query": "Name one river."})
+    ids |= task_ids(engine, [later])
+    _held_and_not_taken(engine, worker, ids[first], ids[later])
+    return first, later, ids
+
+
 @pytest.fixture()
 def pg_proxy() -> Iterator[TcpProxy]:
     with TcpProxy(5432) as proxy:
@@ -94,13 +110,7 @@ def test_postgres_unreachable_holds_tasks_without_burning_retries(
                    OLLAMA_OPTIONS=SMALL_ANSWER, WORKER_LOCK_DURATION_MS="3000")
     worker.wait_for("worker.started")
     pg_proxy.pause()
-    first = engine_rest.start(key, {"query": "Name one tree."})
-    ids = task_ids(engine_rest, [first])
-    worker.wait_for("service.down", service="postgresql")
-    # The task that met the outage waits, holding its lock (heartbeat); nothing new is fetched.
-    later = engine_rest.start(key, {"query": "Name one river."})
-    ids |= task_ids(engine_rest, [later])
-    _held_and_not_taken(engine_rest, worker, ids[first], ids[later])
+    first, later, ids = _two_tasks_across_outage(engine_rest, worker, key, "postgresql")
     assert len(worker.find("service.down", service="postgresql")) == 1, "one line per outage, not per try"
 
     pg_proxy.resume()
@@ -129,12 +139,7 @@ def test_ollama_unreachable_holds_tasks_without_burning_retries(
                    WORKER_LOCK_DURATION_MS="3000")
     worker.wait_for("worker.started")
     ollama_proxy.pause("refuse")
-    first = engine_rest.start(key, {"query": "Name one city."})
-    ids = task_ids(engine_rest, [first])
-    worker.wait_for("service.down", service="ollama")
-    later = engine_rest.start(key, {"query": "Name one sea."})
-    ids |= task_ids(engine_rest, [later])
-    _held_and_not_taken(engine_rest, worker, ids[first], ids[later])
+    first, later, ids = _two_tasks_across_outage(engine_rest, worker, key, "ollama")
 
     ollama_proxy.resume()
     resumed = time.monotonic()
