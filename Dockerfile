@@ -40,7 +40,7 @@ RUN groupadd --system --gid 10001 procos \
 
 COPY --from=build /opt/venv /opt/venv
 
-# sql/init-db.sql travels inside the wheel (procos_worker/sql/init-db.sql), so
+# sql/init-db.sql travels inside the wheel (procos_worker/store/sql/init-db.sql), so
 # `docker compose run --rm worker procos-worker init-db` can re-apply it from the container.
 WORKDIR /app
 

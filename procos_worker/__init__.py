@@ -14,14 +14,14 @@ if TYPE_CHECKING:
     from procos_worker.errors import ProcosError
     from procos_worker.models import StoredContext
     from procos_worker.settings import Settings
-    from procos_worker.store import ContextStore
+    from procos_worker.store.context import ContextStore
     from procos_worker.worker import Worker
 
 __all__ = ["ContextStore", "ProcosError", "Settings", "StoredContext", "Worker"]
 __version__ = "0.1.0"
 
 _HOMES = {
-    "ContextStore": "procos_worker.store",
+    "ContextStore": "procos_worker.store.context",
     "ProcosError": "procos_worker.errors",
     "Settings": "procos_worker.settings",
     "StoredContext": "procos_worker.models",

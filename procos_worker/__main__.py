@@ -1,3 +1,3 @@
-from procos_worker.cli import main
+from procos_worker.ops.cli import main
 
 raise SystemExit(main())

@@ -10,13 +10,13 @@ import threading
 import time
 from typing import Any
 
+from procos_worker.ai.llm import LlmClient, build_messages
 from procos_worker.flags import build_flags
 from procos_worker.gate import ServiceGate
 from procos_worker.inputs import parse_inputs
-from procos_worker.llm import LlmClient, build_messages
 from procos_worker.models import Complete, Task
 from procos_worker.settings import Settings
-from procos_worker.store import ContextStore
+from procos_worker.store.context import ContextStore
 
 __all__ = ["TaskHandler"]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
-from procos_worker.camunda import EngineClient
+from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineRejected, EngineUnavailable, LockLost
 from procos_worker.taskrun import RunState, TaskRun
 

@@ -29,18 +29,18 @@ from typing import Any
 
 import structlog
 
+from procos_worker.ai.llm import LlmClient
 from procos_worker.backoff import Backoff
-from procos_worker.camunda import EngineClient
+from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineRejected, EngineUnavailable, LockLost, TaskError
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
 from procos_worker.heartbeat import Heartbeat
 from procos_worker.inputs import requested_variables
-from procos_worker.llm import LlmClient
 from procos_worker.models import Abandon, BpmnError, Complete, Failure, Outcome, Task
 from procos_worker.outcomes import outcome_for
 from procos_worker.settings import Settings
-from procos_worker.store import ContextStore
+from procos_worker.store.context import ContextStore
 from procos_worker.taskrun import RunState, TaskRun
 
 __all__ = ["Worker"]

@@ -7,10 +7,10 @@ from __future__ import annotations
 import sys
 import threading
 
-from procos_worker.logs import configure_logging
+from procos_testkit.engine import EXAMPLE_BPMN, EngineRest
+from procos_worker.ops.logs import configure_logging
 from procos_worker.settings import Settings
-from procos_worker.store import ContextStore
-from procos_worker.testing.engine import EXAMPLE_BPMN, EngineRest
+from procos_worker.store.context import ContextStore
 from procos_worker.worker import Worker
 
 QUESTION = "In two sentences: what is an external service task in a BPMN process?"

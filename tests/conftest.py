@@ -15,9 +15,9 @@ import psycopg
 import pytest
 import requests
 
+from procos_testkit.engine import EngineRest
 from procos_worker.settings import Settings, default_worker_id
-from procos_worker.store import ContextStore
-from procos_worker.testing.engine import EngineRest
+from procos_worker.store.context import ContextStore
 from procos_worker.worker import Worker
 
 STACK_HINT = "start the local stack with: scripts/stack up"

@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m procos_worker.bench`` in a tiny configuration (not a timed test).
+"""Smoke test of ``python -m procos_bench`` in a tiny configuration (not a timed test).
 
 Runs P1 (curve at one level), P2, P4 (1 MiB instead of 64 MiB) and P5 once each on the local stack
 and checks the JSON summary line: every key present, numbers positive, no duplicates. P3 (the real
@@ -28,7 +28,7 @@ def test_bench_tiny_run_prints_the_json_summary_last(settings: Settings) -> None
         requests.get(f"{settings.camunda.base_url}/engine", timeout=5).raise_for_status()
     except requests.RequestException as exc:
         pytest.fail(f"Camunda not reachable ({exc}); start the local stack with: scripts/stack up")
-    argv = [sys.executable, "-m", "procos_worker.bench", "--only", "p1,p2,p4,p5", "--reps", "1", "--levels", "2",
+    argv = [sys.executable, "-m", "procos_bench", "--only", "p1,p2,p4,p5", "--reps", "1", "--levels", "2",
             "--tasks", "10", "--p4-bytes", str(1024 * 1024), "--p4-reps", "1", "--p5-tasks", "20", "--no-docs",
             "--camunda-url", settings.camunda.base_url,
             "--database-url", settings.database.url.get_secret_value()]

@@ -40,9 +40,9 @@ def test_wheel_declares_the_console_script(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         parser = configparser.ConfigParser()
         parser.read_string(_dist_info_file(archive, "entry_points.txt"))
-        assert parser["console_scripts"]["procos-worker"].strip() == "procos_worker.cli:main"
+        assert parser["console_scripts"]["procos-worker"].strip() == "procos_worker.ops.cli:main"
         names = set(archive.namelist())
-    assert "procos_worker/cli.py" in names
+    assert "procos_worker/ops/cli.py" in names
     assert "procos_worker/settings.py" in names
 
 
@@ -50,7 +50,7 @@ def test_wheel_carries_the_schema_file_init_db_applies(wheel: Path) -> None:
     """The image has no source tree: `procos-worker init-db` applies the copy inside the package,
     which must be the very file PostgreSQL's init script (sql/init-db.sql) is."""
     with zipfile.ZipFile(wheel) as archive:
-        bundled = archive.read("procos_worker/sql/init-db.sql")
+        bundled = archive.read("procos_worker/store/sql/init-db.sql")
     assert bundled == INIT_SQL.read_bytes()
 
 

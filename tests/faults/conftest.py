@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from procos_worker.testing.fake_ollama import FakeOllama
+from procos_testkit.fake_ollama import FakeOllama
 
 # The helpers live beside this file; test modules import them as ``faultkit``.
 sys.path.insert(0, str(Path(__file__).resolve().parent))

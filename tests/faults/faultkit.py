@@ -23,8 +23,8 @@ from typing import Any, Literal, cast
 
 import psycopg
 
-from procos_worker.testing.engine import EngineRest, wait_until  # noqa: F401 - re-exported for tests
-from procos_worker.testing.ollama_proxy import OllamaProxy, _ProxyHandler, _UpstreamError
+from procos_testkit.engine import EngineRest, wait_until  # noqa: F401 - re-exported for tests
+from procos_testkit.ollama_proxy import OllamaProxy, _ProxyHandler, _UpstreamError
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_BIN = REPO / ".venv" / "bin" / "procos-worker"

@@ -25,7 +25,7 @@ from faultkit import (
     wait_until,
 )
 
-from procos_worker.testing.engine import EngineRest
+from procos_testkit.engine import EngineRest
 
 pytestmark = pytest.mark.faults
 

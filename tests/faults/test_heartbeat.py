@@ -11,8 +11,8 @@ import pytest
 import requests
 from faultkit import HoldingProxy, completed, output_rows, success_count, task_of, wait_until
 
-from procos_worker.testing.engine import EngineRest
-from procos_worker.testing.fake_ollama import FakeOllama
+from procos_testkit.engine import EngineRest
+from procos_testkit.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.faults
 

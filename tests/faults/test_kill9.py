@@ -23,7 +23,7 @@ from faultkit import (
     task_of,
 )
 
-from procos_worker.testing.engine import EngineRest
+from procos_testkit.engine import EngineRest
 
 pytestmark = pytest.mark.faults
 

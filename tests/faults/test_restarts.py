@@ -26,8 +26,8 @@ from faultkit import (
     task_ids,
 )
 
-from procos_worker.testing.engine import EngineRest
-from procos_worker.testing.fake_ollama import FakeOllama
+from procos_testkit.engine import EngineRest
+from procos_testkit.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.faults
 

@@ -16,8 +16,8 @@ import pytest
 import requests
 from faultkit import DB_PASSWORD, TcpProxy, WorkerProcess, wait_until
 
-from procos_worker.testing.engine import EngineRest
-from procos_worker.testing.fake_ollama import FakeOllama
+from procos_testkit.engine import EngineRest
+from procos_testkit.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.faults
 

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from faultkit import WorkerProcess, all_completed, output_rows, success_count, task_ids, wait_until
 
-from procos_worker.testing.engine import EngineRest
-from procos_worker.testing.fake_ollama import FakeOllama
+from procos_testkit.engine import EngineRest
+from procos_testkit.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.faults
 

@@ -14,7 +14,7 @@ import httpx
 import ollama
 import pytest
 
-from procos_worker.testing import FakeOllama, OllamaProxy
+from procos_testkit import FakeOllama, OllamaProxy
 
 MODEL = "smollm2:135m"
 MESSAGES = [{"role": "user", "content": "Say hi"}]

@@ -11,11 +11,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from procos_testkit.engine import EngineRest, json_variable
+from procos_testkit.fake_ollama import FakeOllama
 from procos_worker.flags import MAX_VARIABLE_CHARS
 from procos_worker.settings import Settings
-from procos_worker.store import ContextStore
-from procos_worker.testing.engine import EngineRest, json_variable
-from procos_worker.testing.fake_ollama import FakeOllama
+from procos_worker.store.context import ContextStore
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +103,7 @@ def test_large_answer_is_stored_byte_for_byte(
 
 
 def _generated(size: int) -> Any:
-    from procos_worker.testing.fake_ollama import generated_answer_chunks
+    from procos_testkit.fake_ollama import generated_answer_chunks
 
     return generated_answer_chunks(size)
 

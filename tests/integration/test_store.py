@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from procos_worker.models import LlmResult, Task, TaskInputs
-from procos_worker.store import ContextStore
+from procos_worker.store.context import ContextStore
 
 pytestmark = pytest.mark.integration
 

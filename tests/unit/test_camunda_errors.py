@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from procos_worker.camunda import EngineClient
+from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineRejected, EngineUnavailable, LockLost
 from procos_worker.settings import CamundaSettings
 

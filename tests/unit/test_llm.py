@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from procos_testkit.fake_ollama import FakeOllama
+from procos_worker.ai.llm import LlmClient, build_messages
 from procos_worker.errors import LlmBusy, LlmUnavailable, ModelNotFound
-from procos_worker.llm import LlmClient, build_messages
 from procos_worker.models import TaskInputs
 from procos_worker.settings import OllamaSettings
-from procos_worker.testing.fake_ollama import FakeOllama
 
 
 def test_messages_put_system_prompt_first_and_context_before_the_question() -> None:

@@ -7,7 +7,7 @@ import logging
 import pytest
 import structlog
 
-from procos_worker.logs import configure_logging
+from procos_worker.ops.logs import configure_logging
 from procos_worker.settings import CamundaSettings, DatabaseSettings, LogSettings, Settings
 
 

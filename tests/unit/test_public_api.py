@@ -19,7 +19,7 @@ def test_every_module_declares_all() -> None:
 
 
 def test_public_names_resolve() -> None:
-    from procos_worker.store import ContextStore
+    from procos_worker.store.context import ContextStore
 
     assert procos_worker.ContextStore is ContextStore
     assert all(getattr(procos_worker, name) for name in procos_worker.__all__)

@@ -17,8 +17,8 @@ import httpx
 import ollama
 import pytest
 
-from procos_worker.testing import BUSY_MESSAGE, Behaviour, FakeOllama
-from procos_worker.testing.fake_ollama import generated_answer_chunks, go_json
+from procos_testkit import BUSY_MESSAGE, Behaviour, FakeOllama
+from procos_testkit.fake_ollama import generated_answer_chunks, go_json
 
 MODEL = "smollm2:135m"
 FINAL_KEYS = [
@@ -290,7 +290,7 @@ def _status_kib(pid: int, field: str) -> int:
 def test_64_mib_answer_arrives_intact_while_the_fake_stays_small() -> None:
     size = 64 * 1024 * 1024
     proc = subprocess.Popen(
-        [sys.executable, "-m", "procos_worker.testing.fake_ollama", "--port", "0"],
+        [sys.executable, "-m", "procos_testkit.fake_ollama", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -14,8 +14,8 @@ import httpx
 import ollama
 import pytest
 
-from procos_worker.testing import BUSY_MESSAGE, FakeOllama, OllamaProxy
-from procos_worker.testing.fake_ollama import generated_answer_chunks
+from procos_testkit import BUSY_MESSAGE, FakeOllama, OllamaProxy
+from procos_testkit.fake_ollama import generated_answer_chunks
 
 MODEL = "smollm2:135m"
 
@@ -151,7 +151,7 @@ def test_control_endpoints(fake: FakeOllama, proxy: OllamaProxy) -> None:
 @pytest.mark.timeout(60)
 def test_runs_as_a_process_with_signals(fake: FakeOllama) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "procos_worker.testing.ollama_proxy", "--port", "0", "--upstream", fake.base_url],
+        [sys.executable, "-m", "procos_testkit.ollama_proxy", "--port", "0", "--upstream", fake.base_url],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -13,12 +13,12 @@ import structlog
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from procos_worker.camunda import EngineClient
+from procos_worker.ai.llm import LlmClient
+from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineRejected, ProcosError, ServiceUnavailable
-from procos_worker.llm import LlmClient
-from procos_worker.logs import configure_logging
+from procos_worker.ops.logs import configure_logging
 from procos_worker.settings import Settings
-from procos_worker.store import ContextStore
+from procos_worker.store.context import ContextStore
 from procos_worker.worker import Worker
 
 __all__ = ["main"]
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _init_db(settings: Settings, path: Path | None) -> int:
-    log = structlog.get_logger("procos_worker.cli")
+    log = structlog.get_logger("procos_worker.ops.cli")
     sql = path.read_text(encoding="utf-8") if path is not None else None
     with ContextStore(settings.database) as store:
         try:

@@ -20,8 +20,8 @@ import psycopg
 import requests
 from pydantic import SecretStr
 
-from procos_worker.bench.common import Batch, CpuMeter, CpuReport, Spread, Stack, listener_pids, spread
-from procos_worker.bench.procs import (
+from procos_bench.common import Batch, CpuMeter, CpuReport, Spread, Stack, listener_pids, spread
+from procos_bench.procs import (
     Consumer,
     FakeProc,
     HelperProc,
@@ -30,9 +30,9 @@ from procos_worker.bench.procs import (
     WorkerProc,
     read_status_kib,
 )
+from procos_testkit.engine import EngineRest
 from procos_worker.settings import DatabaseSettings
-from procos_worker.store import ContextStore
-from procos_worker.testing.engine import EngineRest
+from procos_worker.store.context import ContextStore
 
 __all__ = ["Bench", "Config", "Run"]
 
@@ -171,11 +171,11 @@ class Bench:
     # -- consumers -------------------------------------------------------------------------------
 
     def ceiling(self, threads: int) -> Callable[[str], Consumer]:
-        return lambda topic: HelperProc("procos_worker.bench.ceiling",
+        return lambda topic: HelperProc("procos_bench.ceiling",
                                         ["--url", self.stack.camunda_url, "--topic", topic, "--threads", str(threads)])
 
     def library(self, fake: FakeProc) -> Callable[[str], Consumer]:
-        return lambda topic: HelperProc("procos_worker.bench.library_worker",
+        return lambda topic: HelperProc("procos_bench.library_worker",
                                         ["--url", self.stack.camunda_url, "--topic", topic, "--ollama", fake.url,
                                          "--db", self.stack.database_url, "--model", self.stack.model])
 

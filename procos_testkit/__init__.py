@@ -1,7 +1,7 @@
 """Test doubles for procos-worker's neighbours: a fake Ollama and a counting proxy for the real one.
 
 They live in the package (not under ``tests/``) because the benchmark runs them too. Names are
-loaded on first use so that ``python -m procos_worker.testing.fake_ollama`` does not import the
+loaded on first use so that ``python -m procos_testkit.fake_ollama`` does not import the
 module twice.
 """
 
@@ -11,8 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from procos_worker.testing.fake_ollama import BUSY_MESSAGE, DEFAULT_MODELS, Behaviour, FakeOllama
-    from procos_worker.testing.ollama_proxy import OllamaProxy, ProxyMode
+    from procos_testkit.fake_ollama import BUSY_MESSAGE, DEFAULT_MODELS, Behaviour, FakeOllama
+    from procos_testkit.ollama_proxy import OllamaProxy, ProxyMode
 
 __all__ = ["BUSY_MESSAGE", "DEFAULT_MODELS", "Behaviour", "FakeOllama", "OllamaProxy", "ProxyMode"]
 

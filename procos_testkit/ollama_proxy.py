@@ -13,7 +13,7 @@ Ollama look down without killing it:
 Counts are per path (query string dropped): ``count`` = forwarded to the upstream, ``received`` =
 arrived at the proxy. Upstream unreachable -> 502 ``{"error": "proxy: ..."}``.
 
-Run as a process: ``python -m procos_worker.testing.ollama_proxy --port 11436 --upstream
+Run as a process: ``python -m procos_testkit.ollama_proxy --port 11436 --upstream
 http://127.0.0.1:11434``. Control it with ``GET /_proxy/counts``, ``POST /_proxy/mode``
 (``{"mode": "503"}``), ``POST /_proxy/reset``; SIGUSR1 pauses with ``refuse``, SIGUSR2 resumes
 (an HTTP call cannot undo ``refuse``).
@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Literal, cast, get_args
 
-from procos_worker.testing.fake_ollama import BUSY_MESSAGE, BackgroundServer, TrackedHandler, go_json
+from procos_testkit.fake_ollama import BUSY_MESSAGE, BackgroundServer, TrackedHandler, go_json
 
 __all__ = ["OllamaProxy", "ProxyMode", "main"]
 
@@ -298,7 +298,7 @@ OllamaProxy.handler_class = _ProxyHandler
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m procos_worker.testing.ollama_proxy",
+        prog="python -m procos_testkit.ollama_proxy",
         description="Counting, pausable reverse proxy in front of Ollama.",
     )
     parser.add_argument("--port", type=int, default=11436, help="0 picks a free port (printed on start)")

@@ -6,7 +6,7 @@ output row in procos_ai_context with psycopg (one autocommit connection), and co
 flag variables. The library runs tasks one after another (its ``subscribe`` is a blocking loop that
 cannot be stopped), so the benchmark runs this as a process and ends it with SIGTERM::
 
-    python -m procos_worker.bench.library_worker --url ... --topic T --ollama http://127.0.0.1:PORT --db postgresql://...
+    python -m procos_bench.library_worker --url ... --topic T --ollama http://127.0.0.1:PORT --db postgresql://...
 
 It prints ``ready`` just before ``subscribe``. The library's own defaults are kept (maxTasks 1,
 lockDuration 300 s, asyncResponseTimeout 30 s), except ``sleepSeconds`` (1 s instead of 300 s
@@ -88,7 +88,7 @@ def make_handler(conn: psycopg.Connection[Any], client: ollama.Client, model: st
 def main(argv: Sequence[str] | None = None) -> int:
     from camunda.external_task.external_task_worker import ExternalTaskWorker  # noqa: PLC0415 (slow import)
 
-    parser = argparse.ArgumentParser(prog="python -m procos_worker.bench.library_worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m procos_bench.library_worker", description=__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--ollama", required=True)

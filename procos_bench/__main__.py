@@ -1,4 +1,4 @@
-"""``python -m procos_worker.bench [--quick] [--only p1,p4] [--out-dir docs/perf | --no-docs]``.
+"""``python -m procos_bench [--quick] [--only p1,p4] [--out-dir docs/perf | --no-docs]``.
 
 Prints progress on stderr, the table on stdout, and as its last stdout line one JSON object with
 the keys p1_ratio_vs_ceiling, p2_ratio_vs_library_worker, p3_overhead_ratio, p4_seconds,
@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from procos_worker.bench.common import Stack
-from procos_worker.bench.report import machine, markdown, plot, summary, table
-from procos_worker.bench.scenarios import Bench, Config
+from procos_bench.common import Stack
+from procos_bench.report import machine, markdown, plot, summary, table
+from procos_bench.scenarios import Bench, Config
 
 __all__ = ["main"]
 
@@ -28,7 +28,7 @@ SCENARIOS = ("curve", "p2", "p3", "p4", "p5")  # "curve" yields P1
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m procos_worker.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m procos_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller run (about 3 minutes)")
     parser.add_argument("--only", default="", help="comma-separated subset of: p1 (=curve), p2, p3, p4, p5")
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if not args.no_docs:
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        command = "python -m procos_worker.bench " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
+        command = "python -m procos_bench " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
         (args.out_dir / "latest.md").write_text(markdown(results, command.strip(), host, wall_s))
         (args.out_dir / "latest.json").write_text(json.dumps(
             {"summary": summary(results), "config": config_dict, "machine": host, "wall_s": round(wall_s, 1),

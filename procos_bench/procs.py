@@ -17,7 +17,7 @@ from typing import IO, Any, Protocol
 
 import requests
 
-from procos_worker.bench.common import Stack
+from procos_bench.common import Stack
 
 __all__ = ["Consumer", "FakeProc", "HelperProc", "RssSampler", "WorkerGroup", "WorkerProc", "read_status_kib"]
 
@@ -67,12 +67,12 @@ def _wait_line(stream: IO[str], prefix: str, proc: subprocess.Popen[Any], timeou
 
 
 class FakeProc:
-    """``python -m procos_worker.testing.fake_ollama`` on a free port, as its own process."""
+    """``python -m procos_testkit.fake_ollama`` on a free port, as its own process."""
 
     def __init__(self, delay_ms: int = 0) -> None:
         self.delay_ms = delay_ms
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "procos_worker.testing.fake_ollama", "--port", "0", "--delay-ms", str(delay_ms)],
+            [sys.executable, "-m", "procos_testkit.fake_ollama", "--port", "0", "--delay-ms", str(delay_ms)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_python_env({}),
         )
         assert self._proc.stdout is not None

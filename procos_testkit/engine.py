@@ -1,6 +1,6 @@
 """A small Camunda REST helper for tests and benchmarks: deploy, start, inspect.
 
-Not used by the worker itself (the worker's engine calls are in ``procos_worker.camunda``).
+Not used by the worker itself (the worker's engine calls are in ``procos_worker.engine.client``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import requests
 
 __all__ = ["EXAMPLE_BPMN", "EngineRest", "example_bpmn", "json_variable", "wait_until"]
 
-EXAMPLE_BPMN = Path(__file__).resolve().parents[2] / "bpmn" / "ai-query.bpmn"
+EXAMPLE_BPMN = Path(__file__).resolve().parents[1] / "bpmn" / "ai-query.bpmn"
 
 
 def example_bpmn(topic: str, process_key: str) -> str:

@@ -1,4 +1,4 @@
-"""``python -m procos_worker.bench``: throughput, overhead, memory and scale-out of procos-worker on the
+"""``python -m procos_bench``: throughput, overhead, memory and scale-out of procos-worker on the
 local stack (``scripts/stack up``).
 
 Every measured run works on its own freshly deployed copy of the example process (unique topic), so

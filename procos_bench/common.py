@@ -15,7 +15,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 import requests
 
-from procos_worker.testing.engine import example_bpmn
+from procos_testkit.engine import example_bpmn
 
 __all__ = [
     "Batch",

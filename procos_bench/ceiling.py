@@ -3,7 +3,7 @@
 What a good minimal client would do: one ``requests.Session`` (keep-alive) per thread, long polling,
 and the same small completion variables procos-worker sends. Run as a process by the benchmark::
 
-    python -m procos_worker.bench.ceiling --url http://127.0.0.1:8080/engine-rest --topic T --threads 4
+    python -m procos_bench.ceiling --url http://127.0.0.1:8080/engine-rest --topic T --threads 4
 
 It prints ``ready`` once its threads poll and runs until SIGTERM.
 """
@@ -54,7 +54,7 @@ def _loop(url: str, topic: str, worker_id: str, stop: threading.Event) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m procos_worker.bench.ceiling", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m procos_bench.ceiling", description=__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--threads", type=int, default=4)

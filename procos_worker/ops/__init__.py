@@ -1,0 +1,3 @@
+"""What an operator touches: the command line and logging."""
+
+__all__: list[str] = []

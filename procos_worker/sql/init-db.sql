@@ -1,1 +1,0 @@
-../../sql/init-db.sql
