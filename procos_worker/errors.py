@@ -3,33 +3,36 @@
 ::
 
     ProcosError
-    ├── TaskError                  an error about one task; `retry.outcome_for` turns it into an outcome
+    ├── TaskError                  raised while handling one task; ``outcomes.outcome_for`` maps it
     │   ├── InputError             -> BPMN error (code TASK_INPUT_ERROR_CODE), nothing stored
     │   ├── TransientError         -> Camunda failure, retries - 1, exponential retryTimeout
-    │   │   ├── LlmBusy            Ollama 503/5xx or a timeout, after the in-process tries
-    │   │   ├── ServiceUnavailable a dependency can't be reached at all: the worker waits for it with
-    │   │   │   │                  backoff while holding the lock, and fetches nothing new meanwhile;
-    │   │   │   │                  it becomes a failure only if the task must be given up
-    │   │   │   ├── LlmUnavailable     Ollama refuses connections
-    │   │   │   ├── StoreUnavailable   PostgreSQL can't be reached
-    │   │   │   └── EngineUnavailable  the Camunda REST API can't be reached (or answers 5xx)
-    │   ├── PermanentError         -> Camunda failure with retries 0 = an incident; the message says
-    │   │   │                         what to fix, errorDetails has the full story
-    │   │   ├── ModelNotFound      Ollama answers 404 for the configured model
-    │   │   ├── LlmRequestInvalid  Ollama answers 400 (invalid options, ...)
-    │   │   └── VariableTooLong    a variable to send would exceed Camunda's 4000-char column
-    │   └── LockLost               -> abandon: no call to Camunda at all (the engine already gave the
-    │                                 task to someone else, or it no longer exists)
-    └── EngineRejected             Camunda answered 4xx to a call (carries status, type and message)
+    │   │   └── LlmBusy            Ollama 503/5xx or a timeout, after the in-process tries
+    │   └── PermanentError         -> Camunda failure with retries 0 = an incident; the message says
+    │       │                         what to fix, errorDetails has the full story
+    │       ├── ModelNotFound      Ollama answers 404 for the model
+    │       ├── LlmRequestInvalid  Ollama answers 400 (invalid options, ...)
+    │       └── VariableTooLong    a variable to send would exceed Camunda's 4000-char column
+    ├── ServiceUnavailable         a dependency can't be reached: its ``gate`` waits with backoff while
+    │   │                          the task keeps its lock, and the poll loop fetches nothing new. It
+    │   │                          leaves the handler only when the run was released or lost while
+    │   │                          waiting: then nothing is reported (the engine no longer expects it)
+    │   ├── LlmUnavailable         Ollama refuses connections
+    │   └── StoreUnavailable       PostgreSQL can't be reached
+    └── EngineError                raised only by the engine client (``engine.client``)
+        ├── EngineUnavailable      the REST API can't be reached (refused, timeout, 5xx): the poll
+        │                          loop backs off; a report is retried until it lands
+        ├── EngineRejected         Camunda refused the call (4xx): the report is dropped and logged
+        └── LockLost               404, or the lock is another worker's: the run is abandoned
 
-Misuse that is nobody's runtime fault (bad settings) raises ``ConfigurationError``, apart from the tree.
-Dependencies' exceptions are converted into these in the client modules only (camunda, llm, store).
+Dependencies' exceptions are converted into these in the client modules only
+(``engine.client``, ``ai.llm``, ``store.context``), with ``raise ... from``. Any other exception
+out of the handler is a bug: ``outcomes.internal_error`` makes it an incident with its traceback.
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "ConfigurationError",
+    "EngineError",
     "EngineRejected",
     "EngineUnavailable",
     "InputError",
@@ -49,20 +52,16 @@ __all__ = [
 
 
 class ProcosError(Exception):
-    """Base of every error procos-worker raises on purpose."""
-
-
-class ConfigurationError(ProcosError):
-    """The settings can't work (not a runtime fault of any service)."""
-
-
-class TaskError(ProcosError):
-    """An error about one task. ``details`` is the full story for Camunda's ``errorDetails``."""
+    """Base of every error procos-worker raises on purpose. ``details`` is the full story."""
 
     def __init__(self, message: str, *, details: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details if details is not None else message
+
+
+class TaskError(ProcosError):
+    """An error about one task, turned into its Camunda outcome by ``outcomes.outcome_for``."""
 
 
 class InputError(TaskError):
@@ -77,8 +76,24 @@ class LlmBusy(TransientError):
     """Ollama answered 503/5xx or timed out."""
 
 
-class ServiceUnavailable(TransientError):
-    """A dependency can't be reached. ``service`` names it: camunda, ollama or postgresql."""
+class PermanentError(TaskError):
+    """Retrying won't help until someone changes something: an incident."""
+
+
+class ModelNotFound(PermanentError):
+    """The model is not on the Ollama server."""
+
+
+class LlmRequestInvalid(PermanentError):
+    """Ollama rejected the request itself (for example invalid options)."""
+
+
+class VariableTooLong(PermanentError):
+    """A variable the worker was about to send would not fit Camunda's varchar(4000) columns."""
+
+
+class ServiceUnavailable(ProcosError):
+    """A dependency can't be reached. ``service`` names it for logs and the health record."""
 
     service = "service"
 
@@ -91,35 +106,22 @@ class StoreUnavailable(ServiceUnavailable):
     service = "postgresql"
 
 
-class EngineUnavailable(ServiceUnavailable):
-    service = "camunda"
+class EngineError(ProcosError):
+    """Something the Camunda REST API answered (or failed to answer)."""
 
 
-class PermanentError(TaskError):
-    """Retrying won't help until someone changes something: an incident."""
+class EngineUnavailable(EngineError):
+    """The engine can't be reached, or failed with a 5xx."""
 
 
-class ModelNotFound(PermanentError):
-    """The configured model is not on the Ollama server."""
-
-
-class LlmRequestInvalid(PermanentError):
-    """Ollama rejected the request itself (for example invalid options)."""
-
-
-class VariableTooLong(PermanentError):
-    """A variable the worker was about to send would not fit Camunda's varchar(4000) columns."""
-
-
-class LockLost(TaskError):
-    """The task's lock is gone (expired and taken, or the task was deleted): abandon it."""
-
-
-class EngineRejected(ProcosError):
-    """Camunda answered a call with a 4xx status."""
+class EngineRejected(EngineError):
+    """Camunda answered a call with a 4xx status that is not about the lock."""
 
     def __init__(self, status: int, error_type: str, message: str) -> None:
         super().__init__(f"Camunda answered {status} {error_type}: {message}")
         self.status = status
         self.error_type = error_type
-        self.message = message
+
+
+class LockLost(EngineError):
+    """The task's lock is gone (expired and taken, or the task was deleted): abandon it."""

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+
+from structlog.stdlib import BoundLogger
 
 from procos_worker.ai.llm import LlmClient, build_messages
 from procos_worker.flags import build_flags
 from procos_worker.gate import ServiceGate
 from procos_worker.inputs import parse_inputs
 from procos_worker.models import Complete, Task
+from procos_worker.outcomes import complete
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
 
@@ -32,7 +34,7 @@ class TaskHandler:
         self._store_gate = store_gate
         self._llm_gate = llm_gate
 
-    def handle(self, task: Task, cancel: threading.Event, log: Any) -> Complete:
+    def handle(self, task: Task, cancel: threading.Event, log: BoundLogger) -> Complete:
         """``cancel`` interrupts waits for an unreachable service (lock lost, or shutdown)."""
         inputs = parse_inputs(task, self._settings.task)
 
@@ -43,7 +45,7 @@ class TaskHandler:
         if stored is not None:
             # Redelivered after a crash or an expired lock: the answer exists, don't ask again.
             log.info("task.redelivered", ai_context_id=str(stored.id))
-            return Complete(build_flags(stored))
+            return complete(build_flags(stored), stored.id)
         t1 = time.perf_counter()
         log.info("task.input_stored", prompt_length=len(prompt), store_s=round(t1 - t0, 4))
 
@@ -55,4 +57,4 @@ class TaskHandler:
 
         output = self._store_gate.call(lambda: self._store.save_output(task, result, input_id), cancel)
         log.info("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
-        return Complete(build_flags(output))
+        return complete(build_flags(output), output.id)

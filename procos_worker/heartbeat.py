@@ -14,7 +14,7 @@ from collections.abc import Callable
 import structlog
 
 from procos_worker.engine.client import EngineClient
-from procos_worker.errors import EngineRejected, EngineUnavailable, LockLost
+from procos_worker.errors import EngineError, EngineUnavailable
 from procos_worker.taskrun import RunState, TaskRun
 
 __all__ = ["Heartbeat"]
@@ -54,7 +54,7 @@ class Heartbeat:
                              topic=run.task.topic)
         try:
             self._engine.extend_lock(run.task.id, self._lock_duration_ms)
-        except (LockLost, EngineRejected) as exc:
+        except EngineError as exc:  # lock lost, or the engine refused the extension
             if run.give_up(RunState.LOST):
                 log.warning("task.lock_lost", error=str(exc), elapsed_s=run.elapsed_s())
             return

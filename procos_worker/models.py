@@ -9,7 +9,6 @@ from typing import Any
 from uuid import UUID
 
 __all__ = [
-    "Abandon",
     "BpmnError",
     "Complete",
     "Failure",
@@ -125,9 +124,10 @@ class StoredContext:
 
 @dataclass(frozen=True, slots=True)
 class Complete:
-    """Complete the task with these (small) variables."""
+    """Complete the task with these (small) variables, pointing at the committed output row."""
 
     variables: Mapping[str, Any]
+    context_id: UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +149,4 @@ class BpmnError:
     variables: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Abandon:
-    """Tell Camunda nothing: the lock is gone, or the task is being released."""
-
-    reason: str
-
-
-Outcome = Complete | Failure | BpmnError | Abandon
+Outcome = Complete | Failure | BpmnError

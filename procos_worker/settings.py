@@ -3,7 +3,7 @@
 This is the only module that reads the environment. Each section is a small model; an environment
 variable is named ``<SECTION>_<FIELD>`` in upper case, so ``CAMUNDA_BASE_URL`` sets
 ``settings.camunda.base_url`` and ``WORKER_LOCK_DURATION_MS`` sets ``settings.worker.lock_duration_ms``
-(the names of seed 002, ``CAMUNDA_BASE_URL`` and ``OLLAMA_BASE_URL``, keep their meaning). Values
+(``CAMUNDA_BASE_URL`` and ``OLLAMA_BASE_URL`` are the names the ProcOS deployment documents use). Values
 can also come from a ``.env`` file in the working directory. Secrets are ``SecretStr`` so that they
 never print.
 """

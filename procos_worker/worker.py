@@ -19,26 +19,26 @@ a task whose output row is not committed: completion is only ever built from a s
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
 from types import FrameType
-from typing import Any
 
 import structlog
+from structlog.stdlib import BoundLogger
 
 from procos_worker.ai.llm import LlmClient
 from procos_worker.backoff import Backoff
 from procos_worker.engine.client import EngineClient
-from procos_worker.errors import EngineRejected, EngineUnavailable, LockLost, TaskError
+from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskError
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
+from procos_worker.health import Counters, HealthRecord, HealthState
 from procos_worker.heartbeat import Heartbeat
 from procos_worker.inputs import requested_variables
-from procos_worker.models import Abandon, BpmnError, Complete, Failure, Outcome, Task
-from procos_worker.outcomes import outcome_for
+from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
+from procos_worker.outcomes import internal_error, outcome_for
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
 from procos_worker.taskrun import RunState, TaskRun
@@ -71,8 +71,7 @@ class Worker:
         self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping)
         self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping)
         self.handler = TaskHandler(settings, self.store, self.llm, self.store_gate, self.llm_gate)
-        self.counters: dict[str, int] = dict.fromkeys(
-            ("fetched", "completed", "failed", "bpmn_errors", "abandoned", "released"), 0)
+        self.counters = Counters()
         self._runs: dict[str, TaskRun] = {}
         self._cond = threading.Condition()
         self._stopping = threading.Event()
@@ -80,7 +79,7 @@ class Worker:
         self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms)
         self._exit_code = 0
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
-        self._log = structlog.get_logger("procos_worker.worker").bind(worker_id=w.id)
+        self._log: BoundLogger = structlog.get_logger("procos_worker.worker").bind(worker_id=w.id)
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -128,7 +127,7 @@ class Worker:
             try:
                 tasks = self.engine.fetch_and_lock(
                     self.settings.worker.topics, max_tasks=free, variables=requested_variables(self.settings.task))
-            except (EngineUnavailable, EngineRejected) as exc:
+            except EngineError as exc:
                 delay = backoff.next_delay_s()
                 self._log.warning("engine.fetch_failed", error=str(exc), retry_in_s=round(delay, 2))
                 self._stopping.wait(delay)
@@ -149,7 +148,7 @@ class Worker:
         return self.store_gate.wait_until_up(self._stopping) and self.llm_gate.wait_until_up(self._stopping)
 
     def _dispatch(self, task: Task) -> None:
-        self._count("fetched")
+        self.counters.add("fetched")
         log = self._task_log(task)
         if self._stopping.is_set():
             # Locked by a poll that returned after the stop: hand it straight back.
@@ -180,32 +179,28 @@ class Worker:
     def _run_task(self, run: TaskRun) -> None:
         log = self._task_log(run.task)
         try:
-            outcome = self._outcome(run, log)
-            self._report(run, outcome, log)
+            self._report(run, self._outcome(run, log), log)
         finally:
             with self._cond:
                 if self._runs.get(run.task.id) is run:
                     del self._runs[run.task.id]
                 self._cond.notify_all()
 
-    def _outcome(self, run: TaskRun, log: Any) -> Outcome:
+    def _outcome(self, run: TaskRun, log: BoundLogger) -> Outcome | None:
+        """The task's outcome; None when the run was released or lost while a service was down."""
         try:
             return self.handler.handle(run.task, run.cancel, log)
         except TaskError as exc:
             return outcome_for(exc, run.task, self.settings)
+        except ServiceUnavailable:
+            return None  # a gate gives up only once the run is no longer ours to report
         except Exception as exc:  # a bug: make it an incident instead of a task locked until expiry
             log.exception("task.unexpected_error")
-            return Failure(message=f"procos-worker internal error: {type(exc).__name__}: {exc}"[:600],
-                           details=repr(exc), retries=0, retry_timeout_ms=0)
+            return internal_error(exc)
 
-    def _report(self, run: TaskRun, outcome: Outcome, log: Any) -> None:
-        if isinstance(outcome, Abandon):
-            run.give_up(RunState.LOST)
-            self._count("abandoned")
-            log.warning("task.abandoned", reason=outcome.reason, elapsed_s=run.elapsed_s())
-            return
-        if not run.begin_report():
-            self._count("abandoned" if run.state is RunState.LOST else "released")
+    def _report(self, run: TaskRun, outcome: Outcome | None, log: BoundLogger) -> None:
+        if outcome is None or not run.begin_report():
+            self.counters.add("abandoned" if run.state is RunState.LOST else "released")
             log.info("task.not_reported", state=run.state.value, elapsed_s=run.elapsed_s())
             return
         backoff = Backoff(self.settings.backoff)
@@ -218,8 +213,8 @@ class Worker:
                 log.warning("task.report_retry", error=exc.message, retry_in_s=round(delay, 2))
                 time.sleep(delay)
                 continue
-            except (LockLost, EngineRejected) as exc:
-                self._count("abandoned")
+            except EngineError as exc:
+                self.counters.add("abandoned")
                 log.warning("task.abandoned", reason=str(exc), elapsed_s=run.elapsed_s())
                 return
             self._log_outcome(run, outcome, log)
@@ -235,18 +230,18 @@ class Worker:
             self.engine.handle_bpmn_error(task.id, code=outcome.code, message=outcome.message,
                                           variables=outcome.variables)
 
-    def _log_outcome(self, run: TaskRun, outcome: Outcome, log: Any) -> None:
+    def _log_outcome(self, run: TaskRun, outcome: Outcome, log: BoundLogger) -> None:
         elapsed = run.elapsed_s()
         if isinstance(outcome, Complete):
-            self._count("completed")
-            log.info("task.completed", elapsed_s=elapsed, ai_context_id=outcome.variables.get("ai_context_id"))
+            self.counters.add("completed")
+            log.info("task.completed", elapsed_s=elapsed, ai_context_id=str(outcome.context_id))
         elif isinstance(outcome, Failure):
-            self._count("failed")
+            self.counters.add("failed")
             event = "task.incident" if outcome.retries == 0 else "task.retry_scheduled"
             log.warning(event, error=outcome.message, retries=outcome.retries,
                         retry_timeout_ms=outcome.retry_timeout_ms, elapsed_s=elapsed)
         elif isinstance(outcome, BpmnError):
-            self._count("bpmn_errors")
+            self.counters.add("bpmn_errors")
             log.warning("task.bpmn_error", code=outcome.code, error=outcome.message, elapsed_s=elapsed)
 
     # -- shutdown --------------------------------------------------------------------------------
@@ -283,7 +278,7 @@ class Worker:
         self.store.close()
         self.engine.close()
         self._write_health("stopped")
-        self._log.info("worker.stopped", exit_code=self._exit_code, **self.counters)
+        self._log.info("worker.stopped", exit_code=self._exit_code, **self.counters.as_dict())
         return self._exit_code
 
     def _wait_for_reports(self, timeout_s: float) -> None:
@@ -296,7 +291,7 @@ class Worker:
         """Unlock what the engine still lists as ours (a poll answered after the stop); returns how many."""
         try:
             held = set(self.engine.locked_task_ids())
-        except (EngineUnavailable, EngineRejected) as exc:
+        except EngineError as exc:
             self._log.warning("worker.sweep_failed", error=str(exc))
             return 0
         with self._cond:
@@ -305,20 +300,20 @@ class Worker:
         for task_id in held - reporting:
             try:
                 self.engine.unlock(task_id)
-            except (EngineUnavailable, EngineRejected, LockLost) as exc:
+            except EngineError as exc:
                 self._log.warning("task.release_failed", task_id=task_id, error=str(exc))
                 continue
             unlocked += 1
             self._log.info("task.released", task_id=task_id, reason="sweep")
         return unlocked
 
-    def _unlock(self, task: Task, log: Any, reason: str) -> None:
+    def _unlock(self, task: Task, log: BoundLogger, reason: str) -> None:
         try:
             self.engine.unlock(task.id)
-        except (EngineUnavailable, EngineRejected, LockLost) as exc:
+        except EngineError as exc:
             log.warning("task.release_failed", error=str(exc))
             return
-        self._count("released")
+        self.counters.add("released")
         log.info("task.released", reason=reason)
 
     # -- small helpers ---------------------------------------------------------------------------
@@ -330,21 +325,15 @@ class Worker:
         with self._cond:
             return list(self._runs.values())
 
-    def _count(self, key: str) -> None:
-        with self._cond:
-            self.counters[key] += 1
-
-    def _task_log(self, task: Task) -> Any:
+    def _task_log(self, task: Task) -> BoundLogger:
         return self._log.bind(task_id=task.id, process_instance_id=task.process_instance_id, topic=task.topic)
 
-    def _write_health(self, state: str) -> None:
-        record = {"ts": time.time(), "state": state, "worker_id": self.settings.worker.id,
-                  "in_flight": self.in_flight, "pid": os.getpid(),
-                  "down": [g.name for g in (self.store_gate, self.llm_gate) if g.is_down]}
-        path = self.settings.worker.health_file
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    def _write_health(self, state: HealthState) -> None:
+        record = HealthRecord(ts=time.time(), state=state, worker_id=self.settings.worker.id, pid=os.getpid(),
+                              in_flight=self.in_flight,
+                              down=tuple(g.name for g in (self.store_gate, self.llm_gate) if g.is_down))
         try:
-            tmp.write_text(json.dumps(record))
-            tmp.replace(path)
+            record.write(self.settings.worker.health_file)
         except OSError as exc:
-            self._log.warning("worker.health_write_failed", path=str(path), error=str(exc))
+            self._log.warning("worker.health_write_failed", path=str(self.settings.worker.health_file),
+                              error=str(exc))

@@ -4,7 +4,8 @@
 camunda-external-task-client-python3's ``ExternalTaskClient``; it lacks ``extendLock``, ``unlock``
 and the task query, which are added here on a ``requests.Session``.
 
-Errors are converted here and nowhere else: connection errors, timeouts and 5xx ->
+It sends what it is given: every limit of the engine is checked where outcomes are built
+(``procos_worker.outcomes``). Errors are converted here and nowhere else: connection errors, timeouts and 5xx ->
 ``EngineUnavailable``; 404 (the task is gone) and the 400s that mean the lock is no longer ours ->
 ``LockLost``; any other 4xx -> ``EngineRejected``. The library raises a bare ``Exception("received
 <status> : <type> : <message>")`` for most failures, so the status is read back from that text.
@@ -19,8 +20,7 @@ from typing import Any, TypeVar
 import requests
 from camunda.client.external_task_client import ExternalTaskClient
 
-from procos_worker.errors import EngineRejected, EngineUnavailable, LockLost
-from procos_worker.flags import check_variables, clip_error_message
+from procos_worker.errors import EngineError, EngineRejected, EngineUnavailable, LockLost
 from procos_worker.models import Task
 from procos_worker.settings import CamundaSettings
 
@@ -68,21 +68,19 @@ class EngineClient:
         return [Task.from_rest(item) for item in answer or []]
 
     def complete(self, task_id: str, variables: Mapping[str, Any]) -> None:
-        check_variables(variables)
         self._converting(lambda: self._client.complete(task_id, dict(variables)), task_id=task_id)
 
     def handle_failure(self, task_id: str, *, message: str, details: str, retries: int,
                        retry_timeout_ms: int) -> None:
         self._converting(
-            lambda: self._client.failure(task_id, clip_error_message(message), details, retries, retry_timeout_ms),
+            lambda: self._client.failure(task_id, message, details, retries, retry_timeout_ms),
             task_id=task_id,
         )
 
     def handle_bpmn_error(self, task_id: str, *, code: str, message: str,
                           variables: Mapping[str, Any] | None = None) -> None:
-        check_variables(variables or {})
         self._converting(
-            lambda: self._client.bpmn_failure(task_id, code, clip_error_message(message), dict(variables or {})),
+            lambda: self._client.bpmn_failure(task_id, code, message, dict(variables or {})),
             task_id=task_id,
         )
 
@@ -126,7 +124,7 @@ class EngineClient:
     def _converting(self, call: Callable[[], _T], *, task_id: str | None = None) -> _T:
         try:
             return call()
-        except (EngineRejected, EngineUnavailable, LockLost):
+        except EngineError:
             raise
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0

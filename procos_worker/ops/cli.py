@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -15,7 +14,8 @@ from pydantic_settings import SettingsError
 
 from procos_worker.ai.llm import LlmClient
 from procos_worker.engine.client import EngineClient
-from procos_worker.errors import EngineRejected, ProcosError, ServiceUnavailable
+from procos_worker.errors import EngineError, ProcosError
+from procos_worker.health import HealthRecord
 from procos_worker.ops.logs import configure_logging
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
@@ -73,7 +73,7 @@ def _check(settings: Settings) -> int:
                           async_response_timeout_ms=0)
     try:
         results.append(("camunda", 0, f"ok: engines {engine.engine_name()} at {settings.camunda.base_url}"))
-    except (ServiceUnavailable, EngineRejected) as exc:
+    except EngineError as exc:
         results.append(("camunda", EXIT_CAMUNDA, f"FAILED: {exc}"))
     finally:
         engine.close()
@@ -105,15 +105,15 @@ def _check(settings: Settings) -> int:
 def _health(settings: Settings) -> int:
     path = settings.worker.health_file
     try:
-        record = json.loads(path.read_text())
+        record = HealthRecord.read(path)
     except (OSError, ValueError) as exc:
         print(f"unhealthy: no readable health file at {path} ({exc})", file=sys.stderr)
         return 1
-    age_s = time.time() - float(record.get("ts", 0))
-    if record.get("state") != "running" or age_s > settings.worker.health_max_age_s:
-        print(f"unhealthy: state={record.get('state')} age={age_s:.1f}s", file=sys.stderr)
+    problem = record.problem(now=time.time(), max_age_s=settings.worker.health_max_age_s)
+    if problem is not None:
+        print(f"unhealthy: {problem}", file=sys.stderr)
         return 1
-    down = record.get("down") or []
-    print(f"healthy: worker {record.get('worker_id')} in_flight={record.get('in_flight')} "
-          f"age={age_s:.1f}s" + (f" waiting for {', '.join(down)}" if down else ""))
+    down = record.down
+    print(f"healthy: worker {record.worker_id} in_flight={record.in_flight} "
+          f"age={time.time() - record.ts:.1f}s" + (f" waiting for {', '.join(down)}" if down else ""))
     return 0

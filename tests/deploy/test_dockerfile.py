@@ -218,7 +218,8 @@ def test_dockerignore_keeps_out(path: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["pyproject.toml", "README.md", "procos_worker/settings.py", "procos_worker/store/sql/init-db.sql", "sql/init-db.sql"],
+    ["pyproject.toml", "README.md", "procos_worker/settings.py", "procos_worker/store/sql/init-db.sql",
+     "sql/init-db.sql"],
 )
 def test_dockerignore_lets_the_build_inputs_in(path: str) -> None:
     assert not is_excluded(path)

@@ -7,15 +7,20 @@ import pytest
 from procos_worker.errors import (
     InputError,
     LlmBusy,
-    LlmUnavailable,
-    LockLost,
     ModelNotFound,
-    StoreUnavailable,
     VariableTooLong,
 )
-from procos_worker.flags import MAX_ERROR_MESSAGE_CHARS, build_flags, check_variables, clip_error_message
-from procos_worker.models import Abandon, BpmnError, Failure, StoredOutput, Task
-from procos_worker.outcomes import outcome_for, retry_timeout_ms
+from procos_worker.flags import build_flags
+from procos_worker.models import BpmnError, Complete, Failure, StoredOutput, Task
+from procos_worker.outcomes import (
+    MAX_ERROR_MESSAGE_CHARS,
+    bpmn_error,
+    complete,
+    failure,
+    internal_error,
+    outcome_for,
+    retry_timeout_ms,
+)
 from procos_worker.settings import Settings, WorkerSettings
 
 
@@ -35,18 +40,35 @@ def test_flags_point_at_the_stored_row_and_carry_no_content() -> None:
 
 
 def test_a_flag_over_4000_characters_is_refused_before_sending() -> None:
+    out = _output(model="m" * 4001)
     with pytest.raises(VariableTooLong) as info:
-        build_flags(_output(model="m" * 4001))
+        complete(build_flags(out), out.id)
     assert "ai_model" in info.value.message and "4000" in info.value.message
-    check_variables({"ok": "x" * 4000})
+    assert complete({"ok": "x" * 4000}, out.id) == Complete(variables={"ok": "x" * 4000}, context_id=out.id)
     with pytest.raises(VariableTooLong):
-        check_variables({"nested": {"big": "y" * 4000}})
+        complete({"nested": {"big": "y" * 4000}}, out.id)
+    with pytest.raises(VariableTooLong):
+        bpmn_error("CODE", "message", {"big": "z" * 4001})
 
 
 def test_error_messages_are_clipped_to_camundas_666() -> None:
-    assert clip_error_message("short") == "short"
-    clipped = clip_error_message("e" * 1000)
+    assert failure("short", "d", retries=0).message == "short"
+    clipped = failure("e" * 1000, "d", retries=0).message
     assert len(clipped) == MAX_ERROR_MESSAGE_CHARS and clipped.endswith("\u2026")
+    assert len(bpmn_error("CODE", "e" * 1000).message) == MAX_ERROR_MESSAGE_CHARS
+
+
+def test_an_internal_error_is_an_incident_with_its_traceback() -> None:
+    def broken() -> None:
+        raise ZeroDivisionError("x" * 2000)
+
+    try:
+        broken()
+    except ZeroDivisionError as exc:
+        outcome = internal_error(exc)
+    assert outcome.retries == 0 and len(outcome.message) == MAX_ERROR_MESSAGE_CHARS
+    assert outcome.message.startswith("procos-worker internal error: ZeroDivisionError")
+    assert "Traceback" in outcome.details and "in broken" in outcome.details
 
 
 def _task(retries: int | None) -> Task:
@@ -68,10 +90,9 @@ def test_input_error_is_a_bpmn_error_with_the_configured_code() -> None:
 def test_transient_errors_decrement_retries_with_exponential_timeout(
     retries: int | None, expected_left: int, expected_timeout_ms: int
 ) -> None:
-    for error in (LlmBusy("503"), LlmUnavailable("down"), StoreUnavailable("down")):
-        outcome = outcome_for(error, _task(retries), SETTINGS)
-        assert isinstance(outcome, Failure)
-        assert (outcome.retries, outcome.retry_timeout_ms) == (expected_left, expected_timeout_ms)
+    outcome = outcome_for(LlmBusy("503"), _task(retries), SETTINGS)
+    assert isinstance(outcome, Failure)
+    assert (outcome.retries, outcome.retry_timeout_ms) == (expected_left, expected_timeout_ms)
 
 
 def test_permanent_errors_are_incidents_with_full_details() -> None:
@@ -81,8 +102,11 @@ def test_permanent_errors_are_incidents_with_full_details() -> None:
     assert "OLLAMA_MODEL" in outcome.message and outcome.details == error.details
 
 
-def test_lock_lost_is_abandoned_without_any_call() -> None:
-    assert outcome_for(LockLost("gone"), _task(None), SETTINGS) == Abandon(reason="gone")
+def test_only_the_handlers_errors_have_an_outcome() -> None:
+    from procos_worker.errors import TaskError
+
+    with pytest.raises(TypeError):
+        outcome_for(TaskError("neither input, transient nor permanent"), _task(None), SETTINGS)
 
 
 def test_retry_timeout_caps() -> None:
