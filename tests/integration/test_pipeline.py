@@ -13,7 +13,7 @@ import pytest
 
 from procos_testkit.engine import EngineRest, json_variable
 from procos_testkit.fake_ollama import FakeOllama
-from procos_worker.flags import MAX_VARIABLE_CHARS
+from procos_worker.outcomes import MAX_VARIABLE_CHARS
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
 
@@ -61,6 +61,12 @@ def test_example_process_end_to_end_with_real_model(
     assert out["model_used"] == settings.ollama.model and out["ai_provider"] == "ollama"
     assert out["token_usage"]["prompt_tokens"] > 0 and out["token_usage"]["completion_tokens"] > 0
     assert out["content_data"]["done_reason"] in ("stop", "length")
+    # Both rows say which BPMN step they belong to, down to the activity instance.
+    [task_activity] = [a for a in engine_rest.get("/history/activity-instance", processInstanceId=pi)
+                       if a["activityType"] == "serviceTask"]
+    for row in (inp, out):
+        assert (row["process_definition_key"], row["activity_id"], row["activity_instance_id"]) == (
+            key, task_activity["activityId"], task_activity["id"])
 
     variables = engine_rest.variables(pi)
     assert variables["ai_context_id"]["value"] == str(out["id"])
