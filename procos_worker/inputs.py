@@ -102,7 +102,7 @@ def _template_value(variable: Variable, name: str) -> Any:
         return variable.value
     if variable.type in _TEXT_TYPES | _BYTES_TYPES:
         return _as_text(variable, name)
-    raise InputError(f"variable '{name}' is a {variable.type} variable; a template reads String, Json, Bytes "
+    raise InputError(f"variable '{name}' has type {variable.type}; a template reads String, Json, Bytes "
                      "(UTF-8), Boolean, numbers and Date")
 
 

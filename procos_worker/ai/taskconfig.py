@@ -39,7 +39,7 @@ from procos_worker.errors import TaskConfigError
 from procos_worker.models import Task
 from procos_worker.settings import Settings, TaskSettings
 
-__all__ = ["PROPERTY_PREFIX", "ResultScope", "TaskConfig", "TaskConfigs", "parse_properties"]
+__all__ = ["KNOWN_PROPERTIES", "PROPERTY_PREFIX", "ResultScope", "TaskConfig", "TaskConfigs", "parse_properties"]
 
 PROPERTY_PREFIX = "procos."
 ResultScope = Literal["process", "local"]
@@ -138,6 +138,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     # Free text for the people reading the model (the element template's "Description"); not used.
     "procos.description": _text,
 }
+
+
+KNOWN_PROPERTIES = frozenset(_PARSERS)
 
 
 def parse_properties(properties: Mapping[str, Any], where: str) -> dict[str, Any]:

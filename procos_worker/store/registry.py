@@ -23,10 +23,10 @@ import psycopg
 from procos_worker.models import ModelRow
 from procos_worker.store.context import ContextStore
 
-__all__ = ["ModelTable"]
+__all__ = ["STATS_LOCK_KEY", "ModelTable"]
 
 # pg_try_advisory_xact_lock key of the stats refresh ("statsx" in ASCII); migrations use another.
-_STATS_LOCK_KEY = 0x737461747378
+STATS_LOCK_KEY = 0x737461747378
 
 # model_used -> the registry's spelling (a name without a tag is ':latest', as Ollama reports it).
 _CANONICAL = "CASE WHEN strpos(split_part({col}, '/', -1), ':') > 0 THEN {col} ELSE {col} || ':latest' END"
@@ -117,7 +117,7 @@ class ModelTable:
 
         def refresh(cur: psycopg.Cursor[dict[str, Any]]) -> int | None:
             with cur.connection.transaction():
-                cur.execute("SELECT pg_try_advisory_xact_lock(%s) AS locked", (_STATS_LOCK_KEY,))
+                cur.execute("SELECT pg_try_advisory_xact_lock(%s) AS locked", (STATS_LOCK_KEY,))
                 if not _first(cur)["locked"]:
                     return None
                 cur.execute(
