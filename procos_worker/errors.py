@@ -29,8 +29,9 @@
         └── LockLost               404, or the lock is another worker's: the run is abandoned
 
 Dependencies' exceptions are converted into these in the client modules only
-(``engine.client``, ``ai.llm``, ``store.context``), with ``raise ... from``. Any other exception
-out of the handler is a bug: ``outcomes.internal_error`` makes it an incident with its traceback.
+(``engine.client``, ``ai.llm``, ``ai.template``, ``store.context``), with ``raise ... from``. Any
+other exception out of the handler is a bug: ``outcomes.internal_error`` makes it an incident with
+its traceback.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ and every kind of bad property value as an incident naming the activity and the 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -156,3 +159,13 @@ def test_parsed_properties_are_cached_per_text() -> None:
 def test_the_known_properties_are_the_contracts_of_this_issue() -> None:
     assert {"procos.model", "procos.options", "procos.prompt", "procos.systemPrompt", "procos.resultPrefix",
             "procos.resultScope"} <= KNOWN_PROPERTIES
+
+
+def test_the_worker_refuses_to_start_with_bad_topic_defaults(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "LOG_FORMAT": "json",
+           "TASK_TOPIC_DEFAULTS": json.dumps({"ai-query": {"procos.resultScope": "everywhere"}})}
+    result = subprocess.run([sys.executable, "-m", "procos_worker", "run"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    assert ("invalid settings: TASK_TOPIC_DEFAULTS topic 'ai-query', property procos.resultScope: "
+            "must be 'process' or 'local', got 'everywhere'") in result.stderr
