@@ -63,7 +63,9 @@ class TaskHandler:
                  eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,
                  done_reason=result.done_reason)
 
-        output = self._store_gate.call(lambda: self._store.save_output(task, result, input_id), cancel)
+        prompt_chars = sum(len(m["content"]) for m in messages)
+        output = self._store_gate.call(
+            lambda: self._store.save_output(task, result, input_id, prompt_chars=prompt_chars), cancel)
         log.info("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
         return _complete(output, config)
 

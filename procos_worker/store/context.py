@@ -158,8 +158,10 @@ class ContextStore:
         row = self._run(insert)
         return UUID(str(row["input_id"])), (None if row["id"] is None else self._to_output(row))
 
-    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None) -> StoredOutput:
-        """Store the answer; if an earlier attempt already did, return that row instead (exactly once)."""
+    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *,
+                    prompt_chars: int | None = None) -> StoredOutput:
+        """Store the answer; if an earlier attempt already did, return that row instead (exactly once).
+        ``prompt_chars`` (all messages sent) goes with the token counts, for characters per token."""
         meta: dict[str, Any] = {
             "model": result.model,
             "done_reason": result.done_reason,
@@ -180,6 +182,12 @@ class ContextStore:
             "total_tokens": result.prompt_eval_count + result.eval_count,
             "prompt_eval_count": result.prompt_eval_count,
             "eval_count": result.eval_count,
+            # The figures of performance_stats, kept in this small JSONB so that the refresh never reads
+            # content_data (which holds the whole answer).
+            "wall_s": round(result.wall_s, 6),
+            "eval_duration_ns": result.eval_duration_ns,
+            "response_chars": len(result.content),
+            "prompt_chars": prompt_chars,
         }
 
         params = {**_step(task), "text": text, "meta": Jsonb(meta), "provider": self._provider,

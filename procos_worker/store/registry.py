@@ -31,25 +31,26 @@ STATS_LOCK_KEY = 0x737461747378
 # model_used -> the registry's spelling (a name without a tag is ':latest', as Ollama reports it).
 _CANONICAL = "CASE WHEN strpos(split_part({col}, '/', -1), ':') > 0 THEN {col} ELSE {col} || ':latest' END"
 
+# Reads token_usage (a small JSONB) and row headers only: never content_data, which holds whole texts.
 _STATS = f"""
 WITH answered AS (
     SELECT {_CANONICAL.format(col="o.model_used")} AS model,
            count(*) AS calls,
            sum((o.token_usage->>'prompt_tokens')::bigint) AS prompt_tokens,
            sum((o.token_usage->>'completion_tokens')::bigint) AS completion_tokens,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY (o.content_data->>'wall_s')::float8) AS p50,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY (o.content_data->>'wall_s')::float8) AS p95,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY (o.token_usage->>'wall_s')::float8) AS p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY (o.token_usage->>'wall_s')::float8) AS p95,
            sum((o.token_usage->>'completion_tokens')::float8)
-               FILTER (WHERE (o.content_data->>'eval_duration')::bigint > 0)
-             / nullif(sum((o.content_data->>'eval_duration')::float8 / 1e9)
-               FILTER (WHERE (o.content_data->>'eval_duration')::bigint > 0), 0) AS tokens_per_s,
-           sum((i.content_data->>'prompt_chars')::float8)
+               FILTER (WHERE (o.token_usage->>'eval_duration_ns')::bigint > 0)
+             / nullif(sum((o.token_usage->>'eval_duration_ns')::float8 / 1e9)
+               FILTER (WHERE (o.token_usage->>'eval_duration_ns')::bigint > 0), 0) AS tokens_per_s,
+           sum((o.token_usage->>'prompt_chars')::float8)
              / nullif(sum((o.token_usage->>'prompt_tokens')::float8)
-               FILTER (WHERE i.content_data ? 'prompt_chars'), 0) AS cpt_prompt,
-           sum((o.content_data->>'response_length')::float8)
-             / nullif(sum((o.token_usage->>'completion_tokens')::float8), 0) AS cpt_completion
+               FILTER (WHERE o.token_usage->>'prompt_chars' IS NOT NULL), 0) AS cpt_prompt,
+           sum((o.token_usage->>'response_chars')::float8)
+             / nullif(sum((o.token_usage->>'completion_tokens')::float8)
+               FILTER (WHERE o.token_usage->>'response_chars' IS NOT NULL), 0) AS cpt_completion
     FROM procos_ai_context o
-    LEFT JOIN procos_ai_context i ON i.task_id = o.task_id AND i.context_type = 'input'
     WHERE o.context_type = 'output' AND o.ai_provider = %(provider)s
       AND o.created_at >= now() - make_interval(secs => %(window_s)s)
     GROUP BY 1

@@ -59,10 +59,12 @@ def test_performance_stats_of_the_served_model_show_real_figures_after_a_run(
     stats = engine_rest.wait_for(lambda: (s := _stats(scratch, settings.ollama.model)).get("calls") == 3 and s,
                                  timeout_s=60, what="performance_stats of 3 calls")
     with psycopg.connect(scratch, autocommit=True) as conn:
+        # Computed here from each row's own data: the answer, the messages, Ollama's timings.
         rows = conn.execute(
             """SELECT (o.token_usage->>'prompt_tokens')::int, (o.token_usage->>'completion_tokens')::int,
-                      (o.content_data->>'eval_duration')::bigint, (o.content_data->>'response_length')::int,
-                      (i.content_data->>'prompt_chars')::int, (o.content_data->>'wall_s')::float8
+                      (o.content_data->>'eval_duration')::bigint, length(o.content_text),
+                      (SELECT sum(length(m->>'content')) FROM jsonb_array_elements(i.content_data->'messages') m),
+                      (o.content_data->>'wall_s')::float8
                FROM procos_ai_context o JOIN procos_ai_context i ON i.task_id = o.task_id AND i.context_type = 'input'
                WHERE o.context_type = 'output'""").fetchall()
     columns = (list(col) for col in zip(*rows, strict=True))
@@ -90,10 +92,10 @@ def _insert(conn: psycopg.Connection[Any], *, task: str, kind: str, model: str, 
 
 def _answered(conn: psycopg.Connection[Any], task: str, model: str, *, age_s: float, prompt_chars: int,
               prompt_tokens: int, completion_tokens: int, wall_s: float, eval_s: float, chars: int) -> None:
-    _insert(conn, task=task, kind="input", model=model, age_s=age_s, data={"prompt_chars": prompt_chars})
-    _insert(conn, task=task, kind="output", model=model, age_s=age_s,
-            data={"wall_s": wall_s, "eval_duration": int(eval_s * 1e9), "response_length": chars},
-            usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
+    _insert(conn, task=task, kind="input", model=model, age_s=age_s, data={})
+    _insert(conn, task=task, kind="output", model=model, age_s=age_s, data={},
+            usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "wall_s": wall_s,
+                   "eval_duration_ns": int(eval_s * 1e9), "response_chars": chars, "prompt_chars": prompt_chars})
 
 
 def test_stats_from_known_rows_and_one_refresh_per_interval(scratch: str) -> None:
@@ -107,8 +109,8 @@ def test_stats_from_known_rows_and_one_refresh_per_interval(scratch: str) -> Non
                   wall_s=3.0, eval_s=1.0, chars=40)
         _answered(conn, "old", model, age_s=3 * 86400, prompt_chars=1, prompt_tokens=1, completion_tokens=1,
                   wall_s=99.0, eval_s=1.0, chars=1)  # outside the window
-        _insert(conn, task="failed", kind="input", model=model, age_s=7200, data={"prompt_chars": 5})
-        _insert(conn, task="running", kind="input", model=model, age_s=10, data={"prompt_chars": 5})
+        _insert(conn, task="failed", kind="input", model=model, age_s=7200, data={})
+        _insert(conn, task="running", kind="input", model=model, age_s=10, data={})
         _answered(conn, "other", "unregistered:7b", age_s=60, prompt_chars=1, prompt_tokens=1, completion_tokens=1,
                   wall_s=1.0, eval_s=1.0, chars=1)
 

@@ -33,7 +33,7 @@ def test_each_task_gets_one_input_and_one_output_row_however_often_it_is_written
     again_id, still_none = store.save_input(task, TaskInputs(query="Why?"), _asked("Why?"), **MODEL)
     assert first_id == again_id and none is None and still_none is None
 
-    out = store.save_output(task, _result("Because."), first_id)
+    out = store.save_output(task, _result("Because."), first_id, prompt_chars=4)
     repeat = store.save_output(task, _result("A second, different answer."), first_id)
     assert repeat == out, "the first stored answer wins"
     redelivered_id, stored = store.save_input(task, TaskInputs(query="Why?"), _asked("Why?"), **MODEL)
@@ -41,7 +41,10 @@ def test_each_task_gets_one_input_and_one_output_row_however_often_it_is_written
     rows = store.conversation(task.process_instance_id)
     assert [r.context_type for r in rows] == ["input", "output"]
     assert rows[1].content_text == "Because." and rows[1].token_usage == {
-        "prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12, "prompt_eval_count": 5, "eval_count": 7}
+        "prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12, "prompt_eval_count": 5, "eval_count": 7,
+        "wall_s": 0.1, "eval_duration_ns": 1, "response_chars": 8, "prompt_chars": 4}
+    assert rows[0].model_used == "smollm2:135m" and rows[0].content_data["options"] == MODEL["options"]
+    assert rows[0].content_data["messages"] == [{"role": "user", "content": "Why?"}]
 
 
 @pytest.mark.parametrize("nul", [False, True], ids=["plain", "with-nul"])
