@@ -97,7 +97,7 @@ class TaskHandler:
         (the valid answer, or each invalid one) instead of asking again; it never completes from an
         invalid one. All invalid: ``OutputInvalid`` (AI_OUTPUT_INVALID) naming every stored answer."""
         invalid: list[tuple[str, Checked]] = []
-        messages = first
+        messages, question_id = first, None
         for attempt in range(1, self._settings.task.output_repair_attempts + 2):
             extra: dict[str, Any] = {"output_schema": dict(spec.schema), "attempt": attempt}
             if invalid:
@@ -107,17 +107,21 @@ class TaskHandler:
             if stored is not None:
                 step.log.info("task.redelivered", ai_context_id=str(stored.id), attempt=attempt)
                 return stored, self._stored_values(step, spec, stored)
-            answer = self._attempt(step, spec, messages, input_id, attempt)
+            question_id = question_id or input_id
+            answer = self._attempt(step, spec, messages, (question_id, input_id), attempt)
             if answer.output is not None:
                 return answer.output, answer.checked.values
             invalid.append((answer.row_id, answer.checked))
             messages = repair_messages(first, answer.text, answer.checked, spec)
         raise output_invalid(step.config.where("procos.outputSchema"), invalid)
 
-    def _attempt(self, step: _Step, spec: StructuredOutput, messages: Messages, input_id: UUID,
+    def _attempt(self, step: _Step, spec: StructuredOutput, messages: Messages, inputs: tuple[UUID, UUID],
                  attempt: int) -> _Attempt:
-        """One answer to ``messages``: the invalid one an earlier delivery stored, or the model's, stored as
-        the output row if valid, else as ``invalid_output_<attempt>``."""
+        """One answer to ``messages`` (stored as input row ``inputs[1]``): the invalid one an earlier delivery
+        stored, or the model's, stored as ``invalid_output_<attempt>`` answering that row, or if valid as
+        the output row answering the task's question (``inputs[0]``, its ``input`` row: the turn a reader
+        of questions and answers sees), naming the repair request it answered."""
+        question_id, input_id = inputs
         kind = f"invalid_output_{attempt}"
         earlier = self._store_gate.call(lambda: self._store.answer_to(step.task.id, input_id, kind), step.cancel)
         if earlier is not None and earlier.content_text is not None:
@@ -129,7 +133,8 @@ class TaskHandler:
         checked = check_answer(spec, result.content, done_reason=result.done_reason)
         found = {"structured": checked.data, "attempt": attempt}
         if checked.valid:
-            output = self._save_output(step, result, input_id, messages, extra=found)
+            repair = {"repair_input_id": str(input_id)} if input_id != question_id else {}
+            output = self._save_output(step, result, question_id, messages, extra={**found, **repair})
             return _Attempt(checked, result.content, str(output.id), output)
         row = self._save_output(step, result, input_id, messages, extra={**found, "errors": list(checked.errors)},
                                 context_type=kind)

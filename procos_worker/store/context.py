@@ -236,12 +236,11 @@ class ContextStore:
         return rows[0] if rows else None
 
     def get_input_for(self, context_id: UUID | str) -> StoredContext | None:
-        """The input row the output row ``context_id`` answered (a task may have several attempts: for an
-        answer to a repair request, that ``repair_input_<n>`` row, whose messages hold the first ones)."""
+        """The input row of the task whose output row is ``context_id``."""
         rows = self._select(
             f"""SELECT {_ROW_COLUMNS} FROM procos_ai_context
-                WHERE id = (SELECT (content_data->>'input_context_id')::uuid FROM procos_ai_context
-                            WHERE id = %s)""",
+                WHERE context_type = 'input'
+                  AND task_id = (SELECT task_id FROM procos_ai_context WHERE id = %s)""",
             (str(context_id),),
         )
         return rows[0] if rows else None

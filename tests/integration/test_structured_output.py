@@ -252,9 +252,14 @@ def test_an_answer_repaired_at_the_second_attempt_completes_from_the_repair(
     assert output is not None and output.content_data["attempt"] == 2
     assert variables["reply_answer"] == {"type": "String", "value": output.content_data["structured"]["answer"],
                                          "valueInfo": {}}
+    # The answer's input row is the task's question; the repair request it answered is named beside it.
     question = store.get_input_for(output.id)
-    assert question is not None and question.context_type == "repair_input_2"
-    assert question.content_data["messages"][1] == {"role": "assistant", "content": "Hello there!"}
+    assert question is not None and question.context_type == "input"
+    assert output.content_data["input_context_id"] == str(question.id)
+    repair = store.get(output.content_data["repair_input_id"])
+    assert repair is not None and repair.context_type == "repair_input_2"
+    assert repair.content_data["messages"][0] == question.content_data["messages"][0]
+    assert repair.content_data["messages"][1] == {"role": "assistant", "content": "Hello there!"}
     engine_rest.delete_instance(pi)
 
 
