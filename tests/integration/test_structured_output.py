@@ -23,7 +23,7 @@ from procos_testkit.fake_ollama import Behaviour, FakeOllama
 from procos_worker.ai.llm import LlmClient
 from procos_worker.ai.registry import ModelRegistry
 from procos_worker.ai.taskconfig import TaskConfigs
-from procos_worker.errors import OutputInvalid
+from procos_worker.errors import OutputInvalid, PermanentError, TaskError
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
 from procos_worker.models import Task, TypedValue, Variable
@@ -263,56 +263,90 @@ def test_an_answer_repaired_at_the_second_attempt_completes_from_the_repair(
     engine_rest.delete_instance(pi)
 
 
+def _handle(settings: Settings, store: ContextStore, fake: FakeOllama, task: Task, repairs: int) -> Any:
+    """The handler run once on ``task`` (as the worker runs it), with the fake as Ollama: its outcome, or the
+    task error it raised."""
+    changed = settings.model_copy(update={
+        "ollama": settings.ollama.model_copy(update={"base_url": fake.base_url}),
+        "task": settings.task.model_copy(update={"output_repair_attempts": repairs})})
+    llm = LlmClient(changed.ollama)
+    configs = TaskConfigs(changed, ModelRegistry(changed.registry, ModelTable(store, "ollama").load))
+    handler = TaskHandler(changed, store, llm, configs,
+                          store_gate=ServiceGate("postgresql", changed.backoff, store.ping),
+                          llm_gate=ServiceGate("ollama", changed.backoff, llm.ping))
+    try:
+        return handler.handle(task, threading.Event(), structlog.get_logger("test"))
+    except TaskError as exc:
+        return exc
+
+
+def _task(schema: dict[str, Any], again: Task | None = None) -> Task:
+    """A task with this schema; with ``again``: that task fetched again (same ids), the schema changed."""
+    return Task(id=again.id if again else str(uuid.uuid4()), topic="ai-redelivery", worker_id="w",
+                process_instance_id=again.process_instance_id if again else str(uuid.uuid4()), activity_id="triage",
+                variables={"query": Variable("Is a fire urgent?")},
+                extension_properties={"procos.outputSchema": json.dumps(schema), "procos.resultPrefix": "t"})
+
+
+def _kinds(db: psycopg.Connection[Any], task: Task) -> list[str]:
+    return [kind for (kind,) in db.execute("SELECT context_type FROM procos_ai_context WHERE task_id = %s "
+                                           "ORDER BY created_at, id", (task.id,))]
+
+
+URGENT = {"type": "object", "properties": {"urgent": {"type": "boolean"}}, "required": ["urgent"]}
+
+
 def test_a_task_fetched_again_reuses_its_stored_attempts_and_never_completes_from_an_invalid_one(
     settings: Settings, store: ContextStore, db: psycopg.Connection[Any],
 ) -> None:
     """The handler run again on the same task (a crash, an expired lock, a resolved incident)."""
-    schema = {"type": "object", "properties": {"urgent": {"type": "boolean"}}, "required": ["urgent"]}
-    task = Task(id=str(uuid.uuid4()), topic="ai-redelivery", worker_id="w", process_instance_id=str(uuid.uuid4()),
-                activity_id="triage", variables={"query": Variable("Is a fire urgent?")},
-                extension_properties={"procos.outputSchema": json.dumps(schema), "procos.resultPrefix": "t"})
-    log = structlog.get_logger("test")
-
-    def handle(fake: FakeOllama, repairs: int) -> Any:
-        changed = settings.model_copy(update={
-            "ollama": settings.ollama.model_copy(update={"base_url": fake.base_url}),
-            "task": settings.task.model_copy(update={"output_repair_attempts": repairs})})
-        llm = LlmClient(changed.ollama)
-        configs = TaskConfigs(changed, ModelRegistry(changed.registry, ModelTable(store, "ollama").load))
-        handler = TaskHandler(changed, store, llm, configs,
-                              store_gate=ServiceGate("postgresql", changed.backoff, store.ping),
-                              llm_gate=ServiceGate("ollama", changed.backoff, llm.ping))
-        try:
-            return handler.handle(task, threading.Event(), log)
-        except OutputInvalid as exc:
-            return exc
-
-    def kinds() -> list[str]:
-        return [kind for (kind,) in db.execute("SELECT context_type FROM procos_ai_context WHERE task_id = %s "
-                                               "ORDER BY created_at, id", (task.id,))]
-
+    task = _task(URGENT)
     with FakeOllama(behaviour=Behaviour(answer=NOT_JSON)) as fake:
-        first = handle(fake, repairs=0)
+        first = _handle(settings, store, fake, task, repairs=0)
         assert isinstance(first, OutputInvalid) and fake.chat_calls == 1
-        assert kinds() == ["input", "invalid_output_1"]
+        assert _kinds(db, task) == ["input", "invalid_output_1"]
         # One repair allowed now: attempt 1's stored answer is reused, only attempt 2 is asked.
-        second = handle(fake, repairs=1)
+        second = _handle(settings, store, fake, task, repairs=1)
         assert isinstance(second, OutputInvalid) and fake.chat_calls == 2
-        assert kinds() == ["input", "invalid_output_1", "repair_input_2", "invalid_output_2"]
+        assert _kinds(db, task) == ["input", "invalid_output_1", "repair_input_2", "invalid_output_2"]
         fake.set_behaviour(answer='{"urgent": true}')
         # The model would answer well now, but both attempts are stored: they are not asked again and the
         # task is not completed from either of them.
-        again = handle(fake, repairs=1)
+        again = _handle(settings, store, fake, task, repairs=1)
         assert isinstance(again, OutputInvalid) and again.message == second.message and fake.chat_calls == 2
-        done = handle(fake, repairs=2)
+        done = _handle(settings, store, fake, task, repairs=2)
         assert fake.chat_calls == 3
-        assert kinds() == ["input", "invalid_output_1", "repair_input_2", "invalid_output_2", "repair_input_3",
-                           "output"]
+        assert _kinds(db, task) == ["input", "invalid_output_1", "repair_input_2", "invalid_output_2",
+                                    "repair_input_3", "output"]
         assert done.variables["t_urgent"] == TypedValue(True, "Boolean", done.variables["t_urgent"].source)
         output = store.get(done.context_id)
         assert output is not None and output.content_data["attempt"] == 3
         # Fetched once more: completed from the stored valid answer, the model not asked.
-        assert handle(fake, repairs=2) == done and fake.chat_calls == 3
+        assert _handle(settings, store, fake, task, repairs=2) == done and fake.chat_calls == 3
+
+
+def test_a_schema_changed_between_deliveries_is_never_completed_from_an_answer_it_refuses(
+    settings: Settings, store: ContextStore, db: psycopg.Connection[Any],
+) -> None:
+    """A topic's default schema (TASK_TOPIC_DEFAULTS) changed while a task was between two deliveries."""
+    as_text = {"type": "object", "properties": {"urgent": {"type": "string"}}, "required": ["urgent"]}
+    with FakeOllama(behaviour=Behaviour(answer='{"urgent": true}')) as fake:
+        first = _task(URGENT)
+        done = _handle(settings, store, fake, first, repairs=0)
+        # The stored valid answer breaks the new schema: an incident naming it, not a completion.
+        changed = _handle(settings, store, fake, _task(as_text, first), repairs=0)
+    assert isinstance(changed, PermanentError) and not isinstance(changed, OutputInvalid)
+    assert f"the stored answer {done.context_id} does not match the schema any more" in changed.message
+    assert fake.chat_calls == 1
+
+    # A stored invalid answer that the new schema accepts is not taken as valid: the model is asked again.
+    with FakeOllama(behaviour=Behaviour(answer='{"urgent": "yes"}')) as fake:
+        task = _task(URGENT)
+        assert isinstance(_handle(settings, store, fake, task, repairs=0), OutputInvalid)
+        fake.set_behaviour(answer='{"urgent": "very"}')
+        done = _handle(settings, store, fake, _task(as_text, task), repairs=0)
+        assert fake.chat_calls == 2 and done.variables["t_urgent"].value == "very"
+        assert _kinds(db, task) == ["input", "invalid_output_1", "output"]
 
 
 # -- what Camunda can't take, and modelling mistakes --------------------------------------------------------
