@@ -192,6 +192,12 @@ def test_values_camunda_cant_hold_make_the_answer_invalid() -> None:
     assert not check_answer(_spec(free), '{"s": "\\ud800"}').valid
 
 
+def test_an_answer_too_deep_to_check_is_invalid_not_a_crash() -> None:
+    spec = _spec({"type": "object", "properties": {"a": {"uniqueItems": True}}})
+    deep = "[" * 400 + "]" * 400
+    assert check_answer(spec, f'{{"a": [{deep}, {deep}]}}').errors == ("the answer is nested too deeply to check",)
+
+
 def test_a_cut_answer_says_it_was_cut() -> None:
     checked = check_answer(_spec(), '{"category": "out', done_reason="length")
     assert "cut by num_predict" in checked.errors[0]
