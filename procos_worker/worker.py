@@ -31,6 +31,7 @@ from structlog.stdlib import BoundLogger
 from procos_worker.ai.llm import LlmClient
 from procos_worker.backoff import Backoff
 from procos_worker.engine.client import EngineClient
+from procos_worker.engine.fetch import fetch_order, subscriptions
 from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskError
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
@@ -64,8 +65,11 @@ class Worker:
                  store: ContextStore | None = None, llm: LlmClient | None = None) -> None:
         self.settings = settings
         w = settings.worker
-        self.engine = engine or EngineClient(settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
-                                             async_response_timeout_ms=w.async_response_timeout_ms)
+        # Threads that may call the engine at once: the poll loop, the heartbeat, shutdown, one per task.
+        self.engine = engine or EngineClient(settings.camunda, w.id,
+                                             async_response_timeout_ms=w.async_response_timeout_ms,
+                                             order=fetch_order(w), pool_size=w.max_tasks_in_flight + 3)
+        self._subscriptions = subscriptions(w, requested_variables(settings.task))
         self.store = store or ContextStore(settings.database, provider=settings.ollama.provider)
         self.llm = llm or LlmClient(settings.ollama)
         self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping)
@@ -76,7 +80,8 @@ class Worker:
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._signals = 0
-        self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms)
+        self._heartbeat = Heartbeat(self.engine, self._snapshot,
+                                    min(sub.lock_duration_ms for sub in self._subscriptions))
         self._exit_code = 0
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
         self._log: BoundLogger = structlog.get_logger("procos_worker.worker").bind(worker_id=w.id)
@@ -125,8 +130,7 @@ class Worker:
             if free == 0 or not self._dependencies_up():
                 continue
             try:
-                tasks = self.engine.fetch_and_lock(
-                    self.settings.worker.topics, max_tasks=free, variables=requested_variables(self.settings.task))
+                tasks = self.engine.fetch_and_lock(self._subscriptions, max_tasks=free)
             except EngineError as exc:
                 delay = backoff.next_delay_s()
                 self._log.warning("engine.fetch_failed", error=str(exc), retry_in_s=round(delay, 2))
@@ -154,7 +158,7 @@ class Worker:
             # Locked by a poll that returned after the stop: hand it straight back.
             self._unlock(task, log, "shutdown")
             return
-        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_ms)
+        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_for(task.topic))
         with self._cond:
             current = self._runs.get(task.id)
             if current is not None and current.state in (RunState.RUNNING, RunState.REPORTING):
