@@ -116,8 +116,10 @@ class TopicFetch(BaseModel):
     tenant_id_in: list[str] | None = None
     without_tenant_id: bool = False
     business_key: str | None = None
+    # Camunda 7.24 ORs the entries (a task matches when ANY variable has its value), and a JSON number
+    # matches Integer variables only, never Long ones (tests/integration/test_fetch_filters.py shows both).
     process_variables: dict[str, str | bool | int | float] | None = Field(
-        default=None, description="only tasks whose process has all these variables with these values")
+        default=None, description="tasks whose process has any of these variables with this value")
 
     @model_validator(mode="after")
     def _tenants(self) -> TopicFetch:
