@@ -55,7 +55,8 @@ class ClientCredentials(AuthBase):
     """OAuth2 client-credentials grant (RFC 6749 section 4.4), client authenticated with HTTP basic.
 
     Thread-safe: one token is shared by every thread; one thread refreshes while the others wait for it.
-    ``fetched`` and ``retried_401`` count token requests and 401-triggered retries (for logs and tests).
+    ``fetched`` counts token requests, ``refreshed_on_401`` those a 401 caused, ``retried_401`` the calls
+    sent again after a 401 (for logs and tests).
     """
 
     def __init__(self, token_url: str, client_id: str, client_secret: str, *, scope: str | None = None,
@@ -71,6 +72,7 @@ class ClientCredentials(AuthBase):
         self._refresh_at = 0.0
         self._http = requests.Session()  # never the engine session: that one carries this auth
         self.fetched = 0
+        self.refreshed_on_401 = 0
         self.retried_401 = 0
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
@@ -96,6 +98,7 @@ class ClientCredentials(AuthBase):
         with self._lock:
             if sent == self._token:  # not already replaced by another thread's retry
                 self._fetch()
+                self.refreshed_on_401 += 1
             token = self._token
         self.retried_401 += 1
         response.content  # noqa: B018 - read the body so the connection goes back to the pool

@@ -1,7 +1,7 @@
 """structlog set-up: JSON lines when not on a terminal, readable console on one.
 
 Prompts and answers are never logged (only lengths). As a last line of defence, every configured
-secret (database URL and its password, Camunda password) is masked in every log line, including
+secret (database URL and its password, Camunda password, token and OAuth client secret) is masked in every log line, including
 the lines that libraries write through the standard logging module.
 """
 
@@ -29,8 +29,9 @@ def secrets_of(settings: Settings) -> list[str]:
     password = urlsplit(url).password
     if password:
         found += [url, password]
-    if settings.camunda.password is not None:
-        found.append(settings.camunda.password.get_secret_value())
+    for secret in (settings.camunda.password, settings.camunda.token, settings.camunda.oauth_client_secret):
+        if secret is not None:
+            found.append(secret.get_secret_value())
     return [s for s in found if len(s) >= 3]
 
 
