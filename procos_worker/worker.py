@@ -175,7 +175,7 @@ class Worker:
             # only wait here holding its lock; hand it back (no retry spent) for after the recovery.
             self._unlock(task, log, f"{' and '.join(down)} down")
             return
-        log.info("task.fetched", retries=task.retries)
+        log.debug("task.fetched", retries=task.retries)
         threading.Thread(target=self._run_task, args=(run,), name=f"procos-task-{task.id[:8]}", daemon=True).start()
 
     # -- one task --------------------------------------------------------------------------------

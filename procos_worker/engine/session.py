@@ -1,8 +1,8 @@
 """The one keep-alive HTTP session every engine call goes through (the library's calls included).
 
 A pool of ``pool_size`` connections to the engine (the poll thread, the heartbeat and one per task in
-flight may call at once), no automatic retries (the worker decides what a failure means), and the
-configured login on every request.
+flight may call at once), no automatic retries (the worker decides what a failure means), the
+configured login on every request, and nothing taken from the environment (``trust_env`` off).
 """
 
 from __future__ import annotations
@@ -22,4 +22,7 @@ def engine_session(settings: CamundaSettings, *, pool_size: int) -> requests.Ses
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.auth = engine_auth(settings)
+    # Settings are the one source of configuration: no proxy, CA bundle or .netrc from the environment
+    # (requests would look them up again on every call).
+    session.trust_env = False
     return session
