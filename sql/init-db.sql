@@ -153,26 +153,8 @@ CREATE INDEX IF NOT EXISTS idx_procos_ai_context_step
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_activity_instance
     ON procos_ai_context (activity_instance_id);
 
--- 0002_dml_role: DML on the ProcOS tables for the group role procos_dml, when it exists.
-DO $$
-DECLARE
-    rel record;
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'procos_dml') THEN
-        FOR rel IN
-            SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v', 'p')
-              AND c.relname LIKE 'procos\_%' AND c.relname <> 'procos_schema_migrations'
-        LOOP
-            EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I TO procos_dml', rel.relname);
-        END LOOP;
-        GRANT SELECT ON procos_schema_migrations TO procos_dml;
-    END IF;
-END $$;
-
 INSERT INTO procos_schema_migrations (version, name) VALUES
-    (1, 'bpmn_step'),
-    (2, 'dml_role')
+    (1, 'bpmn_step')
 ON CONFLICT (version) DO NOTHING;
 
 DO $$ BEGIN RAISE NOTICE 'ProcOS PostgreSQL AI context schema ready'; END $$;

@@ -39,9 +39,11 @@ tools_missing() {
 install_tools() {
   tools_missing || return 0
   say "installing ${TOOLS[*]} from Debian packages (log $LOG)"
+  # scripts/stack runs this beside other apt-get installs on a cold machine: wait for their lock.
+  local wait_lock=(-o DPkg::Lock::Timeout=900)
   {
-    as_root apt-get update -qq &&
-      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${TOOLS[@]}"
+    as_root apt-get "${wait_lock[@]}" update -qq &&
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get "${wait_lock[@]}" install -y -qq --no-install-recommends "${TOOLS[@]}"
   } >>"$LOG" 2>&1 || { tail -n 20 "$LOG" >&2; die "apt-get install ${TOOLS[*]} failed, see $LOG"; }
 }
 

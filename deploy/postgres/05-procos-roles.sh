@@ -2,8 +2,9 @@
 # Runs once, before 10-procos-init-db.sql, when the postgres-data volume is created (the postgres
 # image runs /docker-entrypoint-initdb.d/* as POSTGRES_USER, the owner of every table).
 #
-# procos_dml: a group role (no login) that sql/init-db.sql and its migrations grant DML on the ProcOS
-# tables, and nothing else: not Camunda's tables, no DDL. POSTGRES_WORKER_USER: the workers' login,
+# procos_dml: a group role (no login) that sql/grants.sql (20-procos-grants.sql, and `procos-worker
+# init-db` after every upgrade) grants DML on the ProcOS tables, and nothing else: not Camunda's
+# tables, no DDL. POSTGRES_WORKER_USER: the workers' login,
 # a member of procos_dml; `procos-worker init-db` (compose service init-db) keeps using the owner.
 set -eu
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \

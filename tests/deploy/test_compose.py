@@ -185,7 +185,8 @@ def test_every_service_waited_on_as_healthy_has_a_healthcheck(services: dict[str
 def test_postgres_runs_the_schema_file_of_the_test_suite(services: dict[str, dict[str, Any]]) -> None:
     postgres = services["postgres"]
     init = sorted((dst, src) for src, dst in _volumes(postgres) if dst.startswith("/docker-entrypoint-initdb.d/"))
-    assert [Path(dst).name for dst, _ in init] == ["05-procos-roles.sh", "10-procos-init-db.sql"]  # run in name order
+    assert [Path(dst).name for dst, _ in init] == ["05-procos-roles.sh", "10-procos-init-db.sql",
+                                                   "20-procos-grants.sql"]  # run in name order
     target, source = init[1]
     assert Path(source) == INIT_SQL.resolve()
     assert target.endswith(".sql")

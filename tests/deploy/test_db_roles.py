@@ -26,6 +26,7 @@ pytestmark = pytest.mark.deploy
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ROLES_SCRIPT = REPO / "deploy" / "postgres" / "05-procos-roles.sh"
+GRANTS_SQL = REPO / "sql" / "grants.sql"
 OLD_INIT_SQL = REPO / "tests" / "fixtures" / "init-db-0.1.0.sql"
 WORKER, WORKER_PW = "procos_worker", "worker-pw-123"
 
@@ -68,6 +69,8 @@ class Cluster:
                    "POSTGRES_WORKER_PASSWORD": WORKER_PW, "PGHOST": str(self.directory), "PGPORT": str(self.port)}
             _as_postgres("sh", str(ROLES_SCRIPT), env=env)
         self.psql(name, "-f", str(init_sql))
+        if run_roles_script:
+            self.psql(name, "-f", str(GRANTS_SQL))
         return name
 
 
@@ -152,14 +155,17 @@ def test_every_procos_table_is_granted_and_init_db_stays_idempotent(cluster: Clu
             assert granted == (True,), f"procos_dml lacks {wanted} on {table}: a migration forgot the grant block"
 
 
-def test_an_older_database_gets_the_grants_from_the_migration(cluster: Cluster) -> None:
-    """A database made by the first release's init-db.sql, roles added, then `init-db` (migrations) as owner."""
-    name = cluster.new_database(init_sql=OLD_INIT_SQL)
+def test_an_older_database_gets_the_grants_from_init_db(cluster: Cluster) -> None:
+    """A database made by the first release's init-db.sql, before the role existed; then `init-db` as owner."""
+    name = cluster.new_database(run_roles_script=False, init_sql=OLD_INIT_SQL)
+    env = {"POSTGRES_USER": "postgres", "POSTGRES_DB": name, "POSTGRES_WORKER_USER": WORKER,
+           "POSTGRES_WORKER_PASSWORD": WORKER_PW, "PGHOST": str(cluster.directory), "PGPORT": str(cluster.port)}
+    _as_postgres("sh", str(ROLES_SCRIPT), env=env)
     url = cluster.url(name, WORKER, WORKER_PW)
     assert "procos_ai_context" in _fails(url, "SELECT count(*) FROM procos_ai_context")
     with ContextStore(DatabaseSettings(url=SecretStr(cluster.url(name)))) as store:
         steps = store.upgrade_schema()
-    assert "applied migration 0002_dml_role" in steps
+    assert "applied migration 0001_bpmn_step" in steps
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM procos_ai_context").fetchone() == (0,)
 

@@ -1,7 +1,9 @@
 -- Least privilege for the workers: when the deployment made the group role procos_dml (compose's
--- deploy/postgres/05-procos-roles.sh does; the local stack does not), it gets DML on every ProcOS
--- table and view, read-only access to the schema version table, and nothing else (not Camunda's
--- tables, no DDL). A later migration that adds a table repeats this block.
+-- deploy/postgres/05-procos-roles.sh does; the local stack does not, and then this does nothing), it
+-- gets DML on every ProcOS table and view, read-only access to the schema version table, and nothing
+-- else (not Camunda's tables, no DDL). Idempotent. Not a migration: `procos-worker init-db` runs it
+-- after every upgrade, so tables that later migrations add are granted too; compose's postgres runs
+-- it once after init-db.sql (20-procos-grants.sql).
 DO $$
 DECLARE
     rel record;
