@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,14 +76,12 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster() -> Iterator[Cluster]:
     assert (PG_BIN / "initdb").exists(), "PostgreSQL 15 binaries missing: scripts/stack up postgres installs them"
-    directory = tmp_path_factory.mktemp("pg-roles")
+    # Not under pytest's tmp dir: pytest makes that 0700 (root only) at every session start.
+    directory = Path(tempfile.mkdtemp(prefix="procos-pg-roles-"))
     shutil.chown(directory, "postgres")
     os.chmod(directory, 0o700)
-    for parent in directory.parents:  # postgres must reach its data directory
-        if str(parent).startswith(str(tmp_path_factory.getbasetemp().parent)):
-            os.chmod(parent, parent.stat().st_mode | 0o011)
     data = directory / "data"
     port = _free_port()
     _as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
@@ -93,6 +92,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(directory, port)
     finally:
         _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _task() -> Task:
