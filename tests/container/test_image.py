@@ -59,6 +59,8 @@ def image() -> Iterator[str]:
     print(f"\ncontainer: image built in {time.monotonic() - started:.1f} s")  # cold vs warm, in the CI log
     yield tag
     podman("rmi", tag, check=False)  # the tag only: the layers stay cached for the next build
+    # Each build whose sources changed leaves its build stage behind untagged: drop the old ones.
+    podman("image", "prune", "-f", "--filter", "until=24h", check=False)
 
 
 def _env(settings: Settings, **extra: str) -> list[str]:
