@@ -100,7 +100,7 @@ class ClientCredentials(AuthBase):
                 self._fetch()
                 self.refreshed_on_401 += 1
             token = self._token
-        self.retried_401 += 1
+            self.retried_401 += 1
         response.content  # noqa: B018 - read the body so the connection goes back to the pool
         response.close()
         retry = response.request.copy()
