@@ -29,6 +29,8 @@
         ├── EngineUnavailable      the REST API can't be reached (refused, timeout, 5xx): the poll
         │                          loop backs off; a report is retried until it lands
         ├── EngineRejected         Camunda refused the call (4xx): the report is dropped and logged
+        ├── EngineAuthFailed       the login was refused (the token endpoint refused the client, or a
+        │                          401 even with a fresh token): like EngineRejected, with the reason
         └── LockLost               404, or the lock is another worker's: the run is abandoned
 
 Dependencies' exceptions are converted into these in the client modules only
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 __all__ = [
     "BusinessError",
+    "EngineAuthFailed",
     "EngineError",
     "EngineRejected",
     "EngineUnavailable",
@@ -156,6 +159,10 @@ class EngineRejected(EngineError):
         super().__init__(f"Camunda answered {status} {error_type}: {message}")
         self.status = status
         self.error_type = error_type
+
+
+class EngineAuthFailed(EngineError):
+    """The engine's login was refused: the token endpoint refused the client credentials."""
 
 
 class LockLost(EngineError):

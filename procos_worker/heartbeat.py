@@ -1,7 +1,8 @@
 """Keeps the locks of running tasks alive, and notices when one is lost.
 
 A generation can outlast the lock many times over. Each tick, every held task whose lock runs out
-within half a lock duration gets ``extendLock``. When the engine answers that the lock is gone
+within half its lock duration (the topic's: ``TaskRun.lock_duration_ms``) gets ``extendLock`` for
+another lock duration. When the engine answers that the lock is gone
 (expired and taken, or the task deleted) the task is marked LOST: it will not be completed.
 """
 
@@ -23,11 +24,12 @@ __all__ = ["Heartbeat"]
 class Heartbeat:
     """A daemon thread extending locks for the runs ``snapshot()`` returns."""
 
-    def __init__(self, engine: EngineClient, snapshot: Callable[[], list[TaskRun]], lock_duration_ms: int) -> None:
+    def __init__(self, engine: EngineClient, snapshot: Callable[[], list[TaskRun]],
+                 shortest_lock_duration_ms: int) -> None:
+        """``shortest_lock_duration_ms``: the shortest lock of any topic (it sets how often to look)."""
         self._engine = engine
         self._snapshot = snapshot
-        self._lock_duration_ms = lock_duration_ms
-        self._tick_s = min(1.0, lock_duration_ms / 4000)
+        self._tick_s = min(1.0, shortest_lock_duration_ms / 4000)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="procos-heartbeat", daemon=True)
         self._log = structlog.get_logger("procos_worker.heartbeat")
@@ -47,13 +49,13 @@ class Heartbeat:
                     self._extend(run)
 
     def _due(self, run: TaskRun, now: float) -> bool:
-        return run.lock_expires_at - now < self._lock_duration_ms / 2000
+        return run.lock_expires_at - now < run.lock_duration_ms / 2000
 
     def _extend(self, run: TaskRun) -> None:
         log = self._log.bind(task_id=run.task.id, process_instance_id=run.task.process_instance_id,
                              topic=run.task.topic)
         try:
-            self._engine.extend_lock(run.task.id, self._lock_duration_ms)
+            self._engine.extend_lock(run.task.id, run.lock_duration_ms)
         except EngineError as exc:  # lock lost, or the engine refused the extension
             if run.give_up(RunState.LOST):
                 log.warning("task.lock_lost", error=str(exc), elapsed_s=run.elapsed_s())
@@ -62,5 +64,5 @@ class Heartbeat:
             # The engine is down; try again next tick. complete() does not check expiry anyway.
             log.debug("task.lock_extend_failed", error=exc.message)
             return
-        run.lock_expires_at = time.monotonic() + self._lock_duration_ms / 1000
+        run.lock_expires_at = time.monotonic() + run.lock_duration_ms / 1000
         log.debug("task.lock_extended", elapsed_s=run.elapsed_s())

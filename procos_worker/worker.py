@@ -19,6 +19,7 @@ a task whose output row is not committed: completion is only ever built from a s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -33,12 +34,13 @@ from procos_worker.ai.registry import ModelRegistry, StatsRefresher
 from procos_worker.ai.taskconfig import TaskConfigs
 from procos_worker.backoff import Backoff
 from procos_worker.engine.client import EngineClient
+from procos_worker.engine.fetch import Subscription, fetch_order, subscriptions
 from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskConfigError, TaskError
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
 from procos_worker.health import Counters, HealthRecord, HealthState
 from procos_worker.heartbeat import Heartbeat
-from procos_worker.inputs import FetchVariables
+from procos_worker.inputs import FetchVariables, requested_variables
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
 from procos_worker.outcomes import internal_error, outcome_for
 from procos_worker.settings import Settings
@@ -70,8 +72,11 @@ class Worker:
                  store: ContextStore | None = None, llm: LlmClient | None = None) -> None:
         self.settings = settings
         w = settings.worker
-        self.engine = engine or EngineClient(settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
-                                             async_response_timeout_ms=w.async_response_timeout_ms)
+        # Threads that may call the engine at once: the poll loop, the heartbeat, shutdown, one per task.
+        self.engine = engine or EngineClient(settings.camunda, w.id,
+                                             async_response_timeout_ms=w.async_response_timeout_ms,
+                                             order=fetch_order(w), pool_size=w.max_tasks_in_flight + 3)
+        self._subscriptions = subscriptions(w, requested_variables(settings.task))
         self.store = store or ContextStore(settings.database, provider=settings.ollama.provider)
         self.llm = llm or LlmClient(settings.ollama)
         self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping)
@@ -90,7 +95,8 @@ class Worker:
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._signals = 0
-        self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms)
+        self._heartbeat = Heartbeat(self.engine, self._snapshot,
+                                    min(sub.lock_duration_ms for sub in self._subscriptions))
         self._exit_code = 0
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
         self._log: BoundLogger = structlog.get_logger("procos_worker.worker").bind(worker_id=w.id)
@@ -139,17 +145,18 @@ class Worker:
             free = self._wait_for_capacity()
             if free == 0 or not self._dependencies_up():
                 continue
-            variables = self.fetch_variables.names(self.settings.worker.topics)
+            subs = self._with_learned_variables()
             try:
-                tasks = self.engine.fetch_and_lock(self.settings.worker.topics, max_tasks=free, variables=variables)
+                tasks = self.engine.fetch_and_lock(subs, max_tasks=free)
             except EngineError as exc:
                 delay = backoff.next_delay_s()
                 self._log.warning("engine.fetch_failed", error=str(exc), retry_in_s=round(delay, 2))
                 self._stopping.wait(delay)
                 continue
             backoff.reset()
+            fetched = {sub.topic: frozenset(sub.variables) for sub in subs}
             for task in tasks:
-                self._dispatch(task, frozenset(variables))
+                self._dispatch(task, fetched.get(task.topic, frozenset()))
 
     def _wait_for_capacity(self) -> int:
         limit = self.settings.worker.max_tasks_in_flight
@@ -176,7 +183,7 @@ class Worker:
             self.fetch_variables.learn(task.topic, missing)
             self._unlock(task, log, f"fetch again with variables {', '.join(sorted(missing))}")
             return
-        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_ms)
+        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_for(task.topic))
         with self._cond:
             current = self._runs.get(task.id)
             if current is not None and current.state in (RunState.RUNNING, RunState.REPORTING):
@@ -193,8 +200,14 @@ class Worker:
             # only wait here holding its lock; hand it back (no retry spent) for after the recovery.
             self._unlock(task, log, f"{' and '.join(down)} down")
             return
-        log.info("task.fetched", retries=task.retries)
+        log.debug("task.fetched", retries=task.retries)
         threading.Thread(target=self._run_task, args=(run,), name=f"procos-task-{task.id[:8]}", daemon=True).start()
+
+    def _with_learned_variables(self) -> list[Subscription]:
+        """Each topic's subscription, asking also for the variables its tasks' templates were seen to read."""
+        return [dataclasses.replace(sub, variables=tuple(dict.fromkeys(
+                    [*sub.variables, *self.fetch_variables.names([sub.topic])])))
+                for sub in self._subscriptions]
 
     def _unfetched_variables(self, task: Task, fetched: frozenset[str]) -> frozenset[str]:
         try:
