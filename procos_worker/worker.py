@@ -20,16 +20,20 @@ a task whose output row is not committed: completion is only ever built from a s
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import structlog
 from structlog.stdlib import BoundLogger
 
+from procos_worker.ai.api import LlmApi
 from procos_worker.ai.llm import LlmClient
 from procos_worker.backoff import Backoff
+from procos_worker.engine.api import EngineApi
 from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskError
 from procos_worker.gate import ServiceGate
@@ -40,6 +44,7 @@ from procos_worker.inputs import requested_variables
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
 from procos_worker.outcomes import internal_error, outcome_for
 from procos_worker.settings import Settings
+from procos_worker.store.api import StoreApi
 from procos_worker.store.context import ContextStore
 from procos_worker.taskrun import RunState, TaskRun
 
@@ -58,25 +63,38 @@ class Worker:
         settings: the one Settings object.
         engine, store, llm: the clients (opened in ``run``, closed in reverse order).
         counters: tasks completed / failed / bpmn_errors / abandoned / released since start.
+
+    The keyword arguments after the clients exist for tests: ``clock`` (monotonic seconds: run
+    times, lock expiry, the shutdown deadline), ``draw`` (backoff jitter), ``sleep`` (between
+    retries of a report), ``exit_process`` (the second signal) and ``health_interval_s``.
     """
 
-    def __init__(self, settings: Settings, *, engine: EngineClient | None = None,
-                 store: ContextStore | None = None, llm: LlmClient | None = None) -> None:
+    def __init__(self, settings: Settings, *, engine: EngineApi | None = None,
+                 store: StoreApi | None = None, llm: LlmApi | None = None,
+                 clock: Callable[[], float] = time.monotonic, draw: Callable[[], float] = random.random,
+                 sleep: Callable[[float], None] = time.sleep, exit_process: Callable[[int], object] = os._exit,
+                 health_interval_s: float = _HEALTH_INTERVAL_S) -> None:
         self.settings = settings
         w = settings.worker
-        self.engine = engine or EngineClient(settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
-                                             async_response_timeout_ms=w.async_response_timeout_ms)
-        self.store = store or ContextStore(settings.database, provider=settings.ollama.provider)
-        self.llm = llm or LlmClient(settings.ollama)
-        self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping)
-        self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping)
+        self.engine: EngineApi = engine or EngineClient(
+            settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
+            async_response_timeout_ms=w.async_response_timeout_ms)
+        self.store: StoreApi = store or ContextStore(settings.database, provider=settings.ollama.provider)
+        self.llm: LlmApi = llm or LlmClient(settings.ollama)
+        self._clock = clock
+        self._draw = draw
+        self._sleep = sleep
+        self._exit_process = exit_process
+        self._health_interval_s = health_interval_s
+        self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping, clock=clock, draw=draw)
+        self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping, clock=clock, draw=draw)
         self.handler = TaskHandler(settings, self.store, self.llm, self.store_gate, self.llm_gate)
         self.counters = Counters()
         self._runs: dict[str, TaskRun] = {}
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._signals = 0
-        self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms)
+        self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms, clock=clock)
         self._exit_code = 0
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
         self._log: BoundLogger = structlog.get_logger("procos_worker.worker").bind(worker_id=w.id)
@@ -93,7 +111,7 @@ class Worker:
         self._poll_thread.start()
         self._log.info("worker.started", topics=self.settings.worker.topics,
                        max_tasks_in_flight=self.settings.worker.max_tasks_in_flight)
-        while not self._stopping.wait(_HEALTH_INTERVAL_S):
+        while not self._stopping.wait(self._health_interval_s):
             self._write_health("running")
         return self._shutdown()
 
@@ -119,7 +137,7 @@ class Worker:
             self.stop()
 
     def _poll_loop(self) -> None:
-        backoff = Backoff(self.settings.backoff)
+        backoff = Backoff(self.settings.backoff, draw=self._draw)
         while not self._stopping.is_set():
             free = self._wait_for_capacity()
             if free == 0 or not self._dependencies_up():
@@ -154,7 +172,7 @@ class Worker:
             # Locked by a poll that returned after the stop: hand it straight back.
             self._unlock(task, log, "shutdown")
             return
-        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_ms)
+        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_ms, clock=self._clock)
         with self._cond:
             current = self._runs.get(task.id)
             if current is not None and current.state in (RunState.RUNNING, RunState.REPORTING):
@@ -203,7 +221,7 @@ class Worker:
             self.counters.add("abandoned" if run.state is RunState.LOST else "released")
             log.info("task.not_reported", state=run.state.value, elapsed_s=run.elapsed_s())
             return
-        backoff = Backoff(self.settings.backoff)
+        backoff = Backoff(self.settings.backoff, draw=self._draw)
         while True:
             try:
                 self._send(run.task, outcome)
@@ -211,7 +229,7 @@ class Worker:
                 # The answer is stored: keep trying until the engine takes it (or says the lock is gone).
                 delay = backoff.next_delay_s()
                 log.warning("task.report_retry", error=exc.message, retry_in_s=round(delay, 2))
-                time.sleep(delay)
+                self._sleep(delay)
                 continue
             except EngineError as exc:
                 self.counters.add("abandoned")
@@ -251,18 +269,19 @@ class Worker:
         if self._signals > 1:
             # Second signal: leave now. Unreported tasks stay locked until their lock expires, and
             # nothing unstored was completed (completion is only built from a stored row).
-            os._exit(130)
+            self._exit_process(130)
+            return
         self._log.info("worker.stopping", signal=signal.Signals(signum).name)
         self.stop()
 
     def _shutdown(self) -> int:
         self._write_health("stopping")
         grace_s = self.settings.worker.shutdown_grace_s
-        deadline = time.monotonic() + grace_s
+        deadline = self._clock() + grace_s
         with self._cond:
             # A task waiting for an unreachable Ollama/PostgreSQL can't finish: don't wait the grace out.
-            while self._runs and time.monotonic() < deadline and not self._dependency_down():
-                self._cond.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            while self._runs and self._clock() < deadline and not self._dependency_down():
+                self._cond.wait(timeout=min(0.2, max(0.0, deadline - self._clock())))
             leftover = list(self._runs.values())
         released = [run for run in leftover if run.give_up(RunState.RELEASED)]
         for run in released:
@@ -282,9 +301,9 @@ class Worker:
         return self._exit_code
 
     def _wait_for_reports(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+        deadline = self._clock() + timeout_s
         with self._cond:
-            while any(r.state is RunState.REPORTING for r in self._runs.values()) and time.monotonic() < deadline:
+            while any(r.state is RunState.REPORTING for r in self._runs.values()) and self._clock() < deadline:
                 self._cond.wait(timeout=0.1)
 
     def _sweep(self) -> int:
