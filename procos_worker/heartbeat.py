@@ -61,13 +61,13 @@ class Heartbeat:
                              topic=run.task.topic)
         try:
             self._engine.extend_lock(run.task.id, self._lock_duration_ms)
-        except EngineError as exc:  # lock lost, or the engine refused the extension
-            if run.give_up(RunState.LOST):
-                log.warning("task.lock_lost", error=str(exc), elapsed_s=run.elapsed_s())
-            return
         except EngineUnavailable as exc:
             # The engine is down; try again next tick. complete() does not check expiry anyway.
             log.debug("task.lock_extend_failed", error=exc.message)
+            return
+        except EngineError as exc:  # lock lost, or the engine refused the extension
+            if run.give_up(RunState.LOST):
+                log.warning("task.lock_lost", error=str(exc), elapsed_s=run.elapsed_s())
             return
         run.lock_expires_at = self._clock() + self._lock_duration_ms / 1000
         log.debug("task.lock_extended", elapsed_s=run.elapsed_s())
