@@ -93,17 +93,15 @@ class VariableTooLong(PermanentError):
 
 
 class ServiceUnavailable(ProcosError):
-    """A dependency can't be reached. ``service`` names it for logs and the health record."""
-
-    service = "service"
+    """A dependency can't be reached (the ``gate`` that waits for it names it in logs and health)."""
 
 
 class LlmUnavailable(ServiceUnavailable):
-    service = "ollama"
+    """Ollama refuses connections."""
 
 
 class StoreUnavailable(ServiceUnavailable):
-    service = "postgresql"
+    """PostgreSQL can't be reached."""
 
 
 class EngineError(ProcosError):
@@ -119,8 +117,6 @@ class EngineRejected(EngineError):
 
     def __init__(self, status: int, error_type: str, message: str) -> None:
         super().__init__(f"Camunda answered {status} {error_type}: {message}")
-        self.status = status
-        self.error_type = error_type
 
 
 class LockLost(EngineError):
