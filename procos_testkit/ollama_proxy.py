@@ -32,13 +32,13 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Literal, cast, get_args
 
-from procos_testkit.fake_ollama import BUSY_MESSAGE, BackgroundServer, TrackedHandler, go_json
+from procos_testkit.fake_ollama import BUSY_MESSAGE
+from procos_testkit.httpkit import JSON_CONTENT_TYPE, TEXT_CONTENT_TYPE, BackgroundServer, TrackedHandler, go_json
 
 __all__ = ["OllamaProxy", "ProxyMode", "main"]
 
 ProxyMode = Literal["pass", "503", "refuse"]
 
-_JSON_CT = "application/json; charset=utf-8"
 _COPY_BYTES = 64 * 1024
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are not forwarded.
 _HOP_BY_HOP = frozenset(
@@ -195,10 +195,10 @@ class _ProxyHandler(TrackedHandler):
     def _control(self, path: str, body: bytes) -> None:
         proxy = self.proxy
         if path == "/_proxy/counts":
-            self.send_body(200, go_json({**proxy.counts(), "mode": proxy.mode}), _JSON_CT)
+            self.send_body(200, go_json({**proxy.counts(), "mode": proxy.mode}), JSON_CONTENT_TYPE)
         elif path == "/_proxy/reset" and self.command == "POST":
             proxy.reset_counts()
-            self.send_body(200, b"{}", _JSON_CT)
+            self.send_body(200, b"{}", JSON_CONTENT_TYPE)
         elif path == "/_proxy/mode" and self.command == "POST":
             try:
                 mode = json.loads(body)["mode"]
@@ -211,9 +211,9 @@ class _ProxyHandler(TrackedHandler):
                 proxy.resume()
             else:
                 proxy.pause("503")
-            self.send_body(200, go_json({"mode": mode}), _JSON_CT)
+            self.send_body(200, go_json({"mode": mode}), JSON_CONTENT_TYPE)
         else:
-            self.send_body(404, b"404 page not found", "text/plain; charset=utf-8")
+            self.send_body(404, b"404 page not found", TEXT_CONTENT_TYPE)
 
     def _forward(self, body: bytes) -> None:
         try:

@@ -18,7 +18,8 @@ import ollama
 import pytest
 
 from procos_testkit import BUSY_MESSAGE, Behaviour, FakeOllama
-from procos_testkit.fake_ollama import generated_answer_chunks, go_json
+from procos_testkit.fake_ollama import generated_answer_chunks
+from procos_testkit.httpkit import go_json
 
 MODEL = "smollm2:135m"
 FINAL_KEYS = [
