@@ -1,6 +1,9 @@
-"""Fixtures shared by every suite: the one Settings object, and the real local stack (scripts/stack up):
-Camunda, PostgreSQL, Ollama. A missing service fails the test that needs it, naming the service;
-nothing is skipped or mocked.
+"""Fixtures shared by every suite: the one Settings object, the real local stack (scripts/stack up):
+Camunda, PostgreSQL, Ollama, and the test doubles and proxies several suites use. A missing service
+fails the test that needs it, naming the service; nothing is skipped or mocked.
+
+Suite-only helpers are modules of the ``tests`` package (``tests.faults.faultkit``,
+``tests.deploy.deploykit``); doubles and proxies shared with the benchmarks are in ``procos_testkit``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ import pytest
 import requests
 
 from procos_testkit.engine import EngineRest
+from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.holding_proxy import HoldingProxy
+from procos_testkit.tcp_proxy import TcpProxy
+from procos_testkit.worker_process import WorkerProcess
 from procos_worker.settings import Settings, default_worker_id
 from procos_worker.store.context import ContextStore
 from procos_worker.worker import Worker
+from tests.faults.faultkit import CAMUNDA_ROOT, WORKER_COMMAND, worker_env
 
 STACK_HINT = "start the local stack with: scripts/stack up"
 
@@ -126,3 +134,62 @@ def run_worker(settings: Settings, store: ContextStore, tmp_path: Path) -> Itera
     yield start
     for running in started:
         running.stop()
+
+
+# -- doubles and proxies -----------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def real_ollama(ollama_up: str) -> str:
+    """The real Ollama (the shared ``ollama_up`` check: reachable and serving the model)."""
+    return ollama_up
+
+
+@pytest.fixture()
+def fake() -> Iterator[FakeOllama]:
+    """The fake Ollama: only for what the real one can't do on demand (slow, 503, NUL, surrogates, huge)."""
+    with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture()
+def camunda_proxy() -> Iterator[HoldingProxy]:
+    """A counting proxy in front of Camunda that can hold calls (e.g. ``/complete``) or refuse."""
+    proxy = HoldingProxy(CAMUNDA_ROOT, upstream_timeout_s=120).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture()
+def ollama_proxy(real_ollama: str) -> Iterator[HoldingProxy]:
+    """A counting proxy in front of the real Ollama that can hold chats or play dead."""
+    proxy = HoldingProxy(real_ollama).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture()
+def pg_proxy() -> Iterator[TcpProxy]:
+    """A TCP proxy in front of PostgreSQL that can refuse and cut connections."""
+    with TcpProxy(5432) as proxy:
+        yield proxy
+
+
+# -- workers as subprocesses -------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def spawn(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``procos-worker run`` subprocesses: ``spawn(topic, ENV=value, ...)``; killed at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(topic: str, **env: str) -> WorkerProcess:
+        process = WorkerProcess(worker_env(tmp_path, topic, **env), tmp_path, name=f"worker-{len(started)}",
+                                command=WORKER_COMMAND)
+        started.append(process.start())
+        return process
+
+    yield start
+    for process in started:
+        if process.alive:
+            process.kill()

@@ -9,7 +9,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from deploykit import INIT_SQL, REPO
+
+from tests.deploy.deploykit import INIT_SQL, REPO
 
 pytestmark = pytest.mark.deploy
 

@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
-from faultkit import (
-    HoldingProxy,
-    TcpProxy,
-    WorkerProcess,
-    all_completed,
-    output_rows,
-    success_count,
-    task_ids,
-    wait_until,
-)
 
-from procos_testkit.engine import EngineRest
+from procos_testkit.engine import EngineRest, wait_until
+from procos_testkit.holding_proxy import HoldingProxy
+from procos_testkit.tcp_proxy import TcpProxy
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import all_completed, output_rows, success_count, task_ids
 
 pytestmark = pytest.mark.faults
 
@@ -95,11 +89,6 @@ def _two_tasks_across_outage(
     return first, later, ids
 
 
-@pytest.fixture()
-def pg_proxy() -> Iterator[TcpProxy]:
-    with TcpProxy(5432) as proxy:
-        yield proxy
-
 
 def test_postgres_unreachable_holds_tasks_without_burning_retries(
     engine_rest: EngineRest, deployed: tuple[str, str], pg_proxy: TcpProxy, real_ollama: str,
@@ -122,12 +111,6 @@ def test_postgres_unreachable_holds_tasks_without_burning_retries(
         assert not engine_rest.incidents(pi)
     assert worker.find("service.up", service="postgresql")
 
-
-@pytest.fixture()
-def ollama_proxy(real_ollama: str) -> Iterator[HoldingProxy]:
-    proxy = HoldingProxy(real_ollama).start()
-    yield proxy
-    proxy.stop()
 
 
 def test_ollama_unreachable_holds_tasks_without_burning_retries(

@@ -16,12 +16,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from faultkit import REAL_OLLAMA, completed, ended_at, wait_until
 
-from procos_testkit.engine import EngineRest, example_bpmn, json_variable
+from procos_testkit.engine import EngineRest, example_bpmn, json_variable, wait_until
 from procos_testkit.fake_ollama import FakeOllama
-from procos_worker.flags import MAX_ERROR_MESSAGE_CHARS
+from procos_worker.outcomes import MAX_ERROR_MESSAGE_CHARS
 from procos_worker.store.context import ContextStore
+from tests.faults.faultkit import REAL_OLLAMA, completed, ended_at
 
 pytestmark = pytest.mark.faults
 

@@ -16,18 +16,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from faultkit import (
-    REPO,
-    WorkerProcess,
-    all_completed,
-    completed,
-    completed_ids_joined,
-    success_count,
-    task_ids,
-)
 
 from procos_testkit.engine import EngineRest
 from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import REPO, all_completed, completed, completed_ids_joined, success_count, task_ids
 
 pytestmark = pytest.mark.faults
 

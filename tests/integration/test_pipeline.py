@@ -13,7 +13,7 @@ import pytest
 
 from procos_testkit.engine import EngineRest, json_variable
 from procos_testkit.fake_ollama import FakeOllama
-from procos_worker.flags import MAX_VARIABLE_CHARS
+from procos_worker.outcomes import MAX_VARIABLE_CHARS
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
 

@@ -37,11 +37,6 @@ FINAL_KEYS = [
 ]
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama() as server:
-        yield server
-
 
 def user(content: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": content}]
