@@ -4,26 +4,30 @@
 
     ProcosError
     ├── TaskError                  raised while handling one task; ``outcomes.outcome_for`` maps it
-    │   ├── InputError             -> BPMN error (code TASK_INPUT_ERROR_CODE), nothing stored
-    │   ├── TransientError         -> Camunda failure, retries - 1, exponential retryTimeout
+    │   ├── InputError             -> BPMN error: code TASK_INPUT_ERROR_CODE, nothing stored
+    │   ├── TransientError         -> failure: retries - 1, exponential retryTimeout
     │   │   └── LlmBusy            Ollama 503/5xx or a timeout, after the in-process tries
-    │   └── PermanentError         -> Camunda failure with retries 0 = an incident; the message says
-    │       │                         what to fix, errorDetails has the full story
+    │   └── PermanentError         -> incident: a failure with retries 0; the message says what to
+    │       │                         fix, errorDetails has the full story
     │       ├── ModelNotFound      Ollama answers 404 for the model
     │       ├── LlmRequestInvalid  Ollama answers 400 (invalid options, ...)
     │       └── VariableTooLong    a variable to send would exceed Camunda's 4000-char column
-    ├── ServiceUnavailable         a dependency can't be reached: its ``gate`` waits with backoff while
-    │   │                          the task keeps its lock, and the poll loop fetches nothing new. It
-    │   │                          leaves the handler only when the run was released or lost while
-    │   │                          waiting: then nothing is reported (the engine no longer expects it)
+    ├── ServiceUnavailable         -> wait: its ``gate`` waits with backoff while the task keeps its
+    │   │                          lock, and the poll loop fetches nothing new; it leaves the handler
+    │   │                          only when the run was released or lost meanwhile, and then
+    │   │                          nothing is reported (the engine no longer expects it)
     │   ├── LlmUnavailable         Ollama refuses connections
     │   └── StoreUnavailable       PostgreSQL can't be reached
     └── EngineError                raised only by the engine client (``engine.client``)
-        ├── EngineUnavailable      the REST API can't be reached (refused, timeout, 5xx): the poll
-        │                          loop backs off; a report is retried until it lands
-        ├── EngineRejected         Camunda refused the call (4xx): the report is dropped and logged
-        └── LockLost               404, or the lock is another worker's: the run is abandoned
+        ├── EngineUnavailable      -> retry: the poll loop backs off; a report is tried again until
+        │                          it lands (refused, timeout, 5xx)
+        ├── EngineRejected         -> abandon: Camunda refused the call (4xx); a refused report is
+        │                          dropped and logged, a refused poll backs off
+        └── LockLost               -> abandon: 404, or the lock is another worker's or expired;
+                                   nothing more is sent about the task
 
+The word after ``->`` is the outcome, inherited by the classes below; the README's "Outcomes and
+errors" table names every class with the same word (``tests/unit/test_errors.py`` checks both).
 Dependencies' exceptions are converted into these in the client modules only
 (``engine.client``, ``ai.llm``, ``store.context``), with ``raise ... from``. Any other exception
 out of the handler is a bug: ``outcomes.internal_error`` makes it an incident with its traceback.
