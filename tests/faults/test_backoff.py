@@ -1,4 +1,4 @@
-"""Fault 7: a dependency is unreachable. No busy loop, no retries burnt, recovery within seconds.
+"""A dependency is unreachable. No busy loop, no retries burnt, recovery within seconds.
 
 Each service is made unreachable by a proxy in front of it (the real service keeps running for the
 other tests): Camunda and Ollama by the HTTP proxy in ``refuse`` mode, PostgreSQL by a TCP proxy.

@@ -1,4 +1,4 @@
-"""Fault 1: a generation that outlasts the lock; a lock that is lost while the task runs."""
+"""A generation that outlasts the lock; a lock that is lost while the task runs."""
 
 from __future__ import annotations
 

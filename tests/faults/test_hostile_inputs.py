@@ -1,4 +1,4 @@
-"""Fault 4: hostile inputs and hostile answers, each with the outcome it must have.
+"""Hostile inputs and hostile answers, each with the outcome it must have.
 
 Camunda String variables live in varchar(4000) columns and PostgreSQL text can't hold NUL, so big
 or odd inputs travel as Json or Bytes variables (as a real process would send them). The fake

@@ -1,4 +1,4 @@
-"""Fault 2: SIGKILL the worker process at each step of a task, restart it: the task ends completed
+"""SIGKILL the worker process at each step of a task, restart it: the task ends completed
 exactly once, with exactly one output row, and Ollama is not asked again once the answer was stored.
 
 The worker runs as ``procos-worker run`` against the real Camunda, PostgreSQL and Ollama; proxies in

@@ -1,4 +1,4 @@
-"""Fault 3: each service restarted (scripts/stack restart <service>) while 50 instances are in flight.
+"""Each service restarted (scripts/stack restart <service>) while 50 instances are in flight.
 
 The worker process stays up, all 50 complete, every completion's ai_context_id is an output row of
 its instance, no incidents. PostgreSQL and Camunda restarts run with the fake Ollama (100-300 ms

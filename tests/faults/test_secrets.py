@@ -1,4 +1,4 @@
-"""Fault 6: at LOG_LEVEL=DEBUG, with errors provoked, no password reaches stdout or stderr.
+"""At LOG_LEVEL=DEBUG, with errors provoked, no password reaches stdout or stderr.
 
 The Camunda password is a real one: a user created for this test on the auth-enabled engine
 (scripts/stack service camunda-auth, HTTP basic auth on /engine-rest/*).

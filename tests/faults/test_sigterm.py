@@ -1,4 +1,4 @@
-"""Fault 5: SIGTERM with tasks in flight, a second SIGTERM, SIGTERM during an idle long poll."""
+"""SIGTERM with tasks in flight, a second SIGTERM, SIGTERM during an idle long poll."""
 
 from __future__ import annotations
 

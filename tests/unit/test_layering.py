@@ -137,7 +137,7 @@ def test_every_module_is_on_a_floor_and_imports_only_what_its_floor_may() -> Non
         floor(name)
     # The graph is read from the source: a few edges that must be in it.
     assert {"procos_worker.handler", "procos_worker.engine.client"} <= graph["procos_worker.worker"]
-    assert "procos_worker.engine.api" in graph["procos_worker.heartbeat"]  # a TYPE_CHECKING-free import
+    assert "procos_worker.engine.api" in graph["procos_worker.heartbeat"]
     assert "procos_worker.ops.cli" in graph["procos_worker.__main__"]
     assert violations(graph) == []
 
