@@ -451,11 +451,13 @@ def restore_signal_handlers() -> Iterator[None]:
 
 
 def _signal_when(ready: Callable[[], None], worker: Worker, *then: Callable[[], None]) -> threading.Thread:
-    """In a thread: wait for ``ready``, check the worker's handler is installed, send SIGTERM; then
-    each of ``then`` followed by another SIGTERM."""
+    """In a thread: wait for ``ready`` and the first health record (the main thread is then past its
+    start-up logging, which a handler that logs must not interrupt), check the worker's handler is
+    installed, send SIGTERM; then each of ``then`` followed by another SIGTERM."""
 
     def send() -> None:
         ready()
+        _soon(lambda: _health_state(worker.settings.worker.health_file) == "running", "the running loop")
         if signal.getsignal(signal.SIGTERM) != worker._on_signal:
             worker.stop()  # never signal the test process without the worker's handler in place
             return
@@ -472,7 +474,9 @@ def _signal_when(ready: Callable[[], None], worker: Worker, *then: Callable[[], 
 @pytest.mark.usefixtures("restore_signal_handlers")
 def test_a_signal_stops_the_worker_gracefully(doubles: Doubles, unit_settings: Callable[..., Settings],
                                               logs: Logs) -> None:
-    worker = worker_on_doubles(unit_settings(), doubles)
+    # The signal may reach another thread: the main thread runs the handler when its wait for the next
+    # health write ends, so that wait is short here.
+    worker = worker_on_doubles(unit_settings(), doubles, health_interval_s=0.01)
     _signal_when(doubles.engine.wait_polling, worker)
     assert worker.run() == 0  # in the main thread, where signal handlers run
     assert _events(logs, "worker.stopping", signal="SIGTERM")
@@ -489,7 +493,8 @@ def test_a_second_signal_exits_at_once_with_130(doubles: Doubles, unit_settings:
 
     doubles.llm.hold()
     task_id = doubles.engine.add_task({"query": "slow"})
-    worker = worker_on_doubles(unit_settings(shutdown_grace_s=30), doubles, exit_process=exit_process)
+    worker = worker_on_doubles(unit_settings(shutdown_grace_s=30), doubles, exit_process=exit_process,
+                               health_interval_s=0.01)
     health = worker.settings.worker.health_file
     _signal_when(lambda: doubles.llm.wait_in_chat(1), worker,
                  lambda: _soon(lambda: _health_state(health) == "stopping", "the graceful stop"))
