@@ -110,7 +110,7 @@ class Bench:
         self._camunda: Callable[[], list[int]] = lambda: listener_pids(camunda_port, with_children=False)
         self._postgres: Callable[[], list[int]] = lambda: listener_pids(int(db_port))
         with ContextStore(DatabaseSettings(url=SecretStr(stack.database_url))) as store:
-            store.apply_schema()
+            store.upgrade_schema()
 
     def close(self) -> None:
         """Delete the rows the benchmark wrote (they are all tagged with a bench topic)."""

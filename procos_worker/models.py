@@ -40,7 +40,10 @@ class Task:
     worker_id: str
     process_instance_id: str
     activity_id: str | None = None
+    activity_instance_id: str | None = None
     process_definition_key: str | None = None
+    process_definition_id: str | None = None
+    tenant_id: str | None = None
     business_key: str | None = None
     retries: int | None = None
     variables: Mapping[str, Variable] = field(default_factory=dict)
@@ -59,7 +62,10 @@ class Task:
             worker_id=str(data.get("workerId") or ""),
             process_instance_id=str(data.get("processInstanceId") or ""),
             activity_id=data.get("activityId"),
+            activity_instance_id=data.get("activityInstanceId"),
             process_definition_key=data.get("processDefinitionKey"),
+            process_definition_id=data.get("processDefinitionId"),
+            tenant_id=data.get("tenantId"),
             business_key=data.get("businessKey"),
             retries=data.get("retries"),
             variables=variables,
@@ -113,6 +119,8 @@ class StoredContext:
     process_instance_id: str
     task_id: str | None
     activity_id: str | None
+    process_definition_key: str | None
+    activity_instance_id: str | None
     context_type: str
     content_text: str | None
     content_data: Mapping[str, Any]

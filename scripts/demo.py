@@ -22,7 +22,7 @@ def main() -> int:
     configure_logging(settings)
     engine = EngineRest(settings.camunda.base_url)
     with ContextStore(settings.database) as store:
-        store.apply_schema()
+        store.upgrade_schema()
         engine.deploy(EXAMPLE_BPMN.read_text(encoding="utf-8"), "ai-query")
         instance = engine.start("ai-query", {"query": QUESTION, "system_prompt": SYSTEM})
         print(f"demo: started process instance {instance}", file=sys.stderr)

@@ -1,8 +1,12 @@
 -- ProcOS PostgreSQL schema for AI context storage (the ProcOS "Database Management Guide").
 --
--- Applied by `procos-worker init-db`, by the test suite, and by docker compose as PostgreSQL's
--- init script. Applying it twice changes nothing: every statement is IF NOT EXISTS / OR REPLACE,
--- and the default model rows are inserted only when missing.
+-- This file builds a fresh database: docker compose runs it as PostgreSQL's init script, and
+-- `procos-worker init-db` runs it on a database without the ProcOS tables. A database made by an
+-- earlier version of this file is upgraded by the numbered files in sql/migrations/ instead
+-- (`procos-worker init-db` applies the ones procos_schema_migrations does not list). Every schema
+-- change goes into both: a new migration file, and the same statements at the end of this file,
+-- recorded in procos_schema_migrations. Applying this file twice changes nothing: every statement
+-- is IF NOT EXISTS / OR REPLACE, and rows are inserted only when missing.
 
 -- Extensions: UUID generation and trigram search (both are "trusted": the database owner may create them).
 CREATE EXTENSION IF NOT EXISTS "uuid-ossp";
@@ -133,5 +137,24 @@ WHERE NOT EXISTS (
     SELECT 1 FROM procos_ai_models m
     WHERE m.model_name = v.model_name AND m.provider = v.provider AND m.version = v.version
 );
+
+-- SCHEMA VERSIONS: the migrations this file already contains (see sql/migrations/).
+CREATE TABLE IF NOT EXISTS procos_schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name VARCHAR(255) NOT NULL,
+    applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW()
+);
+
+-- 0001_bpmn_step: every row records the BPMN step it belongs to.
+ALTER TABLE procos_ai_context ADD COLUMN IF NOT EXISTS process_definition_key VARCHAR(255);
+ALTER TABLE procos_ai_context ADD COLUMN IF NOT EXISTS activity_instance_id VARCHAR(255);
+CREATE INDEX IF NOT EXISTS idx_procos_ai_context_step
+    ON procos_ai_context (process_definition_key, activity_id, created_at);
+CREATE INDEX IF NOT EXISTS idx_procos_ai_context_activity_instance
+    ON procos_ai_context (activity_instance_id);
+
+INSERT INTO procos_schema_migrations (version, name) VALUES
+    (1, 'bpmn_step')
+ON CONFLICT (version) DO NOTHING;
 
 DO $$ BEGIN RAISE NOTICE 'ProcOS PostgreSQL AI context schema ready'; END $$;

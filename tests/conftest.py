@@ -60,7 +60,7 @@ def store(settings: Settings) -> Iterator[ContextStore]:
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL not reachable ({str(exc).strip()}); {STACK_HINT}")
     with ContextStore(settings.database) as opened:
-        opened.apply_schema()
+        opened.upgrade_schema()
         yield opened
 
 

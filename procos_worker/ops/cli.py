@@ -24,15 +24,17 @@ from procos_worker.worker import Worker
 __all__ = ["main"]
 
 # `check` exit codes: which dependency failed.
-EXIT_CONFIG, EXIT_CAMUNDA, EXIT_POSTGRES, EXIT_OLLAMA, EXIT_MODEL = 2, 3, 4, 5, 6
+EXIT_CONFIG, EXIT_CAMUNDA, EXIT_POSTGRES, EXIT_OLLAMA, EXIT_MODEL, EXIT_SCHEMA = 2, 3, 4, 5, 6, 7
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="procos-worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="serve external tasks until SIGTERM/SIGINT")
-    init = sub.add_parser("init-db", help="apply sql/init-db.sql to DATABASE_URL (idempotent)")
-    init.add_argument("--file", type=Path, help="apply this SQL file instead of the bundled one")
+    init = sub.add_parser("init-db", help="create the ProcOS schema in DATABASE_URL, or apply the migrations it "
+                                          "lacks (idempotent)")
+    init.add_argument("--file", type=Path, help="build a fresh database from this SQL file instead of the bundled "
+                                                "init-db.sql")
     sub.add_parser("check", help="reach Camunda, PostgreSQL and Ollama; check the model is present")
     sub.add_parser("health", help="exit 0 if a running worker refreshed its health file recently")
     args = parser.parse_args(argv)
@@ -58,11 +60,12 @@ def _init_db(settings: Settings, path: Path | None) -> int:
     sql = path.read_text(encoding="utf-8") if path is not None else None
     with ContextStore(settings.database) as store:
         try:
-            store.apply_schema(sql)
+            steps = store.upgrade_schema(init_sql=sql)
+            status = store.schema_status()
         except ProcosError as exc:
             log.error("db.init_failed", error=str(exc))
             return EXIT_POSTGRES
-    log.info("db.initialised", file=str(path) if path else "bundled sql/init-db.sql")
+    log.info("db.initialised", steps=steps or ["nothing to do"], schema=status.describe())
     return 0
 
 
@@ -80,8 +83,9 @@ def _check(settings: Settings) -> int:
 
     with ContextStore(settings.database) as store:
         try:
-            store.ping()
-            results.append(("postgresql", 0, "ok"))
+            status = store.schema_status()
+            code = 0 if status.current else EXIT_SCHEMA
+            results.append(("postgresql", code, ("ok: " if code == 0 else "FAILED: ") + status.describe()))
         except ProcosError as exc:
             results.append(("postgresql", EXIT_POSTGRES, f"FAILED: {exc}"))
 

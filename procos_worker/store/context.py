@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -26,8 +25,9 @@ from procos_worker import textcodec
 from procos_worker.errors import PermanentError, StoreUnavailable
 from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs
 from procos_worker.settings import DatabaseSettings
+from procos_worker.store import migrations
 
-__all__ = ["ContextStore", "init_db_sql"]
+__all__ = ["ContextStore"]
 
 _T = TypeVar("_T")
 _JsonTree = Any
@@ -39,9 +39,9 @@ _OUTPUT_COLUMNS = """
 """
 _INSERT_OUTPUT = f"""
     INSERT INTO procos_ai_context
-        (process_instance_id, task_id, activity_id, context_type, content_data, content_text,
-         ai_provider, model_used, token_usage)
-    VALUES (%(pi)s, %(task)s, %(activity)s, 'output',
+        (process_instance_id, task_id, activity_id, process_definition_key, activity_instance_id,
+         context_type, content_data, content_text, ai_provider, model_used, token_usage)
+    VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s, 'output',
             jsonb_build_object('content', {{text}}) || %(meta)s::jsonb, {{text}},
             %(provider)s, %(model)s, %(usage)s)
     ON CONFLICT (task_id, context_type) DO NOTHING
@@ -53,15 +53,9 @@ _COPY_PIECE_CHARS = 1 << 20
 # COPY's text format: these four characters are written as backslash escapes.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _ROW_COLUMNS = """
-    id, process_instance_id, task_id, activity_id, context_type, content_text, content_data,
-    ai_provider, model_used, token_usage, created_at
+    id, process_instance_id, task_id, activity_id, process_definition_key, activity_instance_id,
+    context_type, content_text, content_data, ai_provider, model_used, token_usage, created_at
 """
-
-
-def init_db_sql() -> str:
-    """The text of sql/init-db.sql, as shipped inside the package."""
-    # A file next to the modules (a symlink to sql/init-db.sql in the source tree, a copy in a wheel).
-    return (Path(__file__).parent / "sql" / "init-db.sql").read_text(encoding="utf-8")
 
 
 class ContextStore:
@@ -100,10 +94,12 @@ class ContextStore:
         """Raise ``StoreUnavailable`` unless a query runs."""
         self._run(lambda cur: cur.execute("SELECT 1"))
 
-    def apply_schema(self, sql: str | None = None) -> None:
-        """Apply sql/init-db.sql (idempotent)."""
-        text = sql if sql is not None else init_db_sql()
-        self._run(lambda cur: cur.execute(text.encode()))
+    def upgrade_schema(self, *, init_sql: str | None = None) -> list[str]:
+        """Create the schema, or apply the migrations it lacks (``migrations.upgrade``)."""
+        return self._run(lambda cur: migrations.upgrade(cur.connection, init_sql=init_sql))
+
+    def schema_status(self) -> migrations.SchemaStatus:
+        return self._run(lambda cur: migrations.schema_status(cur.connection))
 
     # -- worker writes ---------------------------------------------------------------------------
 
@@ -127,8 +123,10 @@ class ContextStore:
                 f"""
                 WITH ins AS (
                     INSERT INTO procos_ai_context
-                        (process_instance_id, task_id, activity_id, context_type, content_data, content_text)
-                    VALUES (%(pi)s, %(task)s, %(activity)s, 'input', %(data)s, %(text)s)
+                        (process_instance_id, task_id, activity_id, process_definition_key,
+                         activity_instance_id, context_type, content_data, content_text)
+                    VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s,
+                            'input', %(data)s, %(text)s)
                     ON CONFLICT (task_id, context_type) DO NOTHING
                     RETURNING id
                 )
@@ -140,8 +138,7 @@ class ContextStore:
                 LEFT JOIN LATERAL (SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context
                                    WHERE task_id = %(task)s AND context_type = 'output') AS output ON true
                 """,
-                {"pi": task.process_instance_id, "task": task.id, "activity": task.activity_id,
-                 "data": Jsonb(data), "text": text},
+                {**_step(task), "data": Jsonb(data), "text": text},
             )
             row = cur.fetchone()
             assert row is not None
@@ -174,8 +171,8 @@ class ContextStore:
             "eval_count": result.eval_count,
         }
 
-        params = {"pi": task.process_instance_id, "task": task.id, "activity": task.activity_id, "text": text,
-                  "meta": Jsonb(meta), "provider": self._provider, "model": result.model, "usage": Jsonb(usage)}
+        params = {**_step(task), "text": text, "meta": Jsonb(meta), "provider": self._provider,
+                  "model": result.model, "usage": Jsonb(usage)}
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
             if len(text) <= _COPY_ABOVE_CHARS:
@@ -273,6 +270,12 @@ class ContextStore:
         )
 
 
+def _step(task: Task) -> dict[str, Any]:
+    """The columns that say which task and BPMN step a row belongs to."""
+    return {"pi": task.process_instance_id, "task": task.id, "activity": task.activity_id,
+            "definition_key": task.process_definition_key, "activity_instance": task.activity_instance_id}
+
+
 def _copy_to_pending(cur: psycopg.Cursor[dict[str, Any]], text: str) -> None:
     """Stream ``text`` into a session temp table in pieces, so a 64 MB answer is never encoded whole
     (as one query parameter it would be held three times: the str, its UTF-8 copy, libpq's buffer)."""
@@ -329,6 +332,8 @@ def _to_context(row: Mapping[str, Any]) -> StoredContext:
         process_instance_id=str(row["process_instance_id"]),
         task_id=row.get("task_id"),
         activity_id=row.get("activity_id"),
+        process_definition_key=row.get("process_definition_key"),
+        activity_instance_id=row.get("activity_instance_id"),
         context_type=str(row["context_type"]),
         content_text=text,
         content_data=data,

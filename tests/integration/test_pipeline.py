@@ -61,6 +61,12 @@ def test_example_process_end_to_end_with_real_model(
     assert out["model_used"] == settings.ollama.model and out["ai_provider"] == "ollama"
     assert out["token_usage"]["prompt_tokens"] > 0 and out["token_usage"]["completion_tokens"] > 0
     assert out["content_data"]["done_reason"] in ("stop", "length")
+    # Both rows say which BPMN step they belong to, down to the activity instance.
+    [task_activity] = [a for a in engine_rest.get("/history/activity-instance", processInstanceId=pi)
+                       if a["activityType"] == "serviceTask"]
+    for row in (inp, out):
+        assert (row["process_definition_key"], row["activity_id"], row["activity_instance_id"]) == (
+            key, task_activity["activityId"], task_activity["id"])
 
     variables = engine_rest.variables(pi)
     assert variables["ai_context_id"]["value"] == str(out["id"])
