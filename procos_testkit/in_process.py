@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from procos_testkit.clock import FakeClock
 from procos_testkit.memory_engine import InMemoryEngine
 from procos_testkit.memory_llm import ScriptedLlm
-from procos_testkit.memory_store import InMemoryStore
+from procos_testkit.memory_store import InMemoryModels, InMemoryStore
 from procos_worker.settings import Settings
 from procos_worker.worker import Worker
 
@@ -46,11 +46,12 @@ class RunningWorker:
 
 @dataclass
 class Doubles:
-    """The worker's three neighbours in memory, sharing one fake clock."""
+    """The worker's neighbours in memory (engine, context store, model table, LLM), sharing one fake clock."""
 
     clock: FakeClock = field(default_factory=FakeClock)
     engine: InMemoryEngine = field(init=False)
     store: InMemoryStore = field(default_factory=InMemoryStore)
+    models: InMemoryModels = field(default_factory=InMemoryModels)
     llm: ScriptedLlm = field(default_factory=ScriptedLlm)
 
     def __post_init__(self) -> None:
@@ -65,5 +66,6 @@ def worker_on_doubles(settings: Settings, doubles: Doubles, *, draw: Callable[[]
     is off (``draw`` 0.5), a report retry does not sleep, and a second signal does not end the process."""
     doubles.engine.worker_id = settings.worker.id
     doubles.engine.lock_duration_ms = settings.worker.lock_duration_ms
-    return Worker(settings, engine=doubles.engine, store=doubles.store, llm=doubles.llm, clock=doubles.clock,
-                  draw=draw, sleep=sleep, exit_process=exit_process, health_interval_s=health_interval_s)
+    return Worker(settings, engine=doubles.engine, store=doubles.store, llm=doubles.llm, models=doubles.models,
+                  clock=doubles.clock, draw=draw, sleep=sleep, exit_process=exit_process,
+                  health_interval_s=health_interval_s)

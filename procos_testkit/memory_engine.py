@@ -48,6 +48,8 @@ class EngineTask:
     process_instance_id: str
     variables: dict[str, Variable]
     retries: int | None = None
+    activity_id: str | None = None
+    properties: dict[str, str] = field(default_factory=dict)
     state: TaskState = "open"
     worker_id: str | None = None
     lock_expires_at: float | None = None
@@ -76,13 +78,16 @@ class InMemoryEngine(Scripted):
     # -- what a test does to the engine ------------------------------------------------------------
 
     def add_task(self, variables: Mapping[str, Any] | None = None, *, topic: str = "ai-query",
-                 retries: int | None = None) -> str:
-        """Create a task; a plain value becomes a String (str) or Json (anything else) variable."""
+                 retries: int | None = None, activity_id: str = "ask-model",
+                 properties: Mapping[str, str] | None = None) -> str:
+        """Create a task; a plain value becomes a String (str) or Json (anything else) variable.
+        ``properties`` are its activity's extension properties (``procos.*``)."""
         with self._cond:
             n = next(self._ids)
             task_id = f"task-{n}"
             self.tasks[task_id] = EngineTask(
-                id=task_id, topic=topic, process_instance_id=f"pi-{n}", retries=retries,
+                id=task_id, topic=topic, process_instance_id=f"pi-{n}", retries=retries, activity_id=activity_id,
+                properties=dict(properties or {}),
                 variables={k: v if isinstance(v, Variable) else _variable(v) for k, v in (variables or {}).items()})
             self._cond.notify_all()
         return task_id
@@ -134,12 +139,14 @@ class InMemoryEngine(Scripted):
                 self.polls_waiting -= 1
             return []
 
-    def complete(self, task_id: str, variables: Mapping[str, Any]) -> None:
-        self._called("complete", task_id=task_id, variables=dict(variables))
+    def complete(self, task_id: str, variables: Mapping[str, Any],
+                 local_variables: Mapping[str, Any] | None = None) -> None:
+        self._called("complete", task_id=task_id, variables=dict(variables),
+                     local_variables=dict(local_variables or {}))
         with self._cond:
             task = self._held(task_id, "complete")
             task.state = "completed"
-            task.reported = {"variables": dict(variables)}
+            task.reported = {"variables": dict(variables), "local_variables": dict(local_variables or {})}
             self._release(task)
 
     def handle_failure(self, task_id: str, *, message: str, details: str, retries: int,
@@ -209,8 +216,9 @@ class InMemoryEngine(Scripted):
         task.worker_id = self.worker_id
         task.lock_expires_at = self._clock() + self.lock_duration_ms / 1000
         return Task(id=task.id, topic=task.topic, worker_id=self.worker_id,
-                    process_instance_id=task.process_instance_id, retries=task.retries,
-                    variables={k: v for k, v in task.variables.items() if k in variables})
+                    process_instance_id=task.process_instance_id, activity_id=task.activity_id,
+                    retries=task.retries, variables={k: v for k, v in task.variables.items() if k in variables},
+                    extension_properties=dict(task.properties))
 
     def _held(self, task_id: str, call: str) -> EngineTask:
         task = self.tasks.get(task_id)

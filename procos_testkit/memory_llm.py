@@ -9,6 +9,8 @@ server unreachable (``down``), or ``hold()`` it: then every chat waits inside th
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 from procos_testkit.scripted import Scripted
 from procos_worker.errors import LlmUnavailable
@@ -22,6 +24,8 @@ class ScriptedLlm(Scripted):
         super().__init__(lambda call: LlmUnavailable(f"Ollama refuses connections ({call})"))
         self.answer = answer
         self.model = model
+        self.answered_model: str | None = None
+        """The model name the answers carry (as Ollama reports it); None: the one asked for."""
         self.in_chat = 0
         self._open = threading.Event()
         self._open.set()
@@ -40,8 +44,9 @@ class ScriptedLlm(Scripted):
             if not self._cond.wait_for(lambda: self.in_chat >= count, timeout=timeout_s):
                 raise AssertionError(f"{self.in_chat} chats held, {count} expected after {timeout_s}s")
 
-    def chat(self, messages: list[dict[str, str]], *, model: str | None = None) -> LlmResult:
-        self._called("chat", messages=messages, model=model)
+    def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
+             options: Mapping[str, Any] | None = None) -> LlmResult:
+        self._called("chat", messages=messages, model=model, options=None if options is None else dict(options))
         with self._cond:
             self.in_chat += 1
             self._cond.notify_all()
@@ -50,7 +55,7 @@ class ScriptedLlm(Scripted):
         finally:
             with self._cond:
                 self.in_chat -= 1
-        return LlmResult(content=self.answer, model=model or self.model, done_reason="stop",
+        return LlmResult(content=self.answer, model=self.answered_model or model or self.model, done_reason="stop",
                          prompt_eval_count=sum(len(m["content"]) for m in messages) // 4 or 1,
                          eval_count=len(self.answer) // 4 or 1, total_duration_ns=1, load_duration_ns=0,
                          prompt_eval_duration_ns=0, eval_duration_ns=1, wall_s=0.0)

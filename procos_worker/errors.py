@@ -11,7 +11,11 @@
     │       │                         fix, errorDetails has the full story
     │       ├── ModelNotFound      Ollama answers 404 for the model
     │       ├── LlmRequestInvalid  Ollama answers 400 (invalid options, ...)
-    │       └── VariableTooLong    a variable to send would exceed Camunda's 4000-char column
+    │       ├── VariableTooLong    a variable to send would exceed Camunda's 4000-char column
+    │       ├── TaskConfigError    a procos.* extension property (or topic default) has a bad value:
+    │       │                      the message names the activity and the property
+    │       └── ModelRefused       procos_ai_models disables the model (or it is not registered
+    │                              while REGISTRY_ALLOW_UNREGISTERED=false)
     ├── ServiceUnavailable         -> wait: its ``gate`` waits with backoff while the task keeps its
     │   │                          lock, and the poll loop fetches nothing new; it leaves the handler
     │   │                          only when the run was released or lost meanwhile, and then
@@ -29,8 +33,9 @@
 The word after ``->`` is the outcome, inherited by the classes below; the README's "Outcomes and
 errors" table names every class with the same word (``tests/unit/test_errors.py`` checks both).
 Dependencies' exceptions are converted into these in the client modules only
-(``engine.client``, ``ai.llm``, ``store.context``), with ``raise ... from``. Any other exception
-out of the handler is a bug: ``outcomes.internal_error`` makes it an incident with its traceback.
+(``engine.client``, ``ai.llm``, ``ai.template``, ``store.context``), with ``raise ... from``. Any
+other exception out of the handler is a bug: ``outcomes.internal_error`` makes it an incident with
+its traceback.
 """
 
 from __future__ import annotations
@@ -45,10 +50,12 @@ __all__ = [
     "LlmUnavailable",
     "LockLost",
     "ModelNotFound",
+    "ModelRefused",
     "PermanentError",
     "ProcosError",
     "ServiceUnavailable",
     "StoreUnavailable",
+    "TaskConfigError",
     "TaskError",
     "TransientError",
     "VariableTooLong",
@@ -94,6 +101,15 @@ class LlmRequestInvalid(PermanentError):
 
 class VariableTooLong(PermanentError):
     """A variable the worker was about to send would not fit Camunda's varchar(4000) columns."""
+
+
+class TaskConfigError(PermanentError):
+    """A modelling mistake: a ``procos.*`` property of the task (or a topic default) is unknown or has a
+    bad value. Never replaced by a silent default."""
+
+
+class ModelRefused(PermanentError):
+    """The model registry (procos_ai_models) does not let the task use its model."""
 
 
 class ServiceUnavailable(ProcosError):

@@ -34,9 +34,12 @@ MAX_VARIABLE_CHARS = 4000
 MAX_ERROR_MESSAGE_CHARS = 666
 
 
-def complete(variables: Mapping[str, Any], context_id: UUID) -> Complete:
-    """Complete with ``variables``; ``VariableTooLong`` (an incident) if one would not fit."""
+def complete(variables: Mapping[str, Any], context_id: UUID, *, local: bool = False) -> Complete:
+    """Complete with ``variables`` (in the task's own scope if ``local``); ``VariableTooLong`` (an
+    incident) if one would not fit."""
     _check_lengths(variables)
+    if local:
+        return Complete(variables={}, context_id=context_id, local_variables=dict(variables))
     return Complete(variables=dict(variables), context_id=context_id)
 
 

@@ -32,20 +32,23 @@ from structlog.stdlib import BoundLogger
 
 from procos_worker.ai.api import LlmApi
 from procos_worker.ai.llm import LlmClient
+from procos_worker.ai.registry import ModelRegistry, StatsRefresher
+from procos_worker.ai.taskconfig import TaskConfigs
 from procos_worker.backoff import Backoff
 from procos_worker.engine.api import EngineApi
 from procos_worker.engine.client import EngineClient
-from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskError
+from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskConfigError, TaskError
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
 from procos_worker.health import Counters, HealthRecord, HealthState
 from procos_worker.heartbeat import Heartbeat
-from procos_worker.inputs import requested_variables
+from procos_worker.inputs import FetchVariables
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
 from procos_worker.outcomes import internal_error, outcome_for
 from procos_worker.settings import Settings
-from procos_worker.store.api import StoreApi
+from procos_worker.store.api import ModelTableApi, StoreApi
 from procos_worker.store.context import ContextStore
+from procos_worker.store.registry import ModelTable
 from procos_worker.taskrun import RunState, TaskRun
 
 __all__ = ["Worker"]
@@ -62,15 +65,20 @@ class Worker:
     Attributes:
         settings: the one Settings object.
         engine, store, llm: the clients (opened in ``run``, closed in reverse order).
+        configs: each task's settings from its procos.* properties, the topic defaults and the model
+            registry (raises ``TaskConfigError`` here when TASK_TOPIC_DEFAULTS is bad).
+        fetch_variables: the variable names fetchAndLock asks for (learned from the tasks' templates).
         counters: tasks completed / failed / bpmn_errors / abandoned / released since start.
 
+    ``models`` is procos_ai_models (read by the model registry); by default the ContextStore's table.
     The keyword arguments after the clients exist for tests: ``clock`` (monotonic seconds: run
-    times, lock expiry, the shutdown deadline), ``draw`` (backoff jitter), ``sleep`` (between
-    retries of a report), ``exit_process`` (the second signal) and ``health_interval_s``.
+    times, lock expiry, the shutdown deadline, the registry's cache), ``draw`` (backoff jitter),
+    ``sleep`` (between retries of a report), ``exit_process`` (the second signal) and
+    ``health_interval_s``.
     """
 
     def __init__(self, settings: Settings, *, engine: EngineApi | None = None,
-                 store: StoreApi | None = None, llm: LlmApi | None = None,
+                 store: StoreApi | None = None, llm: LlmApi | None = None, models: ModelTableApi | None = None,
                  clock: Callable[[], float] = time.monotonic, draw: Callable[[], float] = random.random,
                  sleep: Callable[[float], None] = time.sleep, exit_process: Callable[[int], object] = os._exit,
                  health_interval_s: float = _HEALTH_INTERVAL_S) -> None:
@@ -79,8 +87,13 @@ class Worker:
         self.engine: EngineApi = engine or EngineClient(
             settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
             async_response_timeout_ms=w.async_response_timeout_ms)
-        self.store: StoreApi = store or ContextStore(settings.database, provider=settings.ollama.provider)
+        context = store or ContextStore(settings.database, provider=settings.ollama.provider)
+        self.store: StoreApi = context
         self.llm: LlmApi = llm or LlmClient(settings.ollama)
+        if models is None:
+            if not isinstance(context, ContextStore):
+                raise TypeError("a store that is not a ContextStore comes with its models table (models=...)")
+            models = ModelTable(context, settings.ollama.provider)
         self._clock = clock
         self._draw = draw
         self._sleep = sleep
@@ -88,7 +101,15 @@ class Worker:
         self._health_interval_s = health_interval_s
         self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping, clock=clock, draw=draw)
         self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping, clock=clock, draw=draw)
-        self.handler = TaskHandler(settings, self.store, self.llm, self.store_gate, self.llm_gate)
+        self.configs = TaskConfigs(settings, ModelRegistry(settings.registry, models.load, clock=clock))
+        self.fetch_variables = FetchVariables(settings.task)
+        self.handler = TaskHandler(settings, self.store, self.llm, self.configs,
+                                   store_gate=self.store_gate, llm_gate=self.llm_gate)
+        # An input row with no answer after every try of the longest call is an error, not a call running.
+        table = models
+        self._stats = StatsRefresher(settings.registry.stats_interval_s, lambda: table.refresh_stats(
+            window_s=settings.registry.stats_window_s, min_age_s=0.9 * settings.registry.stats_interval_s,
+            unanswered_after_s=settings.ollama.timeout_s * settings.ollama.attempts, worker_id=w.id))
         self.counters = Counters()
         self._runs: dict[str, TaskRun] = {}
         self._cond = threading.Condition()
@@ -108,6 +129,7 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         self.store.open()
         self._heartbeat.start()
+        self._stats.start()
         self._poll_thread.start()
         self._log.info("worker.started", topics=self.settings.worker.topics,
                        max_tasks_in_flight=self.settings.worker.max_tasks_in_flight)
@@ -142,9 +164,9 @@ class Worker:
             free = self._wait_for_capacity()
             if free == 0 or not self._dependencies_up():
                 continue
+            variables = self.fetch_variables.names(self.settings.worker.topics)
             try:
-                tasks = self.engine.fetch_and_lock(
-                    self.settings.worker.topics, max_tasks=free, variables=requested_variables(self.settings.task))
+                tasks = self.engine.fetch_and_lock(self.settings.worker.topics, max_tasks=free, variables=variables)
             except EngineError as exc:
                 delay = backoff.next_delay_s()
                 self._log.warning("engine.fetch_failed", error=str(exc), retry_in_s=round(delay, 2))
@@ -152,7 +174,7 @@ class Worker:
                 continue
             backoff.reset()
             for task in tasks:
-                self._dispatch(task)
+                self._dispatch(task, frozenset(variables))
 
     def _wait_for_capacity(self) -> int:
         limit = self.settings.worker.max_tasks_in_flight
@@ -165,12 +187,19 @@ class Worker:
         # While Ollama or PostgreSQL is down, fetched tasks could only fail and burn their retries.
         return self.store_gate.wait_until_up(self._stopping) and self.llm_gate.wait_until_up(self._stopping)
 
-    def _dispatch(self, task: Task) -> None:
+    def _dispatch(self, task: Task, fetched: frozenset[str]) -> None:
         self.counters.add("fetched")
         log = self._task_log(task)
         if self._stopping.is_set():
             # Locked by a poll that returned after the stop: hand it straight back.
             self._unlock(task, log, "shutdown")
+            return
+        missing = self._unfetched_variables(task, fetched)
+        if missing:
+            # Its templates read variables this fetch didn't ask for: the next fetch asks for them, and
+            # the engine resolves each from the task's execution (local before process) as it does here.
+            self.fetch_variables.learn(task.topic, missing)
+            self._unlock(task, log, f"fetch again with variables {', '.join(sorted(missing))}")
             return
         run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_ms, clock=self._clock)
         with self._cond:
@@ -191,6 +220,12 @@ class Worker:
             return
         log.info("task.fetched", retries=task.retries)
         threading.Thread(target=self._run_task, args=(run,), name=f"procos-task-{task.id[:8]}", daemon=True).start()
+
+    def _unfetched_variables(self, task: Task, fetched: frozenset[str]) -> frozenset[str]:
+        try:
+            return self.configs.variables_needed(task) - fetched
+        except TaskConfigError:
+            return frozenset()  # a modelling mistake: the handler raises it again, as an incident
 
     # -- one task --------------------------------------------------------------------------------
 
@@ -240,7 +275,7 @@ class Worker:
 
     def _send(self, task: Task, outcome: Outcome) -> None:
         if isinstance(outcome, Complete):
-            self.engine.complete(task.id, outcome.variables)
+            self.engine.complete(task.id, outcome.variables, outcome.local_variables)
         elif isinstance(outcome, Failure):
             self.engine.handle_failure(task.id, message=outcome.message, details=outcome.details,
                                        retries=outcome.retries, retry_timeout_ms=outcome.retry_timeout_ms)
@@ -294,6 +329,7 @@ class Worker:
             self._poll_thread.join(timeout=_POLL_RETURN_S)
             self._sweep()
         self._heartbeat.stop()
+        self._stats.stop()
         self.store.close()
         self.engine.close()
         self._write_health("stopped")

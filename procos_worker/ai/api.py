@@ -5,7 +5,8 @@ can't be reached and the other ``TaskError``s of ``errors`` for what it answers.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from procos_worker.models import LlmResult
 
@@ -15,6 +16,7 @@ __all__ = ["LlmApi"]
 class LlmApi(Protocol):
     """Chat with a model; list the models (see ``ai.llm.LlmClient``)."""
 
-    def chat(self, messages: list[dict[str, str]], *, model: str | None = None) -> LlmResult: ...
+    def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
+             options: Mapping[str, Any] | None = None) -> LlmResult: ...
 
     def ping(self) -> list[str]: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from contextlib import closing
 from typing import Any, TypeVar, cast
 
@@ -57,33 +57,37 @@ class LlmClient:
         self._settings = settings
         self._client = ollama.Client(host=settings.base_url, timeout=settings.timeout_s)
 
-    def chat(self, messages: list[dict[str, str]], *, model: str | None = None) -> LlmResult:
-        """Ask the model; raise a project error that says what to do next."""
+    def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
+             options: Mapping[str, Any] | None = None) -> LlmResult:
+        """Ask ``model`` (default OLLAMA_MODEL) with ``options`` (default OLLAMA_OPTIONS); raise a project
+        error that says what to do next."""
         retrying = Retrying(
             retry=retry_if_exception_type(LlmBusy),
             stop=stop_after_attempt(self._settings.attempts),
             wait=wait_exponential_jitter(multiplier=0.5, max=5.0),
             reraise=True,
         )
-        return retrying(self._chat_once, messages, model or self._settings.model)
+        return retrying(self._chat_once, messages, model or self._settings.model,
+                        self._settings.options if options is None else options)
 
     def ping(self) -> list[str]:
         """The models the server has; raises like ``chat`` when it can't be reached."""
         listing = self._converting(self._client.list, self._settings.model)
         return [m.model for m in listing.models if m.model]
 
-    def _chat_once(self, messages: list[dict[str, str]], model: str) -> LlmResult:
+    def _chat_once(self, messages: list[dict[str, str]], model: str, options: Mapping[str, Any]) -> LlmResult:
         started = time.perf_counter()
-        return self._converting(lambda: self._stream_chat(messages, model, started), model)
+        return self._converting(lambda: self._stream_chat(messages, model, options, started), model)
 
-    def _stream_chat(self, messages: list[dict[str, str]], model: str, started: float) -> LlmResult:
+    def _stream_chat(self, messages: list[dict[str, str]], model: str, options: Mapping[str, Any],
+                     started: float) -> LlmResult:
         """Streamed, so a huge answer is held about twice (its pieces, then the joined text) instead of
         four times (raw body, decoded text, parsed JSON, model), and OLLAMA_TIMEOUT_S bounds the whole
         generation rather than each read."""
         parts = cast(Generator[ollama.ChatResponse, None, None], self._client.chat(
             model=model,
             messages=_wire_safe(messages),
-            options=self._settings.options or None,
+            options=dict(options) or None,
             keep_alive=self._settings.keep_alive,
             stream=True,
         ))
@@ -138,13 +142,15 @@ def _from_status(status: int, error: Any, model: str, where: str) -> Exception:
     details = f"Ollama at {where} answered HTTP {status}: {error}"
     if status == 404:
         return ModelNotFound(
-            f"model '{model}' is not on the Ollama server at {where}: pull or create it, or fix OLLAMA_MODEL",
+            f"model '{model}' is not on the Ollama server at {where}: pull or create it, or fix procos.model / "
+            "TASK_TOPIC_DEFAULTS / OLLAMA_MODEL",
             details=details,
         )
     if 400 <= status < 500 or _BAD_OPTION.search(str(error)):
         # Ollama 0.24 answers an option of the wrong type (OLLAMA_OPTIONS {"num_ctx": "abc"}) with a 500.
         return LlmRequestInvalid(
-            f"Ollama rejected the request ({status}: {str(error)[:200]}); check OLLAMA_OPTIONS and the model",
+            f"Ollama rejected the request ({status}: {str(error)[:200]}); check the options (procos.options, "
+            "TASK_TOPIC_DEFAULTS, config_data in procos_ai_models, OLLAMA_OPTIONS) and the model",
             details=details,
         )
     return LlmBusy(f"Ollama busy or failing (HTTP {status})", details=details)

@@ -1,16 +1,18 @@
-"""What the task pipeline needs of the context store, as a ``Protocol`` (``ContextStore`` is the real
-one; ``procos_testkit`` has an in-memory one). Implementations raise ``StoreUnavailable`` when
-PostgreSQL can't be reached and other ``ProcosError``s for everything else.
+"""What the worker needs of PostgreSQL, as ``Protocol``s: the context store's writes (``ContextStore``)
+and the model table the registry reads (``ModelTable``); ``procos_testkit`` has in-memory ones.
+Implementations raise ``StoreUnavailable`` when PostgreSQL can't be reached and other
+``ProcosError``s for everything else.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 from uuid import UUID
 
-from procos_worker.models import LlmResult, StoredOutput, Task, TaskInputs
+from procos_worker.models import LlmResult, ModelRow, StoredOutput, Task, TaskInputs
 
-__all__ = ["StoreApi"]
+__all__ = ["ModelTableApi", "StoreApi"]
 
 
 class StoreApi(Protocol):
@@ -22,6 +24,17 @@ class StoreApi(Protocol):
 
     def ping(self) -> None: ...
 
-    def save_input(self, task: Task, inputs: TaskInputs, prompt: str) -> tuple[UUID, StoredOutput | None]: ...
+    def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
+                   model: str, options: Mapping[str, Any]) -> tuple[UUID, StoredOutput | None]: ...
 
-    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None) -> StoredOutput: ...
+    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *,
+                    prompt_chars: int | None = None) -> StoredOutput: ...
+
+
+class ModelTableApi(Protocol):
+    """procos_ai_models for one provider (see ``store.registry.ModelTable``)."""
+
+    def load(self) -> list[ModelRow]: ...
+
+    def refresh_stats(self, *, window_s: float, min_age_s: float, unanswered_after_s: float,
+                      worker_id: str) -> int | None: ...

@@ -9,7 +9,9 @@ import pytest
 import structlog
 
 from procos_testkit.memory_llm import ScriptedLlm
-from procos_testkit.memory_store import InMemoryStore
+from procos_testkit.memory_store import InMemoryModels, InMemoryStore
+from procos_worker.ai.registry import ModelRegistry
+from procos_worker.ai.taskconfig import TaskConfigs
 from procos_worker.errors import InputError, LlmBusy, StoreUnavailable, VariableTooLong
 from procos_worker.flags import build_flags
 from procos_worker.gate import ServiceGate
@@ -27,10 +29,11 @@ def task(query: str | None = "What is BPMN?", **variables: str) -> Task:
                 variables={k: Variable(value=v) for k, v in given.items()})
 
 
-def handler(store: InMemoryStore, llm: ScriptedLlm) -> TaskHandler:
-    gates = (ServiceGate("postgresql", SETTINGS.backoff, store.ping, draw=lambda: 0.5),
-             ServiceGate("ollama", SETTINGS.backoff, llm.ping, draw=lambda: 0.5))
-    return TaskHandler(SETTINGS, store, llm, *gates)
+def handler(store: InMemoryStore, llm: ScriptedLlm, models: InMemoryModels | None = None) -> TaskHandler:
+    configs = TaskConfigs(SETTINGS, ModelRegistry(SETTINGS.registry, (models or InMemoryModels()).load))
+    return TaskHandler(SETTINGS, store, llm, configs,
+                       store_gate=ServiceGate("postgresql", SETTINGS.backoff, store.ping, draw=lambda: 0.5),
+                       llm_gate=ServiceGate("ollama", SETTINGS.backoff, llm.ping, draw=lambda: 0.5))
 
 
 def test_inputs_then_input_row_then_llm_then_output_row_then_complete() -> None:
@@ -90,7 +93,7 @@ def test_an_outage_ends_the_pipeline_when_the_run_is_cancelled() -> None:
 
 def test_a_flag_that_would_not_fit_camunda_is_an_error_after_storing() -> None:
     store, llm = InMemoryStore(), ScriptedLlm()
-    llm.model = "m" * 4001
+    llm.answered_model = "m" * 4001  # whatever the server says it ran ends up in ai_model
     with pytest.raises(VariableTooLong, match="ai_model"):
         handler(store, llm).handle(task(), threading.Event(), LOG)
     assert "t-1" in store.outputs, "the answer is kept"

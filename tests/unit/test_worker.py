@@ -28,6 +28,7 @@ from procos_worker.errors import (
 from procos_worker.flags import build_flags
 from procos_worker.health import HealthRecord
 from procos_worker.settings import Settings
+from procos_worker.store.context import ContextStore
 from procos_worker.worker import Worker
 
 pytestmark = pytest.mark.timeout(20)
@@ -85,7 +86,7 @@ def test_a_task_is_completed_with_the_flags_of_its_stored_row(doubles: Doubles, 
 
     stored, text = doubles.store.outputs[task_id]
     assert text == doubles.llm.answer
-    assert doubles.engine.tasks[task_id].reported == {"variables": build_flags(stored)}
+    assert doubles.engine.tasks[task_id].reported == {"variables": build_flags(stored), "local_variables": {}}
     fetch = doubles.engine.calls_to("fetch_and_lock")[0].args
     assert fetch == {"topics": ["ai-query"], "max_tasks": 2, "variables": ["query", "context", "system_prompt"]}
     assert running.worker.counters.as_dict() == {"fetched": 1, "completed": 1, "failed": 0, "bpmn_errors": 0,
@@ -137,6 +138,35 @@ def test_a_bug_is_an_incident_with_its_traceback(doubles: Doubles, start: Callab
     assert reported["message"] == "procos-worker internal error: ZeroDivisionError: a bug"
     assert "Traceback" in reported["details"] and "save_input" in reported["details"]
     assert _events(logs, "task.unexpected_error", task_id=task_id)
+
+
+def test_a_task_whose_template_reads_an_unfetched_variable_is_fetched_again_with_it(
+    doubles: Doubles, start: Callable[..., RunningWorker], logs: Logs,
+) -> None:
+    task_id = doubles.engine.add_task({"ticket": "printer on fire"},
+                                      properties={"procos.prompt": "Summarise: {{ ticket }}"})
+    start()
+    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
+    assert _events(logs, "task.released", task_id=task_id, reason="fetch again with variables ticket")
+    polls = [c.args["variables"] for c in doubles.engine.calls_to("fetch_and_lock")]
+    assert "ticket" not in polls[0] and "ticket" in polls[-1]
+    assert doubles.store.inputs[task_id].prompt == "Summarise: printer on fire"
+
+
+def test_a_bad_task_property_is_an_incident_naming_it(doubles: Doubles, start: Callable[..., RunningWorker]) -> None:
+    task_id = doubles.engine.add_task({"query": "q"}, properties={"procos.resultScope": "everywhere"})
+    start()
+    _soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
+    assert "procos.resultScope" in doubles.engine.tasks[task_id].reported["message"]
+    assert not doubles.llm.calls
+
+
+def test_a_store_of_its_own_comes_with_its_model_table(doubles: Doubles,
+                                                       unit_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(TypeError, match="models="):
+        Worker(unit_settings(), engine=doubles.engine, store=doubles.store, llm=doubles.llm)
+    # The real clients are only built, not connected.
+    assert isinstance(Worker(unit_settings()).store, ContextStore)
 
 
 # -- reporting ---------------------------------------------------------------------------------------
