@@ -4,7 +4,10 @@
 
     ProcosError
     ├── TaskError                  raised while handling one task; ``outcomes.outcome_for`` maps it
-    │   ├── InputError             -> BPMN error: code TASK_INPUT_ERROR_CODE, nothing stored
+    │   ├── BusinessError          -> BPMN error: with the class's ``code``; the process model handles it
+    │   │   ├── InputError         inputs missing or unusable (code TASK_INPUT_ERROR_CODE, by default
+    │   │   │                      AI_INPUT_INVALID), nothing stored
+    │   │   └── PromptTooLong      the prompt does not fit the model's context (AI_PROMPT_TOO_LONG)
     │   ├── TransientError         -> failure: retries - 1, exponential retryTimeout
     │   │   └── LlmBusy            Ollama 503/5xx or a timeout, after the in-process tries
     │   └── PermanentError         -> incident: a failure with retries 0; the message says what to
@@ -41,6 +44,7 @@ its traceback.
 from __future__ import annotations
 
 __all__ = [
+    "BusinessError",
     "EngineError",
     "EngineRejected",
     "EngineUnavailable",
@@ -53,6 +57,7 @@ __all__ = [
     "ModelRefused",
     "PermanentError",
     "ProcosError",
+    "PromptTooLong",
     "ServiceUnavailable",
     "StoreUnavailable",
     "TaskConfigError",
@@ -75,8 +80,22 @@ class TaskError(ProcosError):
     """An error about one task, turned into its Camunda outcome by ``outcomes.outcome_for``."""
 
 
-class InputError(TaskError):
-    """The task's variables are missing or unusable: the process model must handle it (BPMN error)."""
+class BusinessError(TaskError):
+    """The process model must handle it: a BPMN error with ``code`` (catch it with a boundary event)."""
+
+    code = "AI_ERROR"
+
+
+class InputError(BusinessError):
+    """The task's variables are missing or unusable (the code is TASK_INPUT_ERROR_CODE)."""
+
+    code = "AI_INPUT_INVALID"
+
+
+class PromptTooLong(BusinessError):
+    """The prompt does not fit the model's context window, and it may not be cut."""
+
+    code = "AI_PROMPT_TOO_LONG"
 
 
 class TransientError(TaskError):

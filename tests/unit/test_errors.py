@@ -112,7 +112,9 @@ def test_every_handler_error_has_the_outcome_of_its_branch(cls: type[errors.Task
     outcome = outcome_for(cls("what happened", details="the whole story"), TASK, SETTINGS)
     expected = OUTCOMES[cls.__name__]
     if expected == "BPMN error":
-        assert outcome == BpmnError(code="AI_INPUT_INVALID", message="what happened")
+        assert issubclass(cls, errors.BusinessError)
+        code = SETTINGS.task.input_error_code if issubclass(cls, errors.InputError) else cls.code
+        assert outcome == BpmnError(code=code, message="what happened")
     elif expected == "failure":
         assert outcome == Failure(message="what happened", details="the whole story", retries=2,
                                   retry_timeout_ms=1000)

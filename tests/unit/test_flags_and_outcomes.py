@@ -121,3 +121,10 @@ def test_only_the_handlers_errors_have_an_outcome() -> None:
 
 def test_retry_timeout_caps() -> None:
     assert [retry_timeout_ms(n, SETTINGS) for n in range(4)] == [1000, 2000, 3000, 3000]
+
+
+def test_a_prompt_too_long_is_the_bpmn_error_ai_prompt_too_long() -> None:
+    from procos_worker.errors import PromptTooLong
+
+    outcome = outcome_for(PromptTooLong("the prompt does not fit"), _task(None), SETTINGS)
+    assert outcome == BpmnError(code="AI_PROMPT_TOO_LONG", message="the prompt does not fit")
