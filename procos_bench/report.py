@@ -20,6 +20,7 @@ TARGETS = {
     "p4_rss_ratio": "<= 4",
     "p5_scaleout_ratio": ">= 3.2",
     "p5_duplicates": "0",
+    "p5_worker_cpu_ratio": "<= 0.15",
 }
 
 
@@ -52,6 +53,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "p4_rss_ratio": _m(p4.get("rss_ratio")),
         "p5_scaleout_ratio": _m(p5.get("ratio")),
         "p5_duplicates": p5.get("duplicates"),
+        # Measured in the P1 runs: worker CPU ms per task / (Camunda + PostgreSQL CPU ms per task).
+        "p5_worker_cpu_ratio": _m(p1.get("worker_cpu_ratio")),
     }
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
@@ -69,25 +72,9 @@ def _cpu(c: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {c[k]:.0f}" for k in keys if k in c) + f"; machine {c['machine_busy_pct_of_one_core']:.0f}"
 
 
-def _headline_rows(results: dict[str, Any]) -> list[str]:
-    lines = [
-        "| # | measure | procos-worker | baseline | ratio median (min-max) | target |",
-        "|---|---|---|---|---|---|",
-    ]
-    names = ("p1", "p2", "p3", "p3s", "p4", "p5")
-    failed = {k for k in names if "error" in (results.get(k) or {})}
-    p1, p2, p3, p3s, p4, p5 = ({} if k in failed else results.get(k) or {} for k in names)
-    if p1:
-        lines.append(f"| P1 | tasks/s, instant LLM, full storage, {p1['in_flight']} in flight vs raw-REST ceiling "
-                     f"({p1['in_flight']} threads, keep-alive) | {_fmt(p1.get('procos'))} | {_fmt(p1.get('ceiling'))} "
-                     f"| {_fmt(p1.get('ratio'), 2)} | {TARGETS['p1_ratio_vs_ceiling']} |")
-    if p2:
-        lines.append(f"| P2 | tasks/s, {p2['delay_ms']} ms LLM, WORKER_MAX_TASKS_IN_FLIGHT={p2['in_flight']} "
-                     f"vs library ExternalTaskWorker | {_fmt(p2.get('procos'))} | {_fmt(p2.get('library'))} "
-                     f"| {_fmt(p2.get('ratio'), 2)} | {TARGETS['p2_ratio_vs_library_worker']} |")
-        if p2.get("ratio_default"):
-            lines.append(f"| P2' | same, default in-flight (4) | {_fmt(p2.get('procos_default'))} "
-                         f"| {_fmt(p2.get('library'))} | {_fmt(p2.get('ratio_default'), 2)} | - |")
+def _p3_rows(p3: dict[str, Any], p3s: dict[str, Any]) -> list[str]:
+    """P3 and P3s: the worker's time per task on the real model against the bare chat."""
+    lines: list[str] = []
     if p3.get("ratio"):
         lines.append(f"| P3 | seconds per task, real {p3['model']} (num_predict {p3['options']['num_predict']}, "
                      f"temperature 0, seed {p3['options']['seed']}); worker's fetched->completed vs bare chat "
@@ -105,6 +92,34 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
                      f"| {_fmt(p3s.get('ratio'), 3)} | {TARGETS['p3_structured_overhead_ratio']} |")
     elif p3s:
         lines.append(f"| P3s | skipped: {p3s.get('skipped')} | | | | |")
+    return lines
+
+
+def _headline_rows(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| # | measure | procos-worker | baseline | ratio median (min-max) | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    names = ("p1", "p2", "p3", "p3s", "p4", "p5")
+    failed = {k for k in names if "error" in (results.get(k) or {})}
+    p1, p2, p3, p3s, p4, p5 = ({} if k in failed else results.get(k) or {} for k in names)
+    if p1:
+        lines.append(f"| P1 | tasks/s, instant LLM, full storage, {p1['in_flight']} in flight vs raw-REST ceiling "
+                     f"({p1['in_flight']} threads, keep-alive) | {_fmt(p1.get('procos'))} | {_fmt(p1.get('ceiling'))} "
+                     f"| {_fmt(p1.get('ratio'), 2)} | {TARGETS['p1_ratio_vs_ceiling']} |")
+    if p1.get("worker_cpu_ratio"):
+        ms = p1["cpu_ms_per_task"]
+        lines.append(f"| P5' | CPU ms per task in P1: worker / (Camunda + PostgreSQL) | {_fmt(ms['worker'], 2)} ms "
+                     f"| {_fmt(ms['camunda'], 2)} + {_fmt(ms['postgres'], 2)} ms "
+                     f"| {_fmt(p1['worker_cpu_ratio'], 3)} | {TARGETS['p5_worker_cpu_ratio']} |")
+    if p2:
+        lines.append(f"| P2 | tasks/s, {p2['delay_ms']} ms LLM, WORKER_MAX_TASKS_IN_FLIGHT={p2['in_flight']} "
+                     f"vs library ExternalTaskWorker | {_fmt(p2.get('procos'))} | {_fmt(p2.get('library'))} "
+                     f"| {_fmt(p2.get('ratio'), 2)} | {TARGETS['p2_ratio_vs_library_worker']} |")
+        if p2.get("ratio_default"):
+            lines.append(f"| P2' | same, default in-flight (4) | {_fmt(p2.get('procos_default'))} "
+                         f"| {_fmt(p2.get('library'))} | {_fmt(p2.get('ratio_default'), 2)} | - |")
+    lines += _p3_rows(p3, p3s)
     if p4:
         lines.append(f"| P4 | {p4['answer_bytes'] / 2**20:g} MiB answer: wall s (release -> completed); "
                      f"peak / idle RSS MiB | {_fmt(p4.get('wall_s'), 2)} s | "

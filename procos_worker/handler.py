@@ -16,7 +16,8 @@ from uuid import UUID
 
 from structlog.stdlib import BoundLogger
 
-from procos_worker.ai.llm import LlmClient, build_messages
+from procos_worker.ai.api import LlmApi
+from procos_worker.ai.llm import build_messages
 from procos_worker.ai.structured import Checked, StructuredOutput, check_answer, output_invalid, repair_messages
 from procos_worker.ai.taskconfig import TaskConfig, TaskConfigs
 from procos_worker.errors import PermanentError
@@ -26,7 +27,7 @@ from procos_worker.inputs import build_inputs
 from procos_worker.models import Complete, LlmResult, StoredOutput, Task, TaskInputs, TypedValue
 from procos_worker.outcomes import complete
 from procos_worker.settings import Settings
-from procos_worker.store.context import ContextStore
+from procos_worker.store.api import StoreApi
 
 __all__ = ["TaskHandler"]
 
@@ -58,7 +59,7 @@ class _Attempt:
 class TaskHandler:
     """Runs the pipeline for one task at a time per call (many calls run in parallel threads)."""
 
-    def __init__(self, settings: Settings, store: ContextStore, llm: LlmClient, configs: TaskConfigs, *,
+    def __init__(self, settings: Settings, store: StoreApi, llm: LlmApi, configs: TaskConfigs, *,
                  store_gate: ServiceGate, llm_gate: ServiceGate) -> None:
         self._settings = settings
         self._store = store
@@ -163,8 +164,8 @@ class TaskHandler:
                                            context_type=context_type, extra=extra),
             step.cancel)
         if stored is None:
-            step.log.info("task.input_stored", prompt_length=len(messages[-1]["content"]), model=config.model,
-                          store_s=round(time.perf_counter() - t0, 4))
+            step.log.debug("task.input_stored", prompt_length=len(messages[-1]["content"]), model=config.model,
+                           store_s=round(time.perf_counter() - t0, 4))
         return input_id, stored
 
     def _chat(self, step: _Step, messages: Messages, *, format: Mapping[str, Any] | None = None) -> LlmResult:
@@ -173,9 +174,9 @@ class TaskHandler:
         result = self._llm_gate.call(
             lambda: self._llm.chat(messages, model=config.model, options=config.options, format=format),
             step.cancel)
-        step.log.info("task.llm_answered", response_length=len(result.content),
-                      llm_s=round(time.perf_counter() - t0, 4), eval_count=result.eval_count,
-                      prompt_eval_count=result.prompt_eval_count, done_reason=result.done_reason)
+        step.log.debug("task.llm_answered", response_length=len(result.content),
+                       llm_s=round(time.perf_counter() - t0, 4), eval_count=result.eval_count,
+                       prompt_eval_count=result.prompt_eval_count, done_reason=result.done_reason)
         return result
 
     def _save_output(self, step: _Step, result: LlmResult, input_id: UUID, messages: Messages, *,
@@ -186,8 +187,8 @@ class TaskHandler:
             lambda: self._store.save_output(step.task, result, input_id, prompt_chars=prompt_chars,
                                             context_type=context_type, extra=extra),
             step.cancel)
-        step.log.info("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t0, 4),
-                      context_type=context_type)
+        step.log.debug("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t0, 4),
+                       context_type=context_type)
         return output
 
 
