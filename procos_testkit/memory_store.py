@@ -73,6 +73,8 @@ class InMemoryStore(Scripted):
         with self._lock:
             if context_type == "input":
                 row = self.inputs.setdefault(task.id, row)
+                self._context(row.id, task, context_type, row.prompt,
+                              {"messages": [dict(m) for m in row.messages], **row.extra})
             else:
                 data = {"messages": [dict(m) for m in row.messages], **row.extra}
                 kept = self.attempts.setdefault((task.id, context_type), self._context(
