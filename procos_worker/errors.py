@@ -7,7 +7,9 @@
     │   ├── BusinessError          -> BPMN error: with the class's ``code``; the process model handles it
     │   │   ├── InputError         inputs missing or unusable (code TASK_INPUT_ERROR_CODE, by default
     │   │   │                      AI_INPUT_INVALID), nothing stored
-    │   │   └── PromptTooLong      the prompt does not fit the model's context (AI_PROMPT_TOO_LONG)
+    │   │   ├── PromptTooLong      the prompt does not fit the model's context (AI_PROMPT_TOO_LONG)
+    │   │   └── OutputInvalid      a structured answer still breaks procos.outputSchema after the repair
+    │   │                          attempts (AI_OUTPUT_INVALID); the message names the stored answers
     │   ├── TransientError         -> failure: retries - 1, exponential retryTimeout
     │   │   └── LlmBusy            Ollama 503/5xx or a timeout, after the in-process tries
     │   └── PermanentError         -> incident: a failure with retries 0; the message says what to
@@ -58,6 +60,7 @@ __all__ = [
     "LockLost",
     "ModelNotFound",
     "ModelRefused",
+    "OutputInvalid",
     "PermanentError",
     "ProcosError",
     "PromptTooLong",
@@ -99,6 +102,13 @@ class PromptTooLong(BusinessError):
     """The prompt does not fit the model's context window, and it may not be cut."""
 
     code = "AI_PROMPT_TOO_LONG"
+
+
+class OutputInvalid(BusinessError):
+    """The model's structured answer still does not match the task's ``procos.outputSchema`` after
+    TASK_OUTPUT_REPAIR_ATTEMPTS repairs; every answer is stored and the message names their rows."""
+
+    code = "AI_OUTPUT_INVALID"
 
 
 class TransientError(TaskError):

@@ -176,6 +176,10 @@ class TaskSettings(BaseModel):
     input_error_code: str = "AI_INPUT_INVALID"
     # Camunda's REST JSON reader refuses strings over 20,000,000 characters anyway.
     max_input_chars: int = Field(default=20_000_000, ge=1)
+    # A structured answer (procos.outputSchema) that breaks its schema is asked again this many times, with
+    # the validation errors, before the task ends with AI_OUTPUT_INVALID.
+    output_repair_attempts: int = Field(default=2, ge=0, le=10,
+                                        description="repairs of a structured answer that breaks its schema")
     # {topic: {"procos.model": "...", "procos.options": {...}, ...}}: the task's extension properties'
     # names and values, used where a task doesn't set them (checked by ai.taskconfig when the worker starts).
     topic_defaults: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(

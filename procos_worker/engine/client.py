@@ -7,7 +7,10 @@ which are added here. Every call shares one keep-alive ``requests.Session`` (``e
 carries the login (``engine.auth``).
 
 It sends what it is given: every limit of the engine is checked where outcomes are built
-(``procos_worker.outcomes``). Errors are converted here and nowhere else: connection errors, timeouts and 5xx ->
+(``procos_worker.outcomes``). A plain value goes as ``{"value": v}`` (the engine infers its type: a
+JSON integer becomes an Integer); a ``TypedValue`` goes as ``{"value": v, "type": t}``.
+
+Errors are converted here and nowhere else: connection errors, timeouts and 5xx ->
 ``EngineUnavailable``; 404 (the task is gone) and the 400s that mean the lock is no longer ours ->
 ``LockLost``; any other 4xx -> ``EngineRejected``. The library raises a bare ``Exception("received
 <status> : <type> : <message>")`` for most failures, so the status is read back from that text.
@@ -25,7 +28,7 @@ from procos_worker.engine.fetch import FetchOrder, Subscription
 from procos_worker.engine.library import LibraryClient
 from procos_worker.engine.session import engine_session
 from procos_worker.errors import EngineError, EngineRejected, EngineUnavailable, LockLost
-from procos_worker.models import Task
+from procos_worker.models import Task, TypedValue
 from procos_worker.settings import CamundaSettings
 
 __all__ = ["EngineClient"]
@@ -76,7 +79,7 @@ class EngineClient:
                  local_variables: Mapping[str, Any] | None = None) -> None:
         """``local_variables`` are set in the task's own scope (its activity instance), ``variables`` in
         the process instance's (where they exist, else at the top)."""
-        self._converting(lambda: self._client.complete(task_id, dict(variables), dict(local_variables or {})),
+        self._converting(lambda: self._client.complete(task_id, _wire(variables), _wire(local_variables or {})),
                          task_id=task_id)
 
     def handle_failure(self, task_id: str, *, message: str, details: str, retries: int,
@@ -89,7 +92,7 @@ class EngineClient:
     def handle_bpmn_error(self, task_id: str, *, code: str, message: str,
                           variables: Mapping[str, Any] | None = None) -> None:
         self._converting(
-            lambda: self._client.bpmn_failure(task_id, code, message, dict(variables or {})),
+            lambda: self._client.bpmn_failure(task_id, code, message, _wire(variables or {})),
             task_id=task_id,
         )
 
@@ -146,6 +149,13 @@ class EngineClient:
                 raise
             status, error_type, message = int(match.group(1)), match.group(2) or "", match.group(3) or ""
             raise _classify(status, error_type.strip(), message.strip(), task_id) from exc
+
+
+def _wire(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Typed values as Camunda's ``{"value", "type"}`` (the library passes a dict holding "value" through
+    as it is, and wraps anything else as ``{"value": v}``)."""
+    return {name: {"value": v.value, "type": v.type} if isinstance(v, TypedValue) else v
+            for name, v in variables.items()}
 
 
 def _raise_for(response: requests.Response, task_id: str | None = None) -> None:

@@ -4,6 +4,11 @@ Writes are keyed by (task_id, context_type) (unique index in sql/init-db.sql): a
 after a crash or an expired lock finds its rows instead of writing second ones. Each write is one
 autocommitted statement, so a row the worker sees has been committed.
 
+Row types: ``input`` and ``output`` (the answer the task completes with). A structured task
+(``procos.outputSchema``) also writes, per answer that breaks its schema, ``invalid_output_<n>`` (the
+answer of attempt n) and ``repair_input_<n+1>`` (the request to repair it); ``output`` is written only
+for an answer that passed the check.
+
 psycopg errors are turned into the project's errors here: can't connect / connection lost ->
 ``StoreUnavailable`` (the worker waits for the database); anything else PostgreSQL rejects ->
 ``PermanentError`` (an incident, with PostgreSQL's message).
@@ -41,7 +46,7 @@ _INSERT_OUTPUT = f"""
     INSERT INTO procos_ai_context
         (process_instance_id, task_id, activity_id, process_definition_key, activity_instance_id,
          context_type, content_data, content_text, ai_provider, model_used, token_usage)
-    VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s, 'output',
+    VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s, %(type)s,
             jsonb_build_object('content', {{text}}) || %(meta)s::jsonb, {{text}},
             %(provider)s, %(model)s, %(usage)s)
     ON CONFLICT (task_id, context_type) DO NOTHING
@@ -104,11 +109,13 @@ class ContextStore:
     # -- worker writes ---------------------------------------------------------------------------
 
     def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
-                   model: str, options: Mapping[str, Any]) -> tuple[UUID, StoredOutput | None]:
+                   model: str, options: Mapping[str, Any], context_type: str = "input",
+                   extra: Mapping[str, Any] | None = None) -> tuple[UUID, StoredOutput | None]:
         """Store what the model is asked (once per task id): every message in order, the inputs they were
         made from (variables, or templates and the values they used), the model and its options; in the
         same round trip look for an output row an earlier attempt committed. Returns (input row id, that
-        output or None).
+        output or None). ``context_type``: ``repair_input_<n>`` for a structured task's repair request;
+        ``extra`` goes into ``content_data`` too (the output schema, the attempt).
         """
         prompt = messages[-1]["content"]
         data: dict[str, Any] = {
@@ -126,6 +133,7 @@ class ContextStore:
         if inputs.templates:
             data["templates"] = dict(inputs.templates)
             data["variables"] = dict(inputs.template_variables)
+        data.update(extra or {})
         data, text = _storable(data, prompt)
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
@@ -137,19 +145,20 @@ class ContextStore:
                         (process_instance_id, task_id, activity_id, process_definition_key,
                          activity_instance_id, context_type, content_data, content_text, ai_provider, model_used)
                     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s,
-                            'input', %(data)s, %(text)s, %(provider)s, %(model)s)
+                            %(type)s, %(data)s, %(text)s, %(provider)s, %(model)s)
                     ON CONFLICT (task_id, context_type) DO NOTHING
                     RETURNING id
                 )
                 SELECT COALESCE((SELECT id FROM ins),
                                 (SELECT id FROM procos_ai_context
-                                 WHERE task_id = %(task)s AND context_type = 'input')) AS input_id,
+                                 WHERE task_id = %(task)s AND context_type = %(type)s)) AS input_id,
                        output.*
                 FROM (SELECT 1) AS one
                 LEFT JOIN LATERAL (SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context
                                    WHERE task_id = %(task)s AND context_type = 'output') AS output ON true
                 """,
-                {**_step(task), "data": Jsonb(data), "text": text, "provider": self._provider, "model": model},
+                {**_step(task), "type": context_type, "data": Jsonb(data), "text": text, "provider": self._provider,
+                 "model": model},
             )
             row = cur.fetchone()
             assert row is not None
@@ -159,9 +168,12 @@ class ContextStore:
         return UUID(str(row["input_id"])), (None if row["id"] is None else self._to_output(row))
 
     def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *,
-                    prompt_chars: int | None = None) -> StoredOutput:
+                    prompt_chars: int | None = None, context_type: str = "output",
+                    extra: Mapping[str, Any] | None = None) -> StoredOutput:
         """Store the answer; if an earlier attempt already did, return that row instead (exactly once).
-        ``prompt_chars`` (all messages sent) goes with the token counts, for characters per token."""
+        ``prompt_chars`` (all messages sent) goes with the token counts, for characters per token.
+        ``context_type``: ``invalid_output_<n>`` for a structured answer that broke its schema; ``extra``
+        goes into ``content_data`` too (the parsed answer, the attempt, what was wrong)."""
         meta: dict[str, Any] = {
             "model": result.model,
             "done_reason": result.done_reason,
@@ -174,6 +186,7 @@ class ContextStore:
             "input_context_id": None if input_id is None else str(input_id),
             "topic": task.topic,
             "worker_id": task.worker_id,
+            **(extra or {}),
         }
         meta, text = _storable(meta, result.content)
         usage = {
@@ -190,7 +203,7 @@ class ContextStore:
             "prompt_chars": prompt_chars,
         }
 
-        params = {**_step(task), "text": text, "meta": Jsonb(meta), "provider": self._provider,
+        params = {**_step(task), "type": context_type, "text": text, "meta": Jsonb(meta), "provider": self._provider,
                   "model": result.model, "usage": Jsonb(usage)}
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
@@ -206,8 +219,8 @@ class ContextStore:
             if row is None:
                 cur.execute(
                     f"SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context "
-                    "WHERE task_id = %s AND context_type = 'output'",
-                    (task.id,),
+                    "WHERE task_id = %s AND context_type = %s",
+                    (task.id, context_type),
                 )
                 row = cur.fetchone()
             assert row is not None
@@ -229,6 +242,16 @@ class ContextStore:
                 WHERE context_type = 'input'
                   AND task_id = (SELECT task_id FROM procos_ai_context WHERE id = %s)""",
             (str(context_id),),
+        )
+        return rows[0] if rows else None
+
+    def answer_to(self, task_id: str, input_id: UUID, context_type: str) -> StoredContext | None:
+        """The row of type ``context_type`` that answered the input row ``input_id`` of task ``task_id``, if
+        an earlier delivery of the task stored one (a structured task's invalid answer, found again)."""
+        rows = self._select(
+            f"""SELECT {_ROW_COLUMNS} FROM procos_ai_context
+                WHERE task_id = %s AND context_type = %s AND content_data->>'input_context_id' = %s""",
+            (task_id, context_type, str(input_id)),
         )
         return rows[0] if rows else None
 
