@@ -1,4 +1,4 @@
-"""The ``procos-worker`` command: run, init-db, check, health."""
+"""The ``procos-worker`` command: run, init-db, check, health, context."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from procos_worker.ai.llm import LlmClient
 from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineError, ProcosError
 from procos_worker.health import HealthRecord
+from procos_worker.ops import context_cli
 from procos_worker.ops.logs import configure_logging
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
@@ -37,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 "init-db.sql")
     sub.add_parser("check", help="reach Camunda, PostgreSQL and Ollama; check the model is present")
     sub.add_parser("health", help="exit 0 if a running worker refreshed its health file recently")
+    context_cli.add_parser(sub)
     args = parser.parse_args(argv)
 
     try:
@@ -52,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _init_db(settings, args.file)
     if args.command == "check":
         return _check(settings)
+    if args.command == "context":
+        return context_cli.run(settings, args)
     return _health(settings)
 
 

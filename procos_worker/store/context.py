@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -25,7 +26,7 @@ from procos_worker import textcodec
 from procos_worker.errors import PermanentError, StoreUnavailable
 from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs
 from procos_worker.settings import DatabaseSettings
-from procos_worker.store import migrations
+from procos_worker.store import migrations, queries
 
 __all__ = ["ContextStore"]
 
@@ -220,6 +221,14 @@ class ContextStore:
                 ORDER BY created_at, context_type, id""",
             (process_instance_id,),
         )
+
+    def search(self, text: str, *, limit: int = 20, context_type: str | None = None) -> list[queries.SearchHit]:
+        """Rows whose text contains ``text``, newest first (``queries.search``)."""
+        return self._run(lambda cur: queries.search(cur, text, limit=limit, context_type=context_type))
+
+    def stats(self, *, since: datetime | None = None) -> queries.Stats:
+        """Calls, tokens and latency per model and per BPMN step (``queries.stats``)."""
+        return self._run(lambda cur: queries.stats(cur, since=since))
 
     # -- plumbing --------------------------------------------------------------------------------
 
