@@ -18,6 +18,8 @@
     │   │                          waiting: then nothing is reported (the engine no longer expects it)
     │   ├── LlmUnavailable         Ollama refuses connections
     │   └── StoreUnavailable       PostgreSQL can't be reached
+    ├── PurgeStopped               retention gave up before the end (a row lock held too long, an
+    │                              engine without history): what was deleted stays deleted, run again
     └── EngineError                raised only by the engine client (``engine.client``)
         ├── EngineUnavailable      the REST API can't be reached (refused, timeout, 5xx): the poll
         │                          loop backs off; a report is retried until it lands
@@ -43,6 +45,7 @@ __all__ = [
     "ModelNotFound",
     "PermanentError",
     "ProcosError",
+    "PurgeStopped",
     "ServiceUnavailable",
     "StoreUnavailable",
     "TaskError",
@@ -104,6 +107,10 @@ class LlmUnavailable(ServiceUnavailable):
 
 class StoreUnavailable(ServiceUnavailable):
     service = "postgresql"
+
+
+class PurgeStopped(ProcosError):
+    """A purge stopped early and safely (each batch is its own transaction)."""
 
 
 class EngineError(ProcosError):

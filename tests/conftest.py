@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from procos_testkit.engine import EngineRest
+from procos_testkit.worker_process import WorkerProcess, subprocess_env
 from procos_worker.settings import Settings, default_worker_id
 from procos_worker.store.context import ContextStore
 from procos_worker.worker import Worker
@@ -126,3 +127,19 @@ def run_worker(settings: Settings, store: ContextStore, tmp_path: Path) -> Itera
     yield start
     for running in started:
         running.stop()
+
+
+@pytest.fixture()
+def worker_process(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """``procos-worker run`` subprocesses: ``worker_process(topic, ENV=value, ...)``; stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(topic: str, **env: str) -> WorkerProcess:
+        health = tmp_path / f"health-{uuid.uuid4().hex[:6]}.json"
+        process = WorkerProcess(subprocess_env(topic, health, **env), tmp_path, name=f"worker-{len(started)}")
+        started.append(process.start())
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

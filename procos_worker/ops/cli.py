@@ -1,11 +1,11 @@
-"""The ``procos-worker`` command: run, init-db, check, health, context."""
+"""The ``procos-worker`` command: run, init-db, check, health, context, purge."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -16,8 +16,9 @@ from procos_worker.ai.llm import LlmClient
 from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineError, ProcosError
 from procos_worker.health import HealthRecord
-from procos_worker.ops import context_cli
+from procos_worker.ops import context_cli, purge_cli
 from procos_worker.ops.logs import configure_logging
+from procos_worker.retention import PurgeSchedule
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
 from procos_worker.worker import Worker
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("check", help="reach Camunda, PostgreSQL and Ollama; check the model is present")
     sub.add_parser("health", help="exit 0 if a running worker refreshed its health file recently")
     context_cli.add_parser(sub)
+    purge_cli.add_parser(sub)
     args = parser.parse_args(argv)
 
     try:
@@ -48,15 +50,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(settings)
 
-    if args.command == "run":
+    commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+        "run": lambda s, _a: _run(s),
+        "init-db": lambda s, a: _init_db(s, a.file),
+        "check": lambda s, _a: _check(s),
+        "health": lambda s, _a: _health(s),
+        "context": context_cli.run,
+        "purge": purge_cli.run,
+    }
+    return commands[args.command](settings, args)
+
+
+def _run(settings: Settings) -> int:
+    """The daemon: the worker, plus the scheduled purge when RETENTION_* asks for one."""
+    schedule = PurgeSchedule(settings)
+    schedule.start()
+    try:
         return Worker(settings).run()
-    if args.command == "init-db":
-        return _init_db(settings, args.file)
-    if args.command == "check":
-        return _check(settings)
-    if args.command == "context":
-        return context_cli.run(settings, args)
-    return _health(settings)
+    finally:
+        schedule.stop()
 
 
 def _init_db(settings: Settings, path: Path | None) -> int:

@@ -20,23 +20,21 @@ from uuid import UUID
 
 from procos_worker.errors import ProcosError
 from procos_worker.models import StoredContext
-from procos_worker.settings import Settings
+from procos_worker.settings import Settings, parse_age
 from procos_worker.store.context import ContextStore
 from procos_worker.store.queries import SearchHit, Stats
 
-__all__ = ["add_parser", "parse_age", "run"]
+__all__ = ["add_parser", "age", "run"]
 
 EXIT_NOT_FOUND, EXIT_USAGE, EXIT_POSTGRES = 1, 2, 4
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_age(text: str) -> timedelta:
-    """``90d``, ``12h``, ``30m``, ``45s``, ``2w`` -> a timedelta (argparse type)."""
-    match = _AGE.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an age like 90d, 12h, 30m, 45s or 2w")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)])
+def age(text: str) -> timedelta:
+    """``90d``, ``12h``, ``30m``, ``45s``, ``2w`` -> a timedelta (an argparse type)."""
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _uuid(text: str) -> UUID:
@@ -61,7 +59,7 @@ def add_parser(sub: Any) -> None:
     search.add_argument("--limit", type=int, default=20, help="most rows to print (default 20)")
     search.add_argument("--type", choices=["input", "output"], dest="context_type", help="only this row type")
     stats = commands.add_parser("stats", help="calls, tokens and latency percentiles per model and per activity")
-    stats.add_argument("--since", type=parse_age, help="only rows younger than this age, e.g. 7d")
+    stats.add_argument("--since", type=age, help="only rows younger than this age, e.g. 7d")
     for command in (show, inp, conv, search, stats):
         command.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
