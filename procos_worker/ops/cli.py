@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(settings: Settings) -> int:
-    """The daemon: the worker, plus the scheduled purge when RETENTION_* asks for one."""
+    """The daemon: the worker; Camunda's indexes checked (and built if missing) in the background; the
+    scheduled purge when RETENTION_* asks for one."""
+    threading.Thread(target=_tune_in_background, args=(settings,), name="procos-tune", daemon=True).start()
     schedule = PurgeSchedule(settings)
     schedule.start()
     try:
@@ -81,8 +84,25 @@ def _init_db(settings: Settings, path: Path | None) -> int:
         except ProcosError as exc:
             log.error("db.init_failed", error=str(exc))
             return EXIT_POSTGRES
-    log.info("db.initialised", steps=steps or ["nothing to do"], schema=status.describe())
-    return 0
+        log.info("db.initialised", steps=steps or ["nothing to do"], schema=status.describe())
+        return 0 if _tune_camunda(store) else EXIT_POSTGRES
+
+
+def _tune_in_background(settings: Settings) -> None:
+    with ContextStore(settings.database) as store:
+        _tune_camunda(store)
+
+
+def _tune_camunda(store: ContextStore) -> bool:
+    """Camunda's indexes (migration 0040), built concurrently; False when PostgreSQL refused."""
+    log = structlog.get_logger("procos_worker.ops.cli")
+    try:
+        steps = store.tune_camunda()
+    except ProcosError as exc:
+        log.error("camunda.tuning_failed", error=str(exc))
+        return False
+    log.info("camunda.tuned", steps=steps)
+    return True
 
 
 def _check(settings: Settings) -> int:

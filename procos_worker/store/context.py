@@ -26,7 +26,7 @@ from procos_worker import textcodec
 from procos_worker.errors import PermanentError, StoreUnavailable
 from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs
 from procos_worker.settings import DatabaseSettings
-from procos_worker.store import migrations, queries
+from procos_worker.store import camunda_tuning, migrations, queries
 
 __all__ = ["ContextStore"]
 
@@ -98,6 +98,10 @@ class ContextStore:
     def upgrade_schema(self, *, init_sql: str | None = None) -> list[str]:
         """Create the schema, or apply the migrations it lacks (``migrations.upgrade``)."""
         return self._run(lambda cur: migrations.upgrade(cur.connection, init_sql=init_sql))
+
+    def tune_camunda(self) -> list[str]:
+        """Build procos' indexes on Camunda's tables without blocking the engine (``camunda_tuning.tune``)."""
+        return self._run(lambda cur: camunda_tuning.tune(cur.connection))
 
     def schema_status(self) -> migrations.SchemaStatus:
         return self._run(lambda cur: migrations.schema_status(cur.connection))
