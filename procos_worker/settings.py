@@ -28,6 +28,7 @@ __all__ = [
     "DatabaseSettings",
     "LogSettings",
     "OllamaSettings",
+    "OpsSettings",
     "RetentionSettings",
     "Settings",
     "TaskSettings",
@@ -39,6 +40,8 @@ __all__ = [
 
 # Camunda rejects a long poll above 30 minutes with HTTP 400.
 _MAX_ASYNC_RESPONSE_TIMEOUT_MS = 1_800_000
+# The engine client's HTTP timeout of a long poll is its wait plus this (the library's timeoutDeltaMillis).
+_FETCH_TIMEOUT_DELTA_S = 5.0
 
 
 def default_worker_id() -> str:
@@ -140,6 +143,21 @@ class DatabaseSettings(BaseModel):
     connect_timeout_s: float = Field(default=5.0, gt=0)
 
 
+class OpsSettings(BaseModel):
+    """The operator's HTTP port: /metrics (Prometheus), /healthz (liveness), /readyz (readiness).
+
+    On by default, on the loopback interface; the container listens on every interface (compose sets
+    OPS_HTTP_HOST=0.0.0.0) so that Prometheus and the orchestrator reach it. Port 0 turns it off.
+    """
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=9464, ge=0, le=65535, description="0: no HTTP server")
+    liveness_max_s: float = Field(
+        default=60.0, gt=0, description="/healthz fails when the poll loop or the heartbeat made no progress "
+                                        "for this long")
+    readiness_timeout_s: float = Field(default=2.0, gt=0, description="timeout of each /readyz dependency check")
+
+
 class RetentionSettings(BaseModel):
     """The optional scheduled purge of procos_ai_context (``procos-worker purge`` is the manual form).
 
@@ -208,6 +226,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     backoff: BackoffSettings = Field(default_factory=BackoffSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @model_validator(mode="after")
@@ -216,6 +235,11 @@ class Settings(BaseSettings):
             raise ValueError("CAMUNDA_USERNAME and CAMUNDA_PASSWORD must be set together")
         if self.worker.retry_timeout_max_ms < self.worker.retry_timeout_ms:
             raise ValueError("WORKER_RETRY_TIMEOUT_MAX_MS must be >= WORKER_RETRY_TIMEOUT_MS")
+        # An idle long poll answers after WORKER_ASYNC_RESPONSE_TIMEOUT_MS (the HTTP call allows 5 s more):
+        # a shorter liveness bound would call a healthy, idle worker wedged.
+        if self.ops.liveness_max_s <= self.worker.async_response_timeout_ms / 1000 + _FETCH_TIMEOUT_DELTA_S:
+            raise ValueError("OPS_LIVENESS_MAX_S must exceed WORKER_ASYNC_RESPONSE_TIMEOUT_MS / 1000 + "
+                             f"{_FETCH_TIMEOUT_DELTA_S:g} s (the longest an idle long poll takes)")
         return self
 
 

@@ -99,7 +99,8 @@ def test_the_schema_rejects_a_broken_file(compose: dict[str, Any], tmp_path: Pat
     assert "service_ready" in result.stdout
 
 
-@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "ENGINE_ADMIN_PASSWORD"])
+@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "ENGINE_ADMIN_PASSWORD",
+                                     "GRAFANA_ADMIN_PASSWORD"])
 def test_credentials_are_required_from_env(
     compose_raw: dict[str, Any], env_example: dict[str, str], missing: str
 ) -> None:
@@ -111,7 +112,7 @@ def test_credentials_are_required_from_env(
 
 
 def test_no_credential_is_written_into_the_deployment_files(env_example: dict[str, str]) -> None:
-    secrets = {env_example[key] for key in ("POSTGRES_PASSWORD", "ENGINE_ADMIN_PASSWORD")}
+    secrets = {env_example[key] for key in ("POSTGRES_PASSWORD", "ENGINE_ADMIN_PASSWORD", "GRAFANA_ADMIN_PASSWORD")}
     for path in (COMPOSE_FILE, CAMUNDA_DEFAULT_YML, DOCKERFILE):
         text = path.read_text(encoding="utf-8")
         for secret in secrets:
@@ -198,7 +199,7 @@ def test_postgres_health_check_and_data_volume(services: dict[str, dict[str, Any
     # TCP, not the socket: the init-time server listens on the socket only.
     assert "-h 127.0.0.1" in check
     assert ("postgres-data", "/var/lib/postgresql/data") in _volumes(postgres)
-    assert set(compose["volumes"]) == {"postgres-data", "ollama-data"}
+    assert set(compose["volumes"]) == {"postgres-data", "ollama-data", "prometheus-data", "grafana-data"}
     # A fixed project name gives fixed volume names: procos_postgres-data, procos_ollama-data.
     assert compose["name"] == "procos"
 
