@@ -11,6 +11,7 @@ import time
 
 from structlog.stdlib import BoundLogger
 
+from procos_worker import metrics
 from procos_worker.ai.llm import LlmClient, build_messages
 from procos_worker.flags import build_flags
 from procos_worker.gate import ServiceGate
@@ -47,14 +48,17 @@ class TaskHandler:
             log.info("task.redelivered", ai_context_id=str(stored.id))
             return complete(build_flags(stored), stored.id)
         t1 = time.perf_counter()
+        metrics.stored("input", t1 - t0)
         log.info("task.input_stored", prompt_length=len(prompt), store_s=round(t1 - t0, 4))
 
         result = self._llm_gate.call(lambda: self._llm.chat(messages), cancel)
         t2 = time.perf_counter()
+        metrics.llm_answered(result.model, t2 - t1, result.prompt_eval_count, result.eval_count)
         log.info("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
                  eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,
                  done_reason=result.done_reason)
 
         output = self._store_gate.call(lambda: self._store.save_output(task, result, input_id), cancel)
+        metrics.stored("output", time.perf_counter() - t2)
         log.info("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
         return complete(build_flags(output), output.id)

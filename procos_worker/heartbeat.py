@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
+from procos_worker import metrics
 from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineError, EngineUnavailable
 from procos_worker.taskrun import RunState, TaskRun
@@ -23,8 +24,10 @@ __all__ = ["Heartbeat"]
 class Heartbeat:
     """A daemon thread extending locks for the runs ``snapshot()`` returns."""
 
-    def __init__(self, engine: EngineClient, snapshot: Callable[[], list[TaskRun]], lock_duration_ms: int) -> None:
+    def __init__(self, engine: EngineClient, snapshot: Callable[[], list[TaskRun]], lock_duration_ms: int,
+                 on_tick: Callable[[], None] = lambda: None) -> None:
         self._engine = engine
+        self._on_tick = on_tick  # liveness: the loop came round (health.Progress)
         self._snapshot = snapshot
         self._lock_duration_ms = lock_duration_ms
         self._tick_s = min(1.0, lock_duration_ms / 4000)
@@ -41,6 +44,7 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._tick_s):
+            self._on_tick()
             now = time.monotonic()
             for run in self._snapshot():
                 if run.state in (RunState.RUNNING, RunState.REPORTING) and self._due(run, now):
@@ -56,6 +60,7 @@ class Heartbeat:
             self._engine.extend_lock(run.task.id, self._lock_duration_ms)
         except EngineError as exc:  # lock lost, or the engine refused the extension
             if run.give_up(RunState.LOST):
+                metrics.lock_lost(run.task.topic)
                 log.warning("task.lock_lost", error=str(exc), elapsed_s=run.elapsed_s())
             return
         except EngineUnavailable as exc:
@@ -63,4 +68,5 @@ class Heartbeat:
             log.debug("task.lock_extend_failed", error=exc.message)
             return
         run.lock_expires_at = time.monotonic() + self._lock_duration_ms / 1000
+        metrics.lock_extended(run.task.topic)
         log.debug("task.lock_extended", elapsed_s=run.elapsed_s())

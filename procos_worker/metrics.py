@@ -23,6 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 __all__ = [
     "REGISTRY",
     "Outcome",
+    "Report",
     "Service",
     "declare",
     "exported_names",
@@ -143,7 +144,7 @@ def lock_lost(topic: str) -> None:
     _LOCK_LOSSES.labels(topic).inc()
 
 
-def service_state(service: Service, up: bool) -> None:
+def service_state(service: Service | str, up: bool) -> None:
     _SERVICE_UP.labels(service).set(1 if up else 0)
 
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
-from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineError, PurgeStopped, StoreUnavailable
 from procos_worker.ops.context_cli import age
-from procos_worker.retention import PurgeMode, PurgeReport, purge
 from procos_worker.settings import Settings
-from procos_worker.store.retention import RetentionStore
+
+if TYPE_CHECKING:
+    from procos_worker.retention import PurgeMode, PurgeReport
 
 __all__ = ["add_parser", "run"]
 
@@ -52,6 +52,11 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO | None = None)
     if problem is not None:
         print(f"procos-worker purge: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    # Imported here: the engine client and retention cost the other commands start-up time.
+    from procos_worker.engine.client import EngineClient  # noqa: PLC0415
+    from procos_worker.retention import purge  # noqa: PLC0415
+    from procos_worker.store.retention import RetentionStore  # noqa: PLC0415
+
     batch_size = args.batch_size or settings.retention.batch_size
     mode: PurgeMode = "history-removed" if args.history_removed else "older-than"
     log = structlog.get_logger("procos_worker.ops.purge")
