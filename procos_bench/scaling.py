@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import string
@@ -329,13 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     report: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "args": vars(args) | {
-        "out": str(args.out) if args.out else None}}
+        "out": str(args.out) if args.out else None}, "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
     _log("row cost")
     report["row_cost"] = row_cost(args.database_url, args.small_rows, args.big_bytes)
     with scratch_database(args.database_url, prefix="procos_bench_scale") as url:
         _log(f"filling {args.rows} rows")
         report["fill"] = _fill(url, args.rows)
         _log("queries")
+        report["load_average_before_queries"] = os.getloadavg()
         report["queries"] = queries(url, args.reps, Path.cwd())
         _log("purge batches")
         report["purge_batches"] = purge_batches(url, args.camunda_url, args.batch_size, args.purge_batches)
@@ -343,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _log("full purge")
             report["full_purge"] = full_purge(url, args.camunda_url, args.batch_size)
     report["wall_s"] = round(time.monotonic() - started, 1)
+    # Other users of the machine: the timings above are only as quiet as this.
+    report["load_average_end"] = os.getloadavg()
     text = json.dumps(report, indent=2, default=str)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")

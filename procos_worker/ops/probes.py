@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from procos_worker.ai.llm import LlmClient
 from procos_worker.engine.client import EngineClient
 from procos_worker.errors import ProcosError
+from procos_worker.ops.logs import secrets_of
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
 
@@ -42,6 +43,8 @@ class Readiness:
                                                                         "pool_max_size": 1}))
         self._llm = LlmClient(settings.ollama.model_copy(update={"timeout_s": timeout_s}))
         self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="procos-readyz")
+        # The answer goes out on the network: no configured secret may appear in an error text.
+        self._secrets = sorted(secrets_of(settings), key=len, reverse=True)
         self._lock = threading.Lock()
 
     def open(self) -> None:
@@ -58,7 +61,13 @@ class Readiness:
             "camunda": self._camunda, "postgresql": self._postgresql, "ollama": self._ollama}
         with self._lock:  # one round at a time: concurrent probes would only pile up on a slow service
             futures = {name: self._pool.submit(_guarded, probe) for name, probe in probes.items()}
-            return {name: future.result() for name, future in futures.items()}
+            return {name: self._masked(future.result()) for name, future in futures.items()}
+
+    def _masked(self, check: Check) -> Check:
+        detail = check.detail
+        for secret in self._secrets:
+            detail = detail.replace(secret, "***")
+        return Check(check.ok, detail)
 
     def _camunda(self) -> Check:
         return Check(True, f"engines {self._engine.engine_name()}")
