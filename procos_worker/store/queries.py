@@ -109,65 +109,62 @@ def search(cur: psycopg.Cursor[dict[str, Any]], text: str, *, limit: int,
 # The LLM call's wall time as the worker saw it; Ollama's own total for rows written by other tools.
 _LATENCY = ("coalesce((content_data->>'wall_s')::float8, "
             "(content_data->>'total_duration')::float8 / 1e9)")
-_AGGREGATES = f"""
-    count(*) AS calls,
-    coalesce(sum((token_usage->>'prompt_tokens')::bigint), 0) AS prompt_tokens,
-    coalesce(sum((token_usage->>'completion_tokens')::bigint), 0) AS completion_tokens,
-    percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY {_LATENCY}) AS latency_s
+# One pass over the output rows for both groupings: reading a row's JSONB is most of the cost.
+_STATS = f"""
+    WITH outputs AS (
+        SELECT coalesce(model_used, '') AS model, coalesce(ai_provider, '') AS provider,
+               process_definition_key, activity_id, created_at,
+               (token_usage->>'prompt_tokens')::bigint AS prompt_tokens,
+               (token_usage->>'completion_tokens')::bigint AS completion_tokens,
+               {_LATENCY} AS latency
+        FROM procos_ai_context
+        WHERE context_type = 'output' AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+    )
+    SELECT GROUPING(model, provider) <> 0 AS per_step, model, provider, process_definition_key, activity_id,
+           count(*) AS calls, coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+           coalesce(sum(completion_tokens), 0) AS completion_tokens,
+           percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY latency) AS latency_s,
+           min(created_at) AS first_at, max(created_at) AS last_at
+    FROM outputs
+    GROUP BY GROUPING SETS ((model, provider), (process_definition_key, activity_id))
+    ORDER BY calls DESC, 2, 3, 4, 5
+"""
+_REGISTRY = """
+    SELECT model_name AS model, provider, array_agg(coalesce(version, '') ORDER BY version) AS versions,
+           bool_or(is_active) AS active
+    FROM procos_ai_models GROUP BY 1, 2 ORDER BY 1, 2
 """
 
 
 def stats(cur: psycopg.Cursor[dict[str, Any]], *, since: datetime | None = None) -> Stats:
-    """Calls, tokens and latency percentiles per model (with the registry, procos_ai_models) and per
-    BPMN step, over the output rows written since ``since`` (all of them when None)."""
-    params = {"since": since, "percentiles": list(_PERCENTILES)}
-    cur.execute(
-        f"""
-        WITH used AS (
-            SELECT coalesce(model_used, '') AS model, coalesce(ai_provider, '') AS provider, {_AGGREGATES},
-                   min(created_at) AS first_at, max(created_at) AS last_at
-            FROM procos_ai_context
-            WHERE context_type = 'output' AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
-            GROUP BY 1, 2
-        ), registry AS (
-            SELECT model_name AS model, provider,
-                   array_agg(coalesce(version, '') ORDER BY version) AS versions, bool_or(is_active) AS active
-            FROM procos_ai_models GROUP BY 1, 2
-        )
-        SELECT coalesce(u.model, r.model) AS model, coalesce(u.provider, r.provider) AS provider,
-               coalesce(r.versions, '{{}}') AS versions, r.active,
-               coalesce(u.calls, 0) AS calls, coalesce(u.prompt_tokens, 0) AS prompt_tokens,
-               coalesce(u.completion_tokens, 0) AS completion_tokens, u.latency_s, u.first_at, u.last_at
-        FROM used u FULL OUTER JOIN registry r ON r.model = u.model AND r.provider = u.provider
-        ORDER BY calls DESC, model, provider
-        """,
-        params,
-    )
-    models = tuple(
-        ModelStats(model=str(row["model"]), provider=str(row["provider"]),
-                   registered_versions=tuple(str(v) for v in row["versions"]), active=row["active"],
-                   calls=int(row["calls"]), prompt_tokens=int(row["prompt_tokens"]),
-                   completion_tokens=int(row["completion_tokens"]), latency_s=_triple(row["latency_s"]),
-                   first_at=row["first_at"], last_at=row["last_at"])
-        for row in cur.fetchall()
-    )
-    cur.execute(
-        f"""
-        SELECT process_definition_key, activity_id, {_AGGREGATES}
-        FROM procos_ai_context
-        WHERE context_type = 'output' AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
-        GROUP BY 1, 2
-        ORDER BY calls DESC, 1, 2
-        """,
-        params,
-    )
-    activities = tuple(
-        ActivityStats(process_definition_key=row["process_definition_key"], activity_id=row["activity_id"],
-                      calls=int(row["calls"]), prompt_tokens=int(row["prompt_tokens"]),
-                      completion_tokens=int(row["completion_tokens"]), latency_s=_triple(row["latency_s"]))
-        for row in cur.fetchall()
-    )
-    return Stats(since=since, models=models, activities=activities)
+    """Calls, tokens and latency percentiles per model (with the registry, procos_ai_models, which
+    also lists models no call used) and per BPMN step, over the output rows written since ``since``
+    (all of them when None: a full scan of the table)."""
+    cur.execute(_STATS, {"since": since, "percentiles": list(_PERCENTILES)})
+    rows = cur.fetchall()
+    cur.execute(_REGISTRY)
+    registry = {(str(r["model"]), str(r["provider"])): r for r in cur.fetchall()}
+    models: list[ModelStats] = []
+    activities: list[ActivityStats] = []
+    for row in rows:
+        calls, prompt, completion = int(row["calls"]), int(row["prompt_tokens"]), int(row["completion_tokens"])
+        latency = _triple(row["latency_s"])
+        if row["per_step"]:
+            activities.append(ActivityStats(process_definition_key=row["process_definition_key"],
+                                            activity_id=row["activity_id"], calls=calls, prompt_tokens=prompt,
+                                            completion_tokens=completion, latency_s=latency))
+            continue
+        entry = registry.pop((str(row["model"]), str(row["provider"])), None)
+        models.append(ModelStats(model=str(row["model"]), provider=str(row["provider"]),
+                                 registered_versions=tuple(str(v) for v in entry["versions"]) if entry else (),
+                                 active=entry["active"] if entry else None, calls=calls, prompt_tokens=prompt,
+                                 completion_tokens=completion, latency_s=latency, first_at=row["first_at"],
+                                 last_at=row["last_at"]))
+    models += [ModelStats(model=model, provider=provider, registered_versions=tuple(str(v) for v in r["versions"]),
+                          active=r["active"], calls=0, prompt_tokens=0, completion_tokens=0, latency_s=None,
+                          first_at=None, last_at=None)
+               for (model, provider), r in registry.items()]
+    return Stats(since=since, models=tuple(models), activities=tuple(activities))
 
 
 def _triple(values: list[float | None] | None) -> tuple[float, float, float] | None:
