@@ -30,6 +30,7 @@ def test_scaling_bench_tiny_run_reports_every_part(settings: Settings) -> None:
     for key in ("show_query", "conversation_query", "show_cli", "stats_query[all]"):
         assert queries[key]["median_ms"] > 0, key
     assert queries["search_matches"]["zyxquorbal"] >= 0
+    assert report["search_with_huge_row"].keys() == {k for k in queries if k.startswith("search_query[")}
     assert report["purge_batches"]["batches"] == 2
     full = report["full_purge"]
     # The generated rows span 180 days: about half are past 90 days; none of their instances runs.
