@@ -49,6 +49,7 @@ __all__ = ["main"]
 _VOCABULARY = 8000
 _RARE = "zyxquorbal"      # in about 1 row in 10,000
 _MEDIUM = "lanternfish"   # in about 1 row in 100
+_MODEL = "smollm2:135m"
 _KEEP_INDEXES = ("procos_ai_context_pkey", "uq_procos_ai_context_task_type")
 
 
@@ -84,8 +85,12 @@ def _delta(before: dict[str, int], after: dict[str, int], per: int) -> dict[str,
     return {name: round((after[name] - before.get(name, 0)) / per, 1) for name in after}
 
 
+def _user(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
+
+
 def _result(content: str) -> LlmResult:
-    return LlmResult(content=content, model="smollm2:135m", done_reason="stop", prompt_eval_count=60,
+    return LlmResult(content=content, model=_MODEL, done_reason="stop", prompt_eval_count=60,
                      eval_count=180, total_duration_ns=2_000_000_000, load_duration_ns=1, prompt_eval_duration_ns=1,
                      eval_duration_ns=1, wall_s=2.0)
 
@@ -113,8 +118,8 @@ def row_cost(url: str, small_rows: int, big_bytes: int) -> dict[str, Any]:
             task = Task(id=str(uuid.uuid4()), topic="ai-query", worker_id="bench",
                         process_instance_id=str(uuid.uuid4()), activity_id="ask-ai")
             prompt = _text(rng, words, 30)
-            input_id, _ = store.save_input(task, TaskInputs(query=prompt), prompt)
-            store.save_output(task, _result(_text(rng, words, 110)), input_id)
+            input_id, _ = store.save_input(task, TaskInputs(query=prompt), _user(prompt), model=_MODEL, options={})
+            store.save_output(task, _result(_text(rng, words, 110)), input_id, prompt_chars=len(prompt))
         small_s = time.perf_counter() - started
         after = _flushed_sizes(conn)
         small = {"rows": small_rows, "bytes_per_row": _delta(before, after, small_rows),
@@ -123,7 +128,7 @@ def row_cost(url: str, small_rows: int, big_bytes: int) -> dict[str, Any]:
         # Letters, spaces and newlines: text-like, and as hard on TOAST's compression as prose would be.
         answer = "".join(rng.choices(string.ascii_letters + "     \n", k=big_bytes))
         task = Task(id=str(uuid.uuid4()), topic="ai-query", worker_id="bench", process_instance_id=str(uuid.uuid4()))
-        input_id, _ = store.save_input(task, TaskInputs(query="q"), "q")
+        input_id, _ = store.save_input(task, TaskInputs(query="q"), _user("q"), model=_MODEL, options={})
         before = _flushed_sizes(conn)
         started = time.perf_counter()
         store.save_output(task, _result(answer), input_id)
@@ -163,7 +168,8 @@ def _cumulative(n: int) -> list[float]:
 
 
 def _generate(rows: int, seed: int) -> Iterator[tuple[Any, ...]]:
-    """Rows of procos_ai_context as COPY tuples: one input and one output per task, 1-3 tasks per instance."""
+    """Rows of procos_ai_context as COPY tuples, shaped as the worker writes them: one input and one
+    output row per task, 1-3 tasks per instance."""
     rng = random.Random(seed)
     words = _words(rng)
     now = datetime.now(UTC)
@@ -181,16 +187,21 @@ def _generate(rows: int, seed: int) -> Iterator[tuple[Any, ...]]:
             answer = _text(rng, words, 110)
             input_id, wall = str(uuid.uuid4()), rng.lognormvariate(0.5, 0.6)
             step = (pi, task_id, activity, "ai-query", f"{activity}:{uuid.uuid4()}")
-            data_in = {"query": prompt, "context": None, "system_prompt": None, "topic": "ai-query",
-                       "worker_id": "bench", "prompt_length": len(prompt)}
-            yield (input_id, *step, "input", json.dumps(data_in), prompt, None, None, None, at, at)
+            data_in: dict[str, Any] = {
+                "query": prompt, "context": None, "system_prompt": None,
+                "messages": [{"role": "user", "content": prompt}], "model": model, "options": {},
+                "topic": "ai-query", "worker_id": "bench", "prompt_length": len(prompt), "prompt_chars": len(prompt)}
+            yield (input_id, *step, "input", json.dumps(data_in), prompt, "ollama", model, None, at, at)
             at += timedelta(seconds=wall)
             prompt_tokens, completion_tokens = len(prompt) // 4, len(answer) // 4
             data_out = {"content": answer, "model": model, "done_reason": "stop", "response_length": len(answer),
                         "total_duration": int(wall * 1e9), "wall_s": round(wall, 6), "input_context_id": input_id,
                         "topic": "ai-query", "worker_id": "bench"}
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                     "total_tokens": prompt_tokens + completion_tokens}
+                     "total_tokens": prompt_tokens + completion_tokens, "prompt_eval_count": prompt_tokens,
+                     "eval_count": completion_tokens, "wall_s": round(wall, 6),
+                     "eval_duration_ns": int(wall * 0.9e9), "response_chars": len(answer),
+                     "prompt_chars": len(prompt)}
             yield (str(uuid.uuid4()), *step, "output", json.dumps(data_out), answer, "ollama", model,
                    json.dumps(usage), at, at)
             written += 2

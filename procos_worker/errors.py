@@ -4,14 +4,21 @@
 
     ProcosError
     ├── TaskError                  raised while handling one task; ``outcomes.outcome_for`` maps it
-    │   ├── InputError             -> BPMN error (code TASK_INPUT_ERROR_CODE), nothing stored
+    │   ├── BusinessError          -> BPMN error with the class's ``code``: the process model handles it
+    │   │   ├── InputError         inputs missing or unusable (code TASK_INPUT_ERROR_CODE, by default
+    │   │   │                      AI_INPUT_INVALID), nothing stored
+    │   │   └── PromptTooLong      the prompt does not fit the model's context (AI_PROMPT_TOO_LONG)
     │   ├── TransientError         -> Camunda failure, retries - 1, exponential retryTimeout
     │   │   └── LlmBusy            Ollama 503/5xx or a timeout, after the in-process tries
     │   └── PermanentError         -> Camunda failure with retries 0 = an incident; the message says
     │       │                         what to fix, errorDetails has the full story
     │       ├── ModelNotFound      Ollama answers 404 for the model
     │       ├── LlmRequestInvalid  Ollama answers 400 (invalid options, ...)
-    │       └── VariableTooLong    a variable to send would exceed Camunda's 4000-char column
+    │       ├── VariableTooLong    a variable to send would exceed Camunda's 4000-char column
+    │       ├── TaskConfigError    a procos.* extension property (or topic default) has a bad value:
+    │       │                      the message names the activity and the property
+    │       └── ModelRefused       procos_ai_models disables the model (or it is not registered
+    │                              while REGISTRY_ALLOW_UNREGISTERED=false)
     ├── ServiceUnavailable         a dependency can't be reached: its ``gate`` waits with backoff while
     │   │                          the task keeps its lock, and the poll loop fetches nothing new. It
     │   │                          leaves the handler only when the run was released or lost while
@@ -27,13 +34,15 @@
         └── LockLost               404, or the lock is another worker's: the run is abandoned
 
 Dependencies' exceptions are converted into these in the client modules only
-(``engine.client``, ``ai.llm``, ``store.context``), with ``raise ... from``. Any other exception
-out of the handler is a bug: ``outcomes.internal_error`` makes it an incident with its traceback.
+(``engine.client``, ``ai.llm``, ``ai.template``, ``store.context``), with ``raise ... from``. Any
+other exception out of the handler is a bug: ``outcomes.internal_error`` makes it an incident with
+its traceback.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BusinessError",
     "EngineError",
     "EngineRejected",
     "EngineUnavailable",
@@ -43,11 +52,14 @@ __all__ = [
     "LlmUnavailable",
     "LockLost",
     "ModelNotFound",
+    "ModelRefused",
     "PermanentError",
     "ProcosError",
+    "PromptTooLong",
     "PurgeStopped",
     "ServiceUnavailable",
     "StoreUnavailable",
+    "TaskConfigError",
     "TaskError",
     "TransientError",
     "VariableTooLong",
@@ -67,8 +79,22 @@ class TaskError(ProcosError):
     """An error about one task, turned into its Camunda outcome by ``outcomes.outcome_for``."""
 
 
-class InputError(TaskError):
-    """The task's variables are missing or unusable: the process model must handle it (BPMN error)."""
+class BusinessError(TaskError):
+    """The process model must handle it: a BPMN error with ``code`` (catch it with a boundary event)."""
+
+    code = "AI_ERROR"
+
+
+class InputError(BusinessError):
+    """The task's variables are missing or unusable (the code is TASK_INPUT_ERROR_CODE)."""
+
+    code = "AI_INPUT_INVALID"
+
+
+class PromptTooLong(BusinessError):
+    """The prompt does not fit the model's context window, and it may not be cut."""
+
+    code = "AI_PROMPT_TOO_LONG"
 
 
 class TransientError(TaskError):
@@ -93,6 +119,15 @@ class LlmRequestInvalid(PermanentError):
 
 class VariableTooLong(PermanentError):
     """A variable the worker was about to send would not fit Camunda's varchar(4000) columns."""
+
+
+class TaskConfigError(PermanentError):
+    """A modelling mistake: a ``procos.*`` property of the task (or a topic default) is unknown or has a
+    bad value. Never replaced by a silent default."""
+
+
+class ModelRefused(PermanentError):
+    """The model registry (procos_ai_models) does not let the task use its model."""
 
 
 class ServiceUnavailable(ProcosError):

@@ -30,18 +30,21 @@ from structlog.stdlib import BoundLogger
 
 from procos_worker import metrics
 from procos_worker.ai.llm import LlmClient
+from procos_worker.ai.registry import ModelRegistry, StatsRefresher
+from procos_worker.ai.taskconfig import TaskConfigs
 from procos_worker.backoff import Backoff
 from procos_worker.engine.client import EngineClient
-from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskError
+from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskConfigError, TaskError
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
 from procos_worker.health import Counters, HealthRecord, HealthState, Progress
 from procos_worker.heartbeat import Heartbeat
-from procos_worker.inputs import requested_variables
+from procos_worker.inputs import FetchVariables
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
 from procos_worker.outcomes import internal_error, outcome_for
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
+from procos_worker.store.registry import ModelTable
 from procos_worker.taskrun import RunState, TaskRun
 
 __all__ = ["Worker"]
@@ -61,6 +64,9 @@ class Worker:
     Attributes:
         settings: the one Settings object.
         engine, store, llm: the clients (opened in ``run``, closed in reverse order).
+        configs: each task's settings from its procos.* properties, the topic defaults and the model
+            registry (raises ``TaskConfigError`` here when TASK_TOPIC_DEFAULTS is bad).
+        fetch_variables: the variable names fetchAndLock asks for (learned from the tasks' templates).
         counters: tasks completed / failed / bpmn_errors / abandoned / released since start.
     """
 
@@ -74,7 +80,15 @@ class Worker:
         self.llm = llm or LlmClient(settings.ollama)
         self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping)
         self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping)
-        self.handler = TaskHandler(settings, self.store, self.llm, self.store_gate, self.llm_gate)
+        models = ModelTable(self.store, settings.ollama.provider)
+        self.configs = TaskConfigs(settings, ModelRegistry(settings.registry, models.load))
+        self.fetch_variables = FetchVariables(settings.task)
+        self.handler = TaskHandler(settings, self.store, self.llm, self.configs,
+                                   store_gate=self.store_gate, llm_gate=self.llm_gate)
+        # An input row with no answer after every try of the longest call is an error, not a call running.
+        self._stats = StatsRefresher(settings.registry.stats_interval_s, lambda: models.refresh_stats(
+            window_s=settings.registry.stats_window_s, min_age_s=0.9 * settings.registry.stats_interval_s,
+            unanswered_after_s=settings.ollama.timeout_s * settings.ollama.attempts, worker_id=w.id))
         self.counters = Counters()
         self.progress = Progress()
         self._runs: dict[str, TaskRun] = {}
@@ -97,6 +111,7 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         self.store.open()
         self._heartbeat.start()
+        self._stats.start()
         self._poll_thread.start()
         self._log.info("worker.started", topics=self.settings.worker.topics,
                        max_tasks_in_flight=self.settings.worker.max_tasks_in_flight)
@@ -132,10 +147,10 @@ class Worker:
             free = self._wait_for_capacity()
             if free == 0 or not self._dependencies_up():
                 continue
+            variables = self.fetch_variables.names(self.settings.worker.topics)
             started = time.perf_counter()
             try:
-                tasks = self.engine.fetch_and_lock(
-                    self.settings.worker.topics, max_tasks=free, variables=requested_variables(self.settings.task))
+                tasks = self.engine.fetch_and_lock(self.settings.worker.topics, max_tasks=free, variables=variables)
             except EngineError as exc:
                 metrics.service_state("camunda", not isinstance(exc, EngineUnavailable))
                 delay = backoff.next_delay_s()
@@ -146,7 +161,7 @@ class Worker:
             metrics.polled(time.perf_counter() - started)
             metrics.service_state("camunda", True)
             for task in tasks:
-                self._dispatch(task)
+                self._dispatch(task, frozenset(variables))
 
     def _wait_for_capacity(self) -> int:
         limit = self.settings.worker.max_tasks_in_flight
@@ -161,13 +176,20 @@ class Worker:
         beat = lambda: self.progress.beat("poll")  # noqa: E731 - waiting for a service is progress, not a wedge
         return self.store_gate.wait_until_up(self._stopping, beat) and self.llm_gate.wait_until_up(self._stopping, beat)
 
-    def _dispatch(self, task: Task) -> None:
+    def _dispatch(self, task: Task, fetched: frozenset[str]) -> None:
         self.counters.add("fetched")
         metrics.fetched(task.topic)
         log = self._task_log(task)
         if self._stopping.is_set():
             # Locked by a poll that returned after the stop: hand it straight back.
             self._unlock(task, log, "shutdown")
+            return
+        missing = self._unfetched_variables(task, fetched)
+        if missing:
+            # Its templates read variables this fetch didn't ask for: the next fetch asks for them, and
+            # the engine resolves each from the task's execution (local before process) as it does here.
+            self.fetch_variables.learn(task.topic, missing)
+            self._unlock(task, log, f"fetch again with variables {', '.join(sorted(missing))}")
             return
         run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_ms)
         with self._cond:
@@ -189,6 +211,12 @@ class Worker:
             return
         log.info("task.fetched", retries=task.retries)
         threading.Thread(target=self._run_task, args=(run,), name=f"procos-task-{task.id[:8]}", daemon=True).start()
+
+    def _unfetched_variables(self, task: Task, fetched: frozenset[str]) -> frozenset[str]:
+        try:
+            return self.configs.variables_needed(task) - fetched
+        except TaskConfigError:
+            return frozenset()  # a modelling mistake: the handler raises it again, as an incident
 
     # -- one task --------------------------------------------------------------------------------
 
@@ -243,7 +271,7 @@ class Worker:
 
     def _send(self, task: Task, outcome: Outcome) -> None:
         if isinstance(outcome, Complete):
-            self.engine.complete(task.id, outcome.variables)
+            self.engine.complete(task.id, outcome.variables, outcome.local_variables)
         elif isinstance(outcome, Failure):
             self.engine.handle_failure(task.id, message=outcome.message, details=outcome.details,
                                        retries=outcome.retries, retry_timeout_ms=outcome.retry_timeout_ms)
@@ -299,6 +327,7 @@ class Worker:
             self._poll_thread.join(timeout=_POLL_RETURN_S)
             self._sweep()
         self._heartbeat.stop()
+        self._stats.stop()
         self.store.close()
         self.engine.close()
         self._write_health("stopped")

@@ -4,6 +4,12 @@ Ollama's and httpx's exceptions become the project's here:
 connection refused -> ``LlmUnavailable`` (the worker waits for Ollama, fetching nothing new);
 503/5xx, timeouts, a dropped connection -> ``LlmBusy`` after ``OLLAMA_ATTEMPTS`` in-process tries;
 404 (model not found) -> ``ModelNotFound``; other 4xx -> ``LlmRequestInvalid``: both are incidents.
+
+Every request carries ``"truncate": false``: Ollama would otherwise cut a prompt longer than the
+context window silently (200 OK, only ``prompt_eval_count`` shows it); with it, Ollama 0.24 answers
+400 "the input length exceeds the context length" at once, which becomes ``PromptTooLong``. The
+``ollama`` package has no ``truncate`` argument, so the body is written here and sent through the
+package's own request layer.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from contextlib import closing
 from typing import Any, TypeVar, cast
 
@@ -19,7 +25,7 @@ import httpx
 import ollama
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from procos_worker.errors import LlmBusy, LlmRequestInvalid, LlmUnavailable, ModelNotFound
+from procos_worker.errors import LlmBusy, LlmRequestInvalid, LlmUnavailable, ModelNotFound, PromptTooLong
 from procos_worker.models import LlmResult, TaskInputs
 from procos_worker.settings import OllamaSettings
 
@@ -27,6 +33,7 @@ __all__ = ["LlmClient", "build_messages"]
 
 _T = TypeVar("_T")
 _BAD_OPTION = re.compile(r'option "[^"]*" must be of type')
+_OVERFLOW = "exceeds the context length"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -57,36 +64,42 @@ class LlmClient:
         self._settings = settings
         self._client = ollama.Client(host=settings.base_url, timeout=settings.timeout_s)
 
-    def chat(self, messages: list[dict[str, str]], *, model: str | None = None) -> LlmResult:
-        """Ask the model; raise a project error that says what to do next."""
+    def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
+             options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None) -> LlmResult:
+        """Ask ``model`` (default OLLAMA_MODEL) with ``options`` (default OLLAMA_OPTIONS), constrained to
+        the JSON Schema ``format`` if given; raise a project error that says what to do next."""
         retrying = Retrying(
             retry=retry_if_exception_type(LlmBusy),
             stop=stop_after_attempt(self._settings.attempts),
             wait=wait_exponential_jitter(multiplier=0.5, max=5.0),
             reraise=True,
         )
-        return retrying(self._chat_once, messages, model or self._settings.model)
+        return retrying(self._chat_once, messages, model or self._settings.model,
+                        self._settings.options if options is None else options, format)
 
     def ping(self) -> list[str]:
         """The models the server has; raises like ``chat`` when it can't be reached."""
         listing = self._converting(self._client.list, self._settings.model)
         return [m.model for m in listing.models if m.model]
 
-    def _chat_once(self, messages: list[dict[str, str]], model: str) -> LlmResult:
+    def _chat_once(self, messages: list[dict[str, str]], model: str, options: Mapping[str, Any],
+                   format: Mapping[str, Any] | None) -> LlmResult:
         started = time.perf_counter()
-        return self._converting(lambda: self._stream_chat(messages, model, started), model)
+        body: dict[str, Any] = {"model": model, "messages": _wire_safe(messages), "stream": True, "truncate": False}
+        if options:
+            body["options"] = dict(options)
+        if format is not None:
+            body["format"] = dict(format)
+        if self._settings.keep_alive is not None:
+            body["keep_alive"] = self._settings.keep_alive
+        return self._converting(lambda: self._stream_chat(body, started), model)
 
-    def _stream_chat(self, messages: list[dict[str, str]], model: str, started: float) -> LlmResult:
+    def _stream_chat(self, body: dict[str, Any], started: float) -> LlmResult:
         """Streamed, so a huge answer is held about twice (its pieces, then the joined text) instead of
         four times (raw body, decoded text, parsed JSON, model), and OLLAMA_TIMEOUT_S bounds the whole
         generation rather than each read."""
-        parts = cast(Generator[ollama.ChatResponse, None, None], self._client.chat(
-            model=model,
-            messages=_wire_safe(messages),
-            options=self._settings.options or None,
-            keep_alive=self._settings.keep_alive,
-            stream=True,
-        ))
+        parts = cast(Generator[ollama.ChatResponse, None, None],
+                     self._client._request(ollama.ChatResponse, "POST", "/api/chat", json=body, stream=True))
         pieces: list[str] = []
         final: ollama.ChatResponse | None = None
         with closing(parts):
@@ -104,7 +117,7 @@ class LlmClient:
         pieces.clear()
         return LlmResult(
             content=content,
-            model=final.model or model,
+            model=final.model or str(body["model"]),
             done_reason=final.done_reason,
             prompt_eval_count=final.prompt_eval_count or 0,
             eval_count=final.eval_count or 0,
@@ -138,13 +151,18 @@ def _from_status(status: int, error: Any, model: str, where: str) -> Exception:
     details = f"Ollama at {where} answered HTTP {status}: {error}"
     if status == 404:
         return ModelNotFound(
-            f"model '{model}' is not on the Ollama server at {where}: pull or create it, or fix OLLAMA_MODEL",
+            f"model '{model}' is not on the Ollama server at {where}: pull or create it, or fix procos.model / "
+            "TASK_TOPIC_DEFAULTS / OLLAMA_MODEL",
             details=details,
         )
+    if status == 400 and _OVERFLOW in str(error):
+        return PromptTooLong(f"the prompt does not fit the context window of model '{model}' ({error})",
+                             details=details)
     if 400 <= status < 500 or _BAD_OPTION.search(str(error)):
         # Ollama 0.24 answers an option of the wrong type (OLLAMA_OPTIONS {"num_ctx": "abc"}) with a 500.
         return LlmRequestInvalid(
-            f"Ollama rejected the request ({status}: {str(error)[:200]}); check OLLAMA_OPTIONS and the model",
+            f"Ollama rejected the request ({status}: {str(error)[:200]}); check the options (procos.options, "
+            "TASK_TOPIC_DEFAULTS, config_data in procos_ai_models, OLLAMA_OPTIONS) and the model",
             details=details,
         )
     return LlmBusy(f"Ollama busy or failing (HTTP {status})", details=details)

@@ -15,7 +15,7 @@ import structlog
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from procos_worker.errors import EngineError, ProcosError
+from procos_worker.errors import EngineError, ProcosError, TaskConfigError
 from procos_worker.health import HealthRecord
 from procos_worker.ops import context_cli, purge_cli
 from procos_worker.ops.logs import configure_logging
@@ -69,7 +69,11 @@ def _run(settings: Settings) -> int:
     # about half a second of start-up.
     from procos_worker.ops import daemon  # noqa: PLC0415
 
-    return daemon.run(settings)
+    try:
+        return daemon.run(settings)
+    except TaskConfigError as exc:  # TASK_TOPIC_DEFAULTS names an unknown property or a bad value
+        print(f"procos-worker: invalid settings: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _init_db(settings: Settings, path: Path | None) -> int:

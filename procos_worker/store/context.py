@@ -11,7 +11,7 @@ psycopg errors are turned into the project's errors here: can't connect / connec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
@@ -108,18 +108,29 @@ class ContextStore:
 
     # -- worker writes ---------------------------------------------------------------------------
 
-    def save_input(self, task: Task, inputs: TaskInputs, prompt: str) -> tuple[UUID, StoredOutput | None]:
-        """Store the task's inputs and the exact prompt (once per task id), in the same round trip
-        look for an output row an earlier attempt committed; return (input row id, that output or None).
+    def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
+                   model: str, options: Mapping[str, Any]) -> tuple[UUID, StoredOutput | None]:
+        """Store what the model is asked (once per task id): every message in order, the inputs they were
+        made from (variables, or templates and the values they used), the model and its options; in the
+        same round trip look for an output row an earlier attempt committed. Returns (input row id, that
+        output or None).
         """
+        prompt = messages[-1]["content"]
         data: dict[str, Any] = {
             "query": inputs.query,
             "context": inputs.context,
             "system_prompt": inputs.system_prompt,
+            "messages": [dict(m) for m in messages],
+            "model": model,
+            "options": dict(options),
             "topic": task.topic,
             "worker_id": task.worker_id,
             "prompt_length": len(prompt),
+            "prompt_chars": sum(len(m["content"]) for m in messages),
         }
+        if inputs.templates:
+            data["templates"] = dict(inputs.templates)
+            data["variables"] = dict(inputs.template_variables)
         data, text = _storable(data, prompt)
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
@@ -129,9 +140,9 @@ class ContextStore:
                 WITH ins AS (
                     INSERT INTO procos_ai_context
                         (process_instance_id, task_id, activity_id, process_definition_key,
-                         activity_instance_id, context_type, content_data, content_text)
+                         activity_instance_id, context_type, content_data, content_text, ai_provider, model_used)
                     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s,
-                            'input', %(data)s, %(text)s)
+                            'input', %(data)s, %(text)s, %(provider)s, %(model)s)
                     ON CONFLICT (task_id, context_type) DO NOTHING
                     RETURNING id
                 )
@@ -143,7 +154,7 @@ class ContextStore:
                 LEFT JOIN LATERAL (SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context
                                    WHERE task_id = %(task)s AND context_type = 'output') AS output ON true
                 """,
-                {**_step(task), "data": Jsonb(data), "text": text},
+                {**_step(task), "data": Jsonb(data), "text": text, "provider": self._provider, "model": model},
             )
             row = cur.fetchone()
             assert row is not None
@@ -152,8 +163,10 @@ class ContextStore:
         row = self._run(insert)
         return UUID(str(row["input_id"])), (None if row["id"] is None else self._to_output(row))
 
-    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None) -> StoredOutput:
-        """Store the answer; if an earlier attempt already did, return that row instead (exactly once)."""
+    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *,
+                    prompt_chars: int | None = None) -> StoredOutput:
+        """Store the answer; if an earlier attempt already did, return that row instead (exactly once).
+        ``prompt_chars`` (all messages sent) goes with the token counts, for characters per token."""
         meta: dict[str, Any] = {
             "model": result.model,
             "done_reason": result.done_reason,
@@ -174,6 +187,12 @@ class ContextStore:
             "total_tokens": result.prompt_eval_count + result.eval_count,
             "prompt_eval_count": result.prompt_eval_count,
             "eval_count": result.eval_count,
+            # The figures of performance_stats, kept in this small JSONB so that the refresh never reads
+            # content_data (which holds the whole answer).
+            "wall_s": round(result.wall_s, 6),
+            "eval_duration_ns": result.eval_duration_ns,
+            "response_chars": len(result.content),
+            "prompt_chars": prompt_chars,
         }
 
         params = {**_step(task), "text": text, "meta": Jsonb(meta), "provider": self._provider,
@@ -218,6 +237,28 @@ class ContextStore:
         )
         return rows[0] if rows else None
 
+    def step_answers(self, process_definition_key: str, activity_id: str, *,
+                     process_instance_id: str | None = None) -> list[StoredContext]:
+        """Every answer (output row) of one BPMN step, oldest first; of one process instance if given
+        (the iterations of a multi-instance step)."""
+        return self._select(
+            f"""SELECT {_ROW_COLUMNS} FROM procos_ai_context
+                WHERE process_definition_key = %s AND activity_id = %s AND context_type = 'output'
+                  AND (%s::text IS NULL OR process_instance_id = %s)
+                ORDER BY created_at, id""",
+            (process_definition_key, activity_id, process_instance_id, process_instance_id),
+        )
+
+    def activity_instance_answer(self, activity_instance_id: str) -> StoredContext | None:
+        """The answer (output row) of one activity instance: one iteration of a multi-instance step."""
+        rows = self._select(
+            f"""SELECT {_ROW_COLUMNS} FROM procos_ai_context
+                WHERE activity_instance_id = %s AND context_type = 'output'
+                ORDER BY created_at DESC LIMIT 1""",
+            (activity_instance_id,),
+        )
+        return rows[0] if rows else None
+
     def conversation(self, process_instance_id: str) -> list[StoredContext]:
         """Every row of a process instance in the order it was written (input before output)."""
         return self._select(
@@ -235,6 +276,11 @@ class ContextStore:
         return self._run(lambda cur: queries.stats(cur, since=since))
 
     # -- plumbing --------------------------------------------------------------------------------
+
+    def run(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
+        """Run ``work`` on a pooled autocommit connection, with this store's error conversion (for the
+        other modules of ``store``, e.g. the model registry's table)."""
+        return self._run(work)
 
     def _select(self, sql: str, params: tuple[Any, ...]) -> list[StoredContext]:
         def query(cur: psycopg.Cursor[dict[str, Any]]) -> list[dict[str, Any]]:

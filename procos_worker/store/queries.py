@@ -106,8 +106,10 @@ def search(cur: psycopg.Cursor[dict[str, Any]], text: str, *, limit: int,
     ]
 
 
-# The LLM call's wall time as the worker saw it; Ollama's own total for rows written by other tools.
-_LATENCY = ("coalesce((content_data->>'wall_s')::float8, "
+# The LLM call's wall time as the worker saw it: in token_usage (small) since the model registry's
+# refresh needed it there, in content_data (which holds the whole answer) for earlier rows, Ollama's
+# own total for rows written by other tools. COALESCE reads content_data only when it must.
+_LATENCY = ("coalesce((token_usage->>'wall_s')::float8, (content_data->>'wall_s')::float8, "
             "(content_data->>'total_duration')::float8 / 1e9)")
 # One pass over the output rows for both groupings: reading a row's JSONB is most of the cost.
 _STATS = f"""

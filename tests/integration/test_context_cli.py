@@ -57,8 +57,9 @@ def _result(content: str, model: str = "smollm2:135m", prompt_tokens: int = 5, c
 
 def _write(store: ContextStore, pi: str, prompt: str, answer: str, **result: Any) -> tuple[str, str]:
     task = _task(pi, **{k: result.pop(k) for k in ("activity", "key") if k in result})
-    input_id, _ = store.save_input(task, TaskInputs(query=prompt), prompt)
-    output = store.save_output(task, _result(answer, **result), input_id)
+    input_id, _ = store.save_input(task, TaskInputs(query=prompt), [{"role": "user", "content": prompt}],
+                                   model=result.get("model", "smollm2:135m"), options={})
+    output = store.save_output(task, _result(answer, **result), input_id, prompt_chars=len(prompt))
     return str(input_id), str(output.id)
 
 

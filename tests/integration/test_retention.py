@@ -30,6 +30,7 @@ from procos_worker.store.retention import PURGE_LOCK_KEY
 
 pytestmark = pytest.mark.integration
 
+_USER = [{"role": "user", "content": "q"}]
 _BPMN = """<?xml version="1.0" encoding="UTF-8"?>
 <bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
     xmlns:camunda="http://camunda.org/schema/1.0/bpmn" id="defs" targetNamespace="http://procos/test">
@@ -104,7 +105,7 @@ def _write(store: ContextStore, pi: str, tasks: int = 1, days_old: int = 0, url:
     ids: list[str] = []
     for _ in range(tasks):
         task = Task(id=f"t-{uuid.uuid4()}", topic="ai-query", worker_id="w", process_instance_id=pi)
-        input_id, _ = store.save_input(task, TaskInputs(query="q"), "q")
+        input_id, _ = store.save_input(task, TaskInputs(query="q"), _USER, model="smollm2:135m", options={})
         result = LlmResult(content="a", model="smollm2:135m", done_reason="stop", prompt_eval_count=1, eval_count=1,
                            total_duration_ns=1, load_duration_ns=1, prompt_eval_duration_ns=1, eval_duration_ns=1,
                            wall_s=0.1)
@@ -237,7 +238,7 @@ def _timed_insert(store: ContextStore) -> float:
 
     started = time.monotonic()
     task = Task(id=f"t-{uuid.uuid4()}", topic="ai-query", worker_id="w", process_instance_id=f"pi-{uuid.uuid4()}")
-    store.save_input(task, TaskInputs(query="q"), "q")
+    store.save_input(task, TaskInputs(query="q"), _USER, model="smollm2:135m", options={})
     return time.monotonic() - started
 
 
