@@ -127,6 +127,9 @@ class PurgeSchedule:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        w = settings.worker
+        self._engine = EngineClient(settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
+                                    async_response_timeout_ms=0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="procos-retention", daemon=True)
         self._log = structlog.get_logger("procos_worker.retention").bind(worker_id=settings.worker.id)
@@ -139,30 +142,25 @@ class PurgeSchedule:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self._settings.camunda.http_timeout_s)
+        self._engine.close()
 
     def run_once(self) -> list[PurgeReport] | None:
         """One round: None when another session holds the lock, else what each configured purge did."""
         retention = self._settings.retention
-        w = self._settings.worker
-        engine = EngineClient(self._settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
-                              async_response_timeout_ms=0)
-        try:
-            with RetentionStore(self._settings.database) as store:
-                if not store.try_lock():
-                    self._log.info("retention.skipped", reason="another purge holds the lock")
-                    return None
-                try:
-                    modes: list[tuple[PurgeMode, timedelta | None]] = []
-                    if retention.purge_older_than is not None:
-                        modes.append(("older-than", retention.purge_older_than))
-                    if retention.history_removed:
-                        modes.append(("history-removed", None))
-                    return [purge(store, engine, mode=mode, older_than=age, batch_size=retention.batch_size)
-                            for mode, age in modes]
-                finally:
-                    store.unlock()
-        finally:
-            engine.close()
+        with RetentionStore(self._settings.database) as store:
+            if not store.try_lock():
+                self._log.info("retention.skipped", reason="another purge holds the lock")
+                return None
+            try:
+                modes: list[tuple[PurgeMode, timedelta | None]] = []
+                if retention.purge_older_than is not None:
+                    modes.append(("older-than", retention.purge_older_than))
+                if retention.history_removed:
+                    modes.append(("history-removed", None))
+                return [purge(store, self._engine, mode=mode, older_than=age, batch_size=retention.batch_size)
+                        for mode, age in modes]
+            finally:
+                store.unlock()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
