@@ -297,8 +297,8 @@ def queries(url: str, reps: int, cwd: Path) -> dict[str, Any]:
 
 def purge_batches(url: str, camunda_url: str, batch_size: int, batches: int) -> dict[str, Any]:
     """Purge batches of ``batch_size`` rows (older than 90 days) against the real engine, timed each."""
-    engine = EngineClient(CamundaSettings(base_url=camunda_url), "procos-bench-purge", lock_duration_ms=60_000,
-                          async_response_timeout_ms=0)
+    engine = EngineClient(CamundaSettings(base_url=camunda_url), "procos-bench-purge", async_response_timeout_ms=0,
+                          pool_size=1)
     times: list[float] = []
     reports = []
     with RetentionStore(DatabaseSettings(url=SecretStr(url))) as store:
@@ -333,8 +333,8 @@ def _one_batch(store: RetentionStore, engine: EngineClient, batch_size: int) -> 
 
 
 def full_purge(url: str, camunda_url: str, batch_size: int) -> dict[str, Any]:
-    engine = EngineClient(CamundaSettings(base_url=camunda_url), "procos-bench-purge", lock_duration_ms=60_000,
-                          async_response_timeout_ms=0)
+    engine = EngineClient(CamundaSettings(base_url=camunda_url), "procos-bench-purge", async_response_timeout_ms=0,
+                          pool_size=1)
     with RetentionStore(DatabaseSettings(url=SecretStr(url))) as store:
         report = purge(store, engine, mode="older-than", older_than=timedelta(days=90), batch_size=batch_size)
     engine.close()

@@ -1,9 +1,4 @@
-"""A pausable TCP proxy on 127.0.0.1: makes one real service look down and up again to one client,
-without touching the service (which other tests share).
-
-``pause()`` closes the listener and cuts every open connection (new ones are refused); ``resume()``
-listens again on the same port.
-"""
+"""A pausable TCP proxy: makes a TCP service (PostgreSQL) look down without touching the service."""
 
 from __future__ import annotations
 
@@ -14,10 +9,15 @@ import threading
 __all__ = ["TcpProxy"]
 
 
+
 class TcpProxy:
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self.upstream = (upstream_host, upstream_port)
+    """Forwards TCP connections on 127.0.0.1 to ``upstream_port``; ``pause()`` refuses and cuts all
+    connections (the service looks down), ``resume()`` listens again on the same port."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
         self.port = 0
+        self.accepted = 0
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -45,7 +45,8 @@ class TcpProxy:
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         with self._lock:
-            sockets, self._sockets = list(self._sockets), set()
+            sockets = list(self._sockets)
+            self._sockets.clear()
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -61,20 +62,23 @@ class TcpProxy:
                 client.close()
                 return
             try:
-                upstream = socket.create_connection(self.upstream, timeout=5)
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
                 upstream.settimeout(None)
             except OSError:
                 client.close()
                 continue
             with self._lock:
+                self.accepted += 1
                 self._sockets.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
+        try:
             while data := src.recv(65536):
                 dst.sendall(data)
+        except OSError:
+            pass
         for sock in (src, dst):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)

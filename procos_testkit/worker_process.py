@@ -1,90 +1,134 @@
-"""``procos-worker run`` as a real subprocess with JSON logs, its events parsed as they arrive.
+"""``procos-worker run`` as a subprocess, for the fault tests and the benchmarks alike.
 
-For tests that need a whole process (its HTTP port, its signals, several workers side by side).
+The worker logs one JSON object per line (``LOG_FORMAT=json``); a reader thread per pipe parses
+each line once as it arrives, so a caller can wait for an event (``wait_for("task.completed",
+task_id=...)``), look events up (``find``), or read everything the process wrote (``text``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["WorkerProcess", "subprocess_env"]
+__all__ = ["WORKER_COMMAND", "WorkerProcess"]
 
-
-def subprocess_env(topic: str, health_file: Path, **overrides: str) -> dict[str, str]:
-    """Only what a worker needs (the defaults reach the local stack), JSON logs, short backoffs, plus ``overrides``."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", "/root"),
-        "LANG": "C.UTF-8",
-        "WORKER_TOPICS": topic,
-        "WORKER_ASYNC_RESPONSE_TIMEOUT_MS": "5000",
-        "WORKER_HEALTH_FILE": str(health_file),
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
-        "BACKOFF_INITIAL_S": "0.2",
-        "BACKOFF_MAX_S": "2",
-        # No HTTP port unless the test asks: workers of parallel tests must not compete for one.
-        "OPS_HTTP_PORT": "0",
-    }
-    env.update(overrides)
-    return env
+WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "procos_worker", "run")
 
 
 class WorkerProcess:
-    """One ``python -m procos_worker run`` subprocess."""
+    """One worker subprocess with its log events.
 
-    def __init__(self, env: dict[str, str], cwd: Path, name: str = "worker") -> None:
-        self.env = env
+    ``env`` is its whole environment (nothing is inherited). ``keep`` limits the events kept to those
+    names: the benchmark keeps a handful, so its harness does not spend CPU parsing every line of a
+    busy worker; raw lines are kept either way.
+    """
+
+    def __init__(self, env: Mapping[str, str], cwd: Path | None = None, name: str = "worker", *,
+                 command: Sequence[str] = WORKER_COMMAND, keep: Collection[str] | None = None) -> None:
+        self.env = dict(env)
         self.cwd = cwd
         self.name = name
+        self.command = list(command)
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
+        self._keep = frozenset(keep) if keep is not None else None
         self._cond = threading.Condition()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._readers: list[threading.Thread] = []
+
+    # -- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> WorkerProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "procos_worker", "run"], cwd=self.cwd, env=self.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            self.command, cwd=self.cwd, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        )
         for stream in (self.proc.stdout, self.proc.stderr):
-            threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+            assert stream is not None
+            reader = threading.Thread(target=self._read, args=(stream,), name=f"log-{self.name}", daemon=True)
+            reader.start()
+            self._readers.append(reader)
         return self
 
-    def _read(self, stream: Any) -> None:
-        for line in iter(stream.readline, b""):
-            text = line.decode("utf-8", "replace").rstrip("\n")
-            with self._cond:
-                self.raw.append(text)
-                with contextlib.suppress(ValueError):
-                    event = json.loads(text)
-                    if isinstance(event, dict):
-                        self.events.append(event)
-                self._cond.notify_all()
+    def wait_started(self, timeout_s: float = 60.0) -> WorkerProcess:
+        """Wait for ``worker.started``; stop the process if it does not come."""
+        try:
+            self.wait_for("worker.started", timeout_s=timeout_s)
+        except AssertionError:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def pids(self) -> list[int]:
+        return [self.pid]
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def find(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout_s: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill(self) -> int:
+        """SIGKILL and reap."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        return self.proc.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM, wait for the graceful shutdown (SIGKILL after ``timeout_s``), remove its health file."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for reader in self._readers:
+            reader.join(5)
+        if "WORKER_HEALTH_FILE" in self.env:
+            with contextlib.suppress(OSError):
+                Path(self.env["WORKER_HEALTH_FILE"]).unlink()
+
+    # -- what it logged --------------------------------------------------------------------------
+
+    def text(self) -> str:
+        """Everything the process wrote on stdout and stderr (after it exited: all of it)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            for reader in self._readers:
+                reader.join(timeout=5)
         with self._cond:
-            return [e for e in self.events if e.get("event") == event
-                    and all(e.get(k) == v for k, v in fields.items())]
+            return "\n".join(self.raw)
+
+    def find(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        """The events named ``event`` whose ``fields`` have these values, in log order."""
+        with self._cond:
+            return self._matching(event, fields)
 
     def wait_for(self, event: str, timeout_s: float = 30.0, count: int = 1, **fields: Any) -> dict[str, Any]:
         """The ``count``-th event named ``event`` with ``fields``; fail (with the log tail) on timeout or exit."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                found = [e for e in self.events if e.get("event") == event
-                         and all(e.get(k) == v for k, v in fields.items())]
+                found = self._matching(event, fields)
                 if len(found) >= count:
                     return found[count - 1]
                 left = deadline - time.monotonic()
@@ -94,13 +138,26 @@ class WorkerProcess:
                     raise AssertionError(f"{self.name}: {state} waiting for {event} {fields}; last lines:\n{tail}")
                 self._cond.wait(timeout=min(left, 0.2))
 
-    def stop(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM, then wait for the exit status (SIGKILL if it does not come)."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+    def _matching(self, event: str, fields: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())]
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for line in iter(stream.readline, b""):
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            event = self._parse(text)
+            with self._cond:
+                self.raw.append(text)
+                if event is not None:
+                    self.events.append(event)
+                self._cond.notify_all()
+
+    def _parse(self, text: str) -> dict[str, Any] | None:
+        if self._keep is not None and not any(f'"{name}"' in text for name in self._keep):
+            return None  # cheap pre-filter before parsing
         try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout=10)
+            event = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(event, dict) or (self._keep is not None and event.get("event") not in self._keep):
+            return None
+        return event

@@ -13,7 +13,8 @@ import time
 from structlog.stdlib import BoundLogger
 
 from procos_worker import metrics
-from procos_worker.ai.llm import LlmClient, build_messages
+from procos_worker.ai.api import LlmApi
+from procos_worker.ai.llm import build_messages
 from procos_worker.ai.taskconfig import TaskConfig, TaskConfigs
 from procos_worker.flags import build_flags
 from procos_worker.gate import ServiceGate
@@ -21,7 +22,7 @@ from procos_worker.inputs import build_inputs
 from procos_worker.models import Complete, StoredOutput, Task
 from procos_worker.outcomes import complete
 from procos_worker.settings import Settings
-from procos_worker.store.context import ContextStore
+from procos_worker.store.api import StoreApi
 
 __all__ = ["TaskHandler"]
 
@@ -29,7 +30,7 @@ __all__ = ["TaskHandler"]
 class TaskHandler:
     """Runs the pipeline for one task at a time per call (many calls run in parallel threads)."""
 
-    def __init__(self, settings: Settings, store: ContextStore, llm: LlmClient, configs: TaskConfigs, *,
+    def __init__(self, settings: Settings, store: StoreApi, llm: LlmApi, configs: TaskConfigs, *,
                  store_gate: ServiceGate, llm_gate: ServiceGate) -> None:
         self._settings = settings
         self._store = store
@@ -55,14 +56,14 @@ class TaskHandler:
             return _complete(stored, config)
         t1 = time.perf_counter()
         metrics.stored("input", t1 - t0)
-        log.info("task.input_stored", prompt_length=len(messages[-1]["content"]), model=config.model,
-                 store_s=round(t1 - t0, 4))
+        log.debug("task.input_stored", prompt_length=len(messages[-1]["content"]), model=config.model,
+                  store_s=round(t1 - t0, 4))
 
         result = self._llm_gate.call(
             lambda: self._llm.chat(messages, model=config.model, options=config.options), cancel)
         t2 = time.perf_counter()
         metrics.llm_answered(result.model, t2 - t1, result.prompt_eval_count, result.eval_count)
-        log.info("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
+        log.debug("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
                  eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,
                  done_reason=result.done_reason)
 
@@ -70,7 +71,7 @@ class TaskHandler:
         output = self._store_gate.call(
             lambda: self._store.save_output(task, result, input_id, prompt_chars=prompt_chars), cancel)
         metrics.stored("output", time.perf_counter() - t2)
-        log.info("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
+        log.debug("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
         return _complete(output, config)
 
 

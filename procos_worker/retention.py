@@ -128,8 +128,7 @@ class PurgeSchedule:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         w = settings.worker
-        self._engine = EngineClient(settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
-                                    async_response_timeout_ms=0)
+        self._engine = EngineClient(settings.camunda, w.id, async_response_timeout_ms=0, pool_size=1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="procos-retention", daemon=True)
         self._log = structlog.get_logger("procos_worker.retention").bind(worker_id=settings.worker.id)

@@ -38,7 +38,7 @@ class Readiness:
         w = settings.worker
         self._model = settings.ollama.model
         self._engine = EngineClient(settings.camunda.model_copy(update={"http_timeout_s": timeout_s}), w.id,
-                                    lock_duration_ms=w.lock_duration_ms, async_response_timeout_ms=0)
+                                    async_response_timeout_ms=0, pool_size=1)
         self._store = ContextStore(settings.database.model_copy(update={"connect_timeout_s": timeout_s,
                                                                         "pool_max_size": 1}))
         self._llm = LlmClient(settings.ollama.model_copy(update={"timeout_s": timeout_s}))

@@ -61,7 +61,7 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO | None = None)
     mode: PurgeMode = "history-removed" if args.history_removed else "older-than"
     log = structlog.get_logger("procos_worker.ops.purge")
     w = settings.worker
-    engine = EngineClient(settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms, async_response_timeout_ms=0)
+    engine = EngineClient(settings.camunda, w.id, async_response_timeout_ms=0, pool_size=1)
     try:
         with RetentionStore(settings.database) as store:
             if not args.dry_run and not store.try_lock():

@@ -7,6 +7,8 @@ by an interrupted build first, and then calls ``optimize_camunda_for_ai()``, whi
 and analyzes procos' tables. Camunda creates its tables at its first start, possibly after
 ``init-db``: a missing table is reported and skipped, and the next ``init-db`` or worker start builds
 its index. Run twice, it builds nothing the second time. One session at a time (advisory lock).
+Only a table's owner may index it: a login that is not (compose's DML-only worker login) checks, and
+leaves the building to ``init-db`` run with the owner's login.
 """
 
 from __future__ import annotations
@@ -40,8 +42,13 @@ def tune(conn: psycopg.Connection[Any]) -> list[str]:
     try:
         steps = [f"{name} (obsolete) dropped" for name in _OBSOLETE if _drop_if_exists(conn, name)]
         wanted = conn.execute("SELECT index_name, table_name, definition FROM procos_camunda_ai_indexes()").fetchall()
+        missing = False
         for name, table, definition in wanted:
-            steps.append(_build(conn, str(name), str(table), str(definition)))
+            step = _build(conn, str(name), str(table), str(definition))
+            missing = missing or step.startswith("not the owner")
+            steps.append(step)
+        if missing:  # the function would try a plain CREATE INDEX with this login, and fail
+            return [*steps, "optimize_camunda_for_ai() not called"]
         conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'")
         row = conn.execute("SELECT optimize_camunda_for_ai()").fetchone()
         steps.append(f"optimize_camunda_for_ai(): {row[0] if row else ''}")
@@ -59,6 +66,8 @@ def _build(conn: psycopg.Connection[Any], name: str, table: str, definition: str
         "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (name,)).fetchone()
     if valid is not None and valid[0]:
         return f"{name} present"
+    if not _owns(conn, table):
+        return f"not the owner of {table}: {name} not built (run procos-worker init-db with the owner's login)"
     if valid is not None:  # an interrupted CONCURRENTLY build leaves an invalid index behind
         conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
     started = time.monotonic()
@@ -67,10 +76,16 @@ def _build(conn: psycopg.Connection[Any], name: str, table: str, definition: str
 
 
 def _drop_if_exists(conn: psycopg.Connection[Any], name: str) -> bool:
-    if not _exists(conn, name):
+    if not _exists(conn, name) or not _owns(conn, name):
         return False
     conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
     return True
+
+
+def _owns(conn: psycopg.Connection[Any], relation: str) -> bool:
+    row = conn.execute("SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c "
+                       "WHERE c.oid = to_regclass(%s)", (relation,)).fetchone()
+    return bool(row and row[0])
 
 
 def _exists(conn: psycopg.Connection[Any], name: str) -> bool:

@@ -43,12 +43,12 @@ def _tokens(db: psycopg.Connection[Any], pis: list[str]) -> tuple[int, int]:
 
 
 def test_a_real_prometheus_scrapes_exact_counters_from_a_running_worker(
-    engine_rest: EngineRest, deployed: tuple[str, str], worker_process: Callable[..., Any],
+    engine_rest: EngineRest, deployed: tuple[str, str], spawn: Callable[..., Any],
     db: psycopg.Connection[Any], ollama_up: str, tmp_path: Path,
 ) -> None:
     topic, key = deployed
     port = free_port()
-    worker = worker_process(topic, OPS_HTTP_PORT=str(port), OLLAMA_OPTIONS=SMALL_ANSWER)
+    worker = spawn(topic, OPS_HTTP_PORT=str(port), OLLAMA_OPTIONS=SMALL_ANSWER, WORKER_LOCK_DURATION_MS="60000")
     worker.wait_for("ops.http_started", timeout_s=60)
     with PrometheusServer([f"127.0.0.1:{port}"], tmp_path) as prometheus:
         series = f'topic="{topic}"'

@@ -29,6 +29,7 @@ from procos_testkit.fake_ollama import FakeOllama
 from procos_testkit.pg import scratch_database
 from procos_testkit.tcp_proxy import TcpProxy
 from procos_worker.engine.client import EngineClient
+from procos_worker.engine.fetch import fetch_order
 from procos_worker.health import HealthRecord
 from procos_worker.ops.http import OpsServer
 from procos_worker.ops.probes import Readiness
@@ -120,8 +121,8 @@ def served(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., ServedW
         update |= {name: getattr(settings, name).model_copy(update=fields) for name, fields in sections.items()}
         tuned = settings.model_copy(update=update)
         w = tuned.worker
-        engine = WedgeableEngine(tuned.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
-                                 async_response_timeout_ms=w.async_response_timeout_ms)
+        engine = WedgeableEngine(tuned.camunda, w.id, async_response_timeout_ms=w.async_response_timeout_ms,
+                                 order=fetch_order(w), pool_size=w.max_tasks_in_flight + 3)
         served = ServedWorker(tuned, engine).start()
         started.append(served)
         return served
@@ -198,17 +199,16 @@ def _readyz(url: str) -> tuple[int, dict[str, Any]]:
 
 
 def test_readyz_follows_each_dependency_down_and_up(
-    worker_process: Callable[..., Any], settings: Settings, ollama_up: str,
+    spawn: Callable[..., Any], settings: Settings, ollama_up: str,
 ) -> None:
     base = settings.database.url.get_secret_value()
     with scratch_database(base, prefix="procos_ops_ready") as direct, \
-            TcpProxy("127.0.0.1", 5432) as pg, TcpProxy("127.0.0.1", 8080) as camunda, \
-            TcpProxy("127.0.0.1", 11434) as ollama:
+            TcpProxy(5432) as pg, TcpProxy(8080) as camunda, TcpProxy(11434) as ollama:
         with psycopg.connect(direct, autocommit=True) as conn:
             conn.execute(FIRST_RELEASE_SQL.read_text(encoding="utf-8").encode())
         port = free_port()
         db_name = direct.rsplit("/", 1)[1]
-        worker = worker_process(
+        worker = spawn(
             f"ops-ready-{uuid.uuid4().hex[:8]}", OPS_HTTP_PORT=str(port), OPS_READINESS_TIMEOUT_S="2",
             DATABASE_URL=f"postgresql://procos:procos123@127.0.0.1:{pg.port}/{db_name}",
             CAMUNDA_BASE_URL=f"http://127.0.0.1:{camunda.port}/engine-rest",

@@ -266,7 +266,7 @@ def test_a_locked_row_stops_the_purge_safely_and_an_unreachable_engine_deletes_n
 
 def test_scheduled_purge_runs_in_one_worker_at_a_time(
     scratch: tuple[str, ContextStore], instances: Instances, tmp_path: Path, settings: Settings,
-    worker_process: Callable[..., Any],
+    spawn: Callable[..., Any],
 ) -> None:
     url, store = scratch
     ended = instances.ended()
@@ -274,7 +274,7 @@ def test_scheduled_purge_runs_in_one_worker_at_a_time(
         assert lock_holder.execute("SELECT pg_try_advisory_lock(%s)", (PURGE_LOCK_KEY,)).fetchone() == (True,)
         _write(store, ended, tasks=2, days_old=100, url=url)
         env = {"DATABASE_URL": url, "RETENTION_PURGE_OLDER_THAN": "90d", "RETENTION_INTERVAL_S": "1"}
-        workers = [worker_process(f"ops-retention-{uuid.uuid4().hex[:6]}", **env) for _ in range(2)]
+        workers = [spawn(f"ops-retention-{uuid.uuid4().hex[:6]}", **env) for _ in range(2)]
         for worker in workers:
             worker.wait_for("retention.skipped", timeout_s=60, count=2)
         assert _counts(url) == {ended: 4}, "no purge while another session holds the lock"
