@@ -9,10 +9,11 @@ The worker itself (``procos_worker.worker``) knows nothing of these.
 from __future__ import annotations
 
 import threading
+from importlib import metadata
 
 import structlog
 
-from procos_worker import __version__, metrics
+from procos_worker import metrics
 from procos_worker.errors import ProcosError
 from procos_worker.ops.http import OpsServer
 from procos_worker.ops.probes import Readiness
@@ -26,7 +27,7 @@ __all__ = ["run", "tune_camunda"]
 
 def run(settings: Settings) -> int:
     """Serve tasks until SIGTERM/SIGINT; returns the exit status."""
-    metrics.declare(settings.worker.topics, __version__)
+    metrics.declare(settings.worker.topics, _version())
     worker = Worker(settings)
     server = None
     if settings.ops.http_port:
@@ -41,6 +42,13 @@ def run(settings: Settings) -> int:
         schedule.stop()
         if server is not None:
             server.stop()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("procos-worker")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def tune_camunda(store: ContextStore) -> bool:

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
-from deploykit import REPO
 
 from procos_testkit.prometheus import prometheus_binaries
 from procos_worker import metrics
 from procos_worker.settings import OpsSettings
+from tests.deploy.deploykit import REPO
 
 pytestmark = pytest.mark.deploy
 
