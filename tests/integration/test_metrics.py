@@ -20,6 +20,7 @@ import requests
 
 from procos_testkit.engine import EngineRest, wait_until
 from procos_testkit.prometheus import PrometheusServer, prometheus_binaries
+from procos_worker import __version__
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +87,8 @@ def test_a_real_prometheus_scrapes_exact_counters_from_a_running_worker(
         assert (scraped("procos_worker_fetch_duration_seconds_count") or 0) >= 1
         assert {r["metric"]["service"] for r in prometheus.query("procos_worker_service_up == 1")} == {
             "camunda", "postgresql", "ollama"}
+        # The version comes from the installed package's metadata (ops may not import the package root).
+        assert [r["metric"]["version"] for r in prometheus.query("procos_worker_build_info")] == [__version__]
 
         # Every query of the Grafana dashboard answers with data from this scrape.
         board = json.loads(DASHBOARD.read_text(encoding="utf-8"))

@@ -110,3 +110,19 @@ def test_metric_labels_are_bounded_words_only() -> None:
 
 def test_like_wildcards_are_escaped() -> None:
     assert escape_like(r"50%_off\x") == r"50\%\_off\\x"
+
+
+def test_the_daemon_reports_the_installed_version_and_unknown_without_metadata(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    from procos_worker import __version__
+    from procos_worker.ops import daemon
+
+    assert daemon._version() == __version__
+
+    def missing(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    assert daemon._version() == "unknown"
