@@ -27,6 +27,8 @@
     │   │                          nothing is reported (the engine no longer expects it)
     │   ├── LlmUnavailable         Ollama refuses connections
     │   └── StoreUnavailable       PostgreSQL can't be reached
+    ├── PurgeStopped               retention gave up before the end (a row lock held too long, an
+    │                              engine without history): what was deleted stays deleted, run again
     └── EngineError                raised only by the engine client (``engine.client``)
         ├── EngineUnavailable      -> retry: the poll loop backs off; a report is tried again until
         │                          it lands (refused, timeout, 5xx)
@@ -64,6 +66,7 @@ __all__ = [
     "PermanentError",
     "ProcosError",
     "PromptTooLong",
+    "PurgeStopped",
     "ServiceUnavailable",
     "StoreUnavailable",
     "TaskConfigError",
@@ -154,6 +157,10 @@ class LlmUnavailable(ServiceUnavailable):
 
 class StoreUnavailable(ServiceUnavailable):
     """PostgreSQL can't be reached."""
+
+
+class PurgeStopped(ProcosError):
+    """A purge stopped early and safely (each batch is its own transaction)."""
 
 
 class EngineError(ProcosError):

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from structlog.stdlib import BoundLogger
 
+from procos_worker import metrics
 from procos_worker.ai.api import LlmApi
 from procos_worker.ai.llm import build_messages
 from procos_worker.ai.structured import Checked, StructuredOutput, check_answer, output_invalid, repair_messages
@@ -164,6 +165,7 @@ class TaskHandler:
                                            context_type=context_type, extra=extra),
             step.cancel)
         if stored is None:
+            metrics.stored("input", time.perf_counter() - t0)
             step.log.debug("task.input_stored", prompt_length=len(messages[-1]["content"]), model=config.model,
                            store_s=round(time.perf_counter() - t0, 4))
         return input_id, stored
@@ -174,6 +176,7 @@ class TaskHandler:
         result = self._llm_gate.call(
             lambda: self._llm.chat(messages, model=config.model, options=config.options, format=format),
             step.cancel)
+        metrics.llm_answered(result.model, time.perf_counter() - t0, result.prompt_eval_count, result.eval_count)
         step.log.debug("task.llm_answered", response_length=len(result.content),
                        llm_s=round(time.perf_counter() - t0, 4), eval_count=result.eval_count,
                        prompt_eval_count=result.prompt_eval_count, done_reason=result.done_reason)
@@ -187,6 +190,7 @@ class TaskHandler:
             lambda: self._store.save_output(step.task, result, input_id, prompt_chars=prompt_chars,
                                             context_type=context_type, extra=extra),
             step.cancel)
+        metrics.stored("output", time.perf_counter() - t0)
         step.log.debug("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t0, 4),
                        context_type=context_type)
         return output

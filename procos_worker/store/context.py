@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -30,7 +31,7 @@ from procos_worker import textcodec
 from procos_worker.errors import PermanentError, StoreUnavailable
 from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs
 from procos_worker.settings import DatabaseSettings
-from procos_worker.store import migrations
+from procos_worker.store import camunda_tuning, migrations, queries
 
 __all__ = ["ContextStore"]
 
@@ -102,6 +103,10 @@ class ContextStore:
     def upgrade_schema(self, *, init_sql: str | None = None) -> list[str]:
         """Create the schema, or apply the migrations it lacks (``migrations.upgrade``)."""
         return self._run(lambda cur: migrations.upgrade(cur.connection, init_sql=init_sql))
+
+    def tune_camunda(self) -> list[str]:
+        """Build procos' indexes on Camunda's tables without blocking the engine (``camunda_tuning.tune``)."""
+        return self._run(lambda cur: camunda_tuning.tune(cur.connection))
 
     def schema_status(self) -> migrations.SchemaStatus:
         return self._run(lambda cur: migrations.schema_status(cur.connection))
@@ -284,6 +289,14 @@ class ContextStore:
                 ORDER BY created_at, context_type, id""",
             (process_instance_id,),
         )
+
+    def search(self, text: str, *, limit: int = 20, context_type: str | None = None) -> list[queries.SearchHit]:
+        """Rows whose text contains ``text``, newest first (``queries.search``)."""
+        return self._run(lambda cur: queries.search(cur, text, limit=limit, context_type=context_type))
+
+    def stats(self, *, since: datetime | None = None) -> queries.Stats:
+        """Calls, tokens and latency per model and per BPMN step (``queries.stats``)."""
+        return self._run(lambda cur: queries.stats(cur, since=since))
 
     # -- plumbing --------------------------------------------------------------------------------
 
