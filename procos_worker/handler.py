@@ -1,5 +1,5 @@
-"""One task, start to stored answer: its settings -> inputs -> input row (already answered?) -> LLM ->
-output row.
+"""One task, start to stored answer: its settings -> inputs -> prompt (memory turns, context window) ->
+input row (already answered?) -> LLM -> output row.
 
 Returns the ``Complete`` outcome built from the committed output row, or raises a ``TaskError``.
 It never talks to Camunda: the worker sends the outcome.
@@ -12,13 +12,14 @@ import time
 
 from structlog.stdlib import BoundLogger
 
-from procos_worker.ai.llm import LlmClient, build_messages
+from procos_worker.ai.llm import LlmClient
 from procos_worker.ai.taskconfig import TaskConfig, TaskConfigs
 from procos_worker.flags import build_flags
 from procos_worker.gate import ServiceGate
 from procos_worker.inputs import build_inputs
-from procos_worker.models import Complete, StoredOutput, Task
+from procos_worker.models import Complete, LlmResult, StoredOutput, Task
 from procos_worker.outcomes import complete
+from procos_worker.prompting import Prompts
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
 
@@ -36,17 +37,21 @@ class TaskHandler:
         self._configs = configs
         self._store_gate = store_gate
         self._llm_gate = llm_gate
+        self._prompts = Prompts(settings, store, llm, configs.registry, store_gate=store_gate, llm_gate=llm_gate)
 
     def handle(self, task: Task, cancel: threading.Event, log: BoundLogger) -> Complete:
         """``cancel`` interrupts waits for an unreachable service (lock lost, or shutdown)."""
         # procos.* properties over the defaults; the model registry may need PostgreSQL.
         config = self._store_gate.call(lambda: self._configs.resolve(task), cancel)
         inputs = build_inputs(task, config, self._settings.task)
-        messages = build_messages(inputs)
+        # Earlier turns (procos.memory) and the context window (procos.onOverflow): the first try's messages.
+        prompt = self._prompts.first(task, config, inputs, cancel, log)
+        messages = prompt.messages
 
         t0 = time.perf_counter()
         input_id, stored = self._store_gate.call(
-            lambda: self._store.save_input(task, inputs, messages, model=config.model, options=config.options),
+            lambda: self._store.save_input(task, inputs, messages, model=config.model, options=config.options,
+                                           window=prompt.record(), memory_key=prompt.memory_key),
             cancel)
         if stored is not None:
             # Redelivered after a crash or an expired lock: the answer exists, don't ask again.
@@ -56,20 +61,26 @@ class TaskHandler:
         log.info("task.input_stored", prompt_length=len(messages[-1]["content"]), model=config.model,
                  store_s=round(t1 - t0, 4))
 
-        result = self._llm_gate.call(
-            lambda: self._llm.chat(messages, model=config.model, options=config.options), cancel)
+        def chat(sent: list[dict[str, str]]) -> LlmResult:
+            return self._llm_gate.call(lambda: self._llm.chat(sent, model=config.model, options=config.options), cancel)
+
+        # A prompt Ollama refuses as too long is fitted once more (fewer turns, less context) or reported.
+        result, prompt = self._prompts.ask(task, config, prompt, input_id=input_id, chat=chat, cancel=cancel,
+                                          log=log)
         t2 = time.perf_counter()
         log.info("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
                  eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,
                  done_reason=result.done_reason)
 
-        prompt_chars = sum(len(m["content"]) for m in messages)
         output = self._store_gate.call(
-            lambda: self._store.save_output(task, result, input_id, prompt_chars=prompt_chars), cancel)
+            lambda: self._store.save_output(task, result, input_id, prompt_chars=prompt.chars,
+                                            prompt_messages=len(prompt.messages), memory_key=prompt.memory_key,
+                                            prompt_truncated=prompt.truncated), cancel)
         log.info("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
         return _complete(output, config)
 
 
 def _complete(output: StoredOutput, config: TaskConfig) -> Complete:
     """The flags under the task's result prefix, in the process or the task's own scope."""
-    return complete(build_flags(output, config.result_prefix), output.id, local=config.result_scope == "local")
+    flags = build_flags(output, config.result_prefix, report_truncation=config.on_overflow == "truncate")
+    return complete(flags, output.id, local=config.result_scope == "local")

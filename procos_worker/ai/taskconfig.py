@@ -12,7 +12,7 @@ Options are merged key by key in that order (a task's ``{"temperature": 0}`` kee
 value means "not set" (Camunda Modeler writes empty fields). An unknown ``procos.*`` name or a bad
 value is a modelling mistake: ``TaskConfigError`` (an incident) naming the activity and property.
 
-Adding a property (``procos.outputSchema``, ``procos.memory``, ...): one parser in ``_PARSERS`` (it
+Adding a property (``procos.outputSchema``, ...): one parser in ``_PARSERS`` (it
 raises ``ValueError`` with what is wrong) and one field of ``TaskConfig`` filled in ``_spec``.
 
 The parsed properties are cached by their text (per topic), so a task costs a dictionary lookup,
@@ -33,8 +33,10 @@ from typing import Any, Literal
 import ollama
 import pydantic
 
+from procos_worker.ai.memory import NO_MEMORY, MemoryScope, parse_memory
 from procos_worker.ai.registry import ModelRegistry
 from procos_worker.ai.template import PromptTemplate, compile_template
+from procos_worker.ai.window import OnOverflow, parse_on_overflow
 from procos_worker.errors import TaskConfigError
 from procos_worker.models import Task
 from procos_worker.settings import Settings, TaskSettings
@@ -60,12 +62,16 @@ class TaskConfig:
     system_prompt: PromptTemplate | None = None
     result_prefix: str = "ai"
     result_scope: ResultScope = "process"
+    memory: MemoryScope = NO_MEMORY
+    on_overflow: OnOverflow = "error"
 
     def variables_needed(self, settings: TaskSettings) -> frozenset[str]:
-        """The process variables this task reads: its templates' names, or the default inputs."""
+        """The process variables this task reads: its templates' names, or the default inputs (and the
+        variable whose value keys its memory)."""
         user = self.prompt.names if self.prompt else {settings.query_variable, settings.context_variable}
         system = self.system_prompt.names if self.system_prompt else {settings.system_prompt_variable}
-        return frozenset(user | system)
+        memory = {self.memory.variable} if self.memory.variable else set()
+        return frozenset(user | system | memory)
 
     def where(self, prop: str) -> str:
         """How errors name a property of this task."""
@@ -135,6 +141,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "procos.systemPrompt": _template,
     "procos.resultPrefix": _result_prefix,
     "procos.resultScope": _result_scope,
+    "procos.memory": parse_memory,
+    "procos.onOverflow": parse_on_overflow,
     # Free text for the people reading the model (the element template's "Description"); not used.
     "procos.description": _text,
 }
@@ -175,6 +183,10 @@ class TaskConfigs:
         }
         self._spec = lru_cache(maxsize=1024)(self._build_spec)
 
+    @property
+    def registry(self) -> ModelRegistry:
+        return self._registry
+
     def resolve(self, task: Task) -> TaskConfig:
         """The task's settings; ``TaskConfigError`` / ``ModelRefused`` (incidents), ``StoreUnavailable``
         when the registry must be read and PostgreSQL can't be reached."""
@@ -204,6 +216,8 @@ class TaskConfigs:
             system_prompt=merged.get("procos.systemPrompt"),
             result_prefix=merged.get("procos.resultPrefix", "ai"),
             result_scope=merged.get("procos.resultScope", "process"),
+            memory=merged.get("procos.memory", NO_MEMORY),
+            on_overflow=merged.get("procos.onOverflow", "error"),
         )
 
 
