@@ -15,11 +15,12 @@ from xml.sax.saxutils import quoteattr
 
 import requests
 
-__all__ = ["EXAMPLE_BPMN", "TWO_STEPS_BPMN", "EngineRest", "ai_steps_bpmn", "example_bpmn", "json_variable",
-           "own_copy", "wait_until"]
+__all__ = ["EXAMPLE_BPMN", "FOLLOW_UP_BPMN", "TWO_STEPS_BPMN", "EngineRest", "ai_steps_bpmn", "example_bpmn",
+           "json_variable", "own_copy", "wait_until"]
 
 EXAMPLE_BPMN = Path(__file__).resolve().parents[1] / "bpmn" / "ai-query.bpmn"
 TWO_STEPS_BPMN = Path(__file__).resolve().parents[1] / "bpmn" / "ai-two-steps.bpmn"
+FOLLOW_UP_BPMN = Path(__file__).resolve().parents[1] / "bpmn" / "ai-follow-up.bpmn"
 
 
 def example_bpmn(topic: str, process_key: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from procos_testkit.engine import EngineRest, ai_steps_bpmn, json_variable
+from procos_testkit.engine import FOLLOW_UP_BPMN, EngineRest, ai_steps_bpmn, json_variable, own_copy
 from procos_testkit.ollama_proxy import OllamaProxy
 from procos_worker.models import LlmResult, StoredContext, Task, TaskInputs
 from procos_worker.settings import Settings
@@ -266,3 +266,26 @@ def test_memory_by_variable_continues_across_process_instances(
     keys = db.execute("SELECT DISTINCT memory_key FROM procos_ai_context WHERE process_instance_id = ANY(%s)",
                       ([first, second],)).fetchall()
     assert keys == [(f"customerId={customer}",)]
+
+
+def test_the_follow_up_example_asks_with_the_first_answer(
+    engine_rest: EngineRest, run_worker: Callable[..., Any], store: ContextStore,
+) -> None:
+    """bpmn/ai-follow-up.bpmn as the README runs it: the follow-up is asked with the first turn before it."""
+    topic = key = f"ai-follow-up-{uuid.uuid4().hex[:10]}"
+    engine_rest.deploy(own_copy(FOLLOW_UP_BPMN, topic, key), key)
+    pi = engine_rest.start(key, {"question": "Why is the sky blue?"})
+    run_worker(topic)
+    engine_rest.wait_for(lambda: engine_rest.passed_task(pi), timeout_s=600, what="both AI steps done")
+
+    variables = engine_rest.variables(pi)
+    first_id, follow_up_id = variables["answer_context_id"]["value"], variables["followup_context_id"]["value"]
+    first = store.get(first_id)
+    assert first is not None
+    asked = _input_of(store, follow_up_id)
+    assert asked.content_data["memory_context_ids"] == [first_id]
+    system, question, answer, follow_up = asked.content_data["messages"]
+    assert system["role"] == "system" and question == {"role": "user", "content": "Why is the sky blue?"}
+    assert answer == {"role": "assistant", "content": first.content_text}
+    assert follow_up["content"].startswith("Explain your previous answer")
+    assert [t.activity_id for t in store.turns(process_instance_id=pi)] == ["answer", "follow-up"]
