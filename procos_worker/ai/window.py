@@ -71,9 +71,11 @@ PLAIN_MAX_CHARS = 16_384
 # request (the generation prompt, and a default system prompt some templates add: ~26 on smollm2).
 _MESSAGE_TOKENS = 6
 _REQUEST_TOKENS = 32
-# What a measured request is corrected by before its characters per token are used: the least a
-# template adds, so that the figure errs on the side of more tokens.
-_MEASURED_REQUEST_TOKENS = 4
+# What a measured request is corrected by before its characters per token are used: ChatML's exact
+# tokens (5 per message, 3 for the generation prompt); templates that add more make the figure lower,
+# so it errs on the side of more tokens.
+_MEASURED_MESSAGE_TOKENS = 5
+_MEASURED_REQUEST_TOKENS = 3
 # A conversation figure from fewer prompt tokens than this says more about the template than the text.
 _MIN_MEASURED_TOKENS = 200
 _CPT_RANGE = (0.25, 16.0)
@@ -233,7 +235,7 @@ def _conversation_chars_per_token(sizes: Sequence[TurnSize], model: str) -> floa
     for size in sizes:
         if size.model != model or not size.prompt_chars or not size.prompt_tokens or size.prompt_messages is None:
             continue
-        text_tokens = size.prompt_tokens - _MESSAGE_TOKENS * size.prompt_messages - _MEASURED_REQUEST_TOKENS
+        text_tokens = size.prompt_tokens - _MEASURED_MESSAGE_TOKENS * size.prompt_messages - _MEASURED_REQUEST_TOKENS
         if text_tokens > 0:
             chars += size.prompt_chars
             tokens += text_tokens

@@ -102,7 +102,7 @@ def test_the_head_that_fits_is_measured_in_bytes_when_certain() -> None:
 
 
 def test_characters_per_token_come_from_the_conversation_then_the_registry_then_the_setting() -> None:
-    figures = [_size(10, 10, model="m", prompt_chars=4000, prompt_tokens=1000 + 6 * 3 + 4, prompt_messages=3)]
+    figures = [_size(10, 10, model="m", prompt_chars=4000, prompt_tokens=1000 + 5 * 3 + 3, prompt_messages=3)]
     assert estimator_for(figures, "m", 3.0, 2.0).chars_per_token == pytest.approx(4.0)
     assert estimator_for(figures, "other", 3.0, 2.0).chars_per_token == 3.0  # another model's requests
     few = [_size(10, 10, model="m", prompt_chars=400, prompt_tokens=100, prompt_messages=1)]
