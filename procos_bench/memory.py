@@ -221,7 +221,8 @@ class P7:
             fills.append((prompt_tokens - base) / available)
             over += prompt_tokens + cfg.num_predict > cfg.fill_num_ctx
             details.append({"turns_available": asked["memory"]["turns_found"],
-                            "turns_sent": asked["memory"]["turns_sent"], "prompt_tokens": prompt_tokens, "base_tokens": base,
+                            "turns_sent": asked["memory"]["turns_sent"], "prompt_tokens": prompt_tokens,
+                            "base_tokens": base,
                             "estimated_prompt_tokens": asked["window"]["estimated_prompt_tokens"],
                             "chars_per_token": asked["window"]["chars_per_token"],
                             "chars_per_token_source": asked["window"]["chars_per_token_source"],
