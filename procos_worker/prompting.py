@@ -22,11 +22,13 @@ from procos_worker.ai.registry import ModelRegistry
 from procos_worker.ai.taskconfig import TaskConfig
 from procos_worker.ai.window import (
     PLAIN_MAX_CHARS,
+    Budget,
     ContextLimits,
     Estimator,
     Prompt,
     estimator_for,
     fit,
+    overflow_hint,
     too_long,
 )
 from procos_worker.errors import PromptTooLong, TaskError
@@ -89,14 +91,14 @@ class Prompts:
                         retry_memory_turns=None if retry is None else len(retry.turns),
                         retry_chars=None if retry is None else retry.chars)
             if retry is None:
-                raise self._too_long(prompt, config, cancel) from refused
+                raise self._too_long(prompt, config, cancel, log) from refused
         self._store_gate.call(lambda: self._store.amend_input(
             input_id, task, retry.inputs, retry.messages, model=config.model, options=config.options,
             window=retry.record()), cancel)
         try:
             return chat(retry.messages), retry
         except PromptTooLong as again:
-            raise self._too_long(retry, config, cancel) from again
+            raise self._too_long(retry, config, cancel, log) from again
 
     def _recent(self, task: Task, config: TaskConfig, key: str | None, cancel: threading.Event) -> list[TurnSize]:
         limit = self._settings.memory.max_turns
@@ -128,14 +130,17 @@ class Prompts:
                                memory_key=prompt.memory_key, sizes=prompt.sizes, budget=prompt.budget,
                                estimator=certain, attempt=prompt.attempt + 1, refused=prompt.refused + 1)
 
-    def _too_long(self, prompt: Prompt, config: TaskConfig, cancel: threading.Event) -> PromptTooLong:
-        budget, estimator = prompt.budget, prompt.estimator
-        try:
-            if budget is None:
-                budget = self._llm_gate.call(lambda: self._limits.budget(config.model, config.options), cancel)
-            if estimator is None:
-                estimator = self._estimator(config.model, [], cancel)
-        except TaskError:
-            pass  # the sizes are reported without what could not be read
+    def _too_long(self, prompt: Prompt, config: TaskConfig, cancel: threading.Event,
+                  log: BoundLogger) -> PromptTooLong:
+        """The refusal with the sizes and the model's context (read now for a plain prompt)."""
+        budget = prompt.budget or self._budget_if_known(config, cancel, log)
+        estimator = prompt.estimator or self._estimator(config.model, [], cancel)
         return too_long(config.model, budget, prompt.messages, estimator=estimator, refused_by=_REFUSAL,
-                        only_fixed=config.on_overflow == "truncate", memory_turns=len(prompt.turns))
+                        hint=overflow_hint(config.on_overflow, prompt.inputs), memory_turns=len(prompt.turns))
+
+    def _budget_if_known(self, config: TaskConfig, cancel: threading.Event, log: BoundLogger) -> Budget | None:
+        try:
+            return self._llm_gate.call(lambda: self._limits.budget(config.model, config.options), cancel)
+        except TaskError as exc:  # the refusal stands; it is reported without the context it can't name
+            log.warning("task.window_unknown", error=exc.message)
+            return None

@@ -55,6 +55,7 @@ __all__ = [
     "cut_context",
     "estimator_for",
     "fit",
+    "overflow_hint",
     "parse_on_overflow",
     "too_long",
 ]
@@ -295,7 +296,7 @@ def fit(inputs: TaskInputs, sizes: Sequence[TurnSize], budget: Budget, estimator
         text, fixed = "", own
     if _chars(fixed) > budget.num_ctx * OBVIOUS_CHARS_PER_TOKEN:
         raise too_long(model, budget, fixed, estimator=estimator, refused_by=None,
-                       only_fixed=on_overflow == "truncate")
+                       hint=overflow_hint(on_overflow, inputs))
     own_tokens = estimator.messages(own)
     if own_tokens <= budget.prompt_tokens or not text:
         room, used = budget.prompt_tokens - own_tokens, 0
@@ -374,9 +375,19 @@ class Prompt:
         return data
 
 
+def overflow_hint(on_overflow: OnOverflow, inputs: TaskInputs) -> str:
+    """What the modeller can do about a prompt that does not fit."""
+    if on_overflow == "error":
+        return "Shorten the input, raise num_ctx (procos.options) or set procos.onOverflow=truncate."
+    if inputs.context is None:
+        return ("procos.onOverflow=truncate cuts only the context variable, and this task has none: shorten the "
+                "prompt or raise num_ctx (procos.options).")
+    return ("procos.onOverflow=truncate cuts only the context variable, and the query and system prompt alone do "
+            "not fit: shorten them or raise num_ctx (procos.options).")
+
+
 def too_long(model: str, budget: Budget | None, messages: Sequence[Mapping[str, str]], *,
-             estimator: Estimator | None, refused_by: str | None, only_fixed: bool = False,
-             memory_turns: int = 0) -> PromptTooLong:
+             estimator: Estimator | None, refused_by: str | None, hint: str, memory_turns: int = 0) -> PromptTooLong:
     """The refusal, with the sizes and the model's context. ``refused_by``: Ollama's error, or None when the
     prompt was not sent."""
     system = sum(len(m["content"]) for m in messages if m["role"] == "system")
@@ -387,12 +398,9 @@ def too_long(model: str, budget: Budget | None, messages: Sequence[Mapping[str, 
         sizes += (f", about {estimator.messages(messages):,} tokens at {estimator.chars_per_token:.2f} characters "
                   "per token")
     context = budget.describe() if budget is not None else "num_ctx unknown (Ollama's /api/show failed)"
-    how = ("not sent: more than 16 characters per token of context" if refused_by is None
+    how = (f"not sent: more than {OBVIOUS_CHARS_PER_TOKEN} characters per token of context" if refused_by is None
            else f"Ollama refused it ({refused_by})")
-    fix = ("procos.onOverflow=truncate cuts only the context variable, and the query and system prompt alone do not "
-           "fit; shorten them or raise num_ctx (procos.options)" if only_fixed
-           else "shorten the input, raise num_ctx (procos.options) or set procos.onOverflow=truncate")
-    message = f"the prompt does not fit the context window of model '{model}': {sizes}; {context}; {how}. {fix}"
+    message = f"the prompt does not fit the context window of model '{model}': {sizes}; {context}; {how}. {hint}"
     details = json.dumps({"model": model, "budget": budget.record() if budget else None,
                           "estimate": estimator.record() if estimator else None, "characters": _chars(messages),
                           "system_chars": system, "user_chars": user, "memory_turns": memory_turns,
