@@ -158,6 +158,8 @@ class P7:
         bare_s: list[float] = []
         task_s: list[float] = []
         sent: list[int] = []
+        # Ollama's own durations (s) of each side's request: where a difference comes from.
+        durations: list[dict[str, Any]] = []
         done = len(worker.events_named("task.completed"))
         for rep in range(cfg.reps):
             key = f"{topic}-o{rep}"
@@ -167,8 +169,10 @@ class P7:
                 messages = [{"role": "system", "content": f"{_nonce()} {SYSTEM}"}, *memory,
                             {"role": "user", "content": question}]
                 started = time.perf_counter()
-                self.client.chat(model=self.stack.model, messages=messages, options=options, stream=False)
-                return time.perf_counter() - started
+                response = self.client.chat(model=self.stack.model, messages=messages, options=options, stream=False)
+                seconds = time.perf_counter() - started
+                durations.append({"side": "bare", **_durations(_result(response, seconds))})
+                return seconds
 
             def by_worker(key: str = key) -> float:
                 nonlocal done
@@ -179,6 +183,7 @@ class P7:
                 sent.append(len(asked["memory_context_ids"]))
                 assert asked["messages"][1:] == [*memory, {"role": "user", "content": question}], \
                     "the worker and the bare chat must send the same messages"
+                durations.append({"side": "worker", **_durations(self._stored_result(str(event["ai_context_id"])))})
                 return float(event["elapsed_s"])
 
             if rep % 2 == 0:
@@ -188,8 +193,9 @@ class P7:
                 task_s.append(by_worker())
                 bare_s.append(bare())
             _log(f"p7 overhead rep {rep + 1}: bare {bare_s[-1]:.2f} s, worker fetched->completed {task_s[-1]:.2f} s, "
-                 f"{sent[-1]} turns in memory")
-        return {"overhead_num_ctx": cfg.overhead_num_ctx, "turns_sent": sent, "bare_s": spread(bare_s).as_dict(),
+                 f"{sent[-1]} turns in memory; Ollama: {durations[-2:]}")
+        return {"overhead_num_ctx": cfg.overhead_num_ctx, "turns_sent": sent, "ollama_durations_s": durations,
+                "bare_s": spread(bare_s).as_dict(),
                 "worker_task_s": spread(task_s).as_dict(),
                 "ratio": spread(t / b for t, b in zip(task_s, bare_s, strict=True)).as_dict()}
 
@@ -233,10 +239,28 @@ class P7:
         return {"fill_num_ctx": cfg.fill_num_ctx, "fill": spread(fills).as_dict(), "fill_runs": details,
                 "overflows": refused + over, "refused_400": refused, "over_context": over}
 
+    def _stored_result(self, context_id: str) -> LlmResult:
+        """The worker's answer with the durations Ollama reported for it."""
+        answer = self.store.get(context_id)
+        assert answer is not None and answer.token_usage is not None
+        data = answer.content_data
+        return LlmResult(content="", model="", done_reason=None,
+                         prompt_eval_count=int(answer.token_usage["prompt_tokens"]),
+                         eval_count=int(answer.token_usage["completion_tokens"]),
+                         total_duration_ns=int(data["total_duration"]), load_duration_ns=int(data["load_duration"]),
+                         prompt_eval_duration_ns=int(data["prompt_eval_duration"]),
+                         eval_duration_ns=int(data["eval_duration"]), wall_s=float(data["wall_s"]))
+
     def _input_row(self, context_id: str) -> dict[str, Any]:
         asked = self.store.get_input_for(context_id)
         assert asked is not None
         return dict(asked.content_data)
+
+
+def _durations(result: LlmResult) -> dict[str, float]:
+    return {"wall": round(result.wall_s, 3), "load": result.load_duration_ns / 1e9,
+            "prompt_eval": result.prompt_eval_duration_ns / 1e9, "eval": result.eval_duration_ns / 1e9,
+            "total": result.total_duration_ns / 1e9, "prompt_tokens": float(result.prompt_eval_count)}
 
 
 def _delete_deployment(rest: EngineRest, key: str) -> None:
