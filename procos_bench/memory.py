@@ -5,7 +5,9 @@
   worker's fetched->completed (``elapsed_s`` of its ``task.completed``) against a bare ``ollama.chat``
   with the same messages, the two sides alternating. A fresh nonce opens the system prompt of every
   request on both sides, so neither reuses Ollama's prompt cache (which would make the second of two
-  identical requests almost free).
+  identical requests almost free). Ollama's own durations of both sides are kept, and the worker's
+  time around its call (``worker_around_llm_s``: reading and fitting the memory, storing, reporting),
+  which the machine's noise in Ollama's prompt evaluation does not blur.
 - ``p7_budget_fill``: a conversation longer than the context (``num_ctx`` 2048): the share of the
   available context the assembled memory uses, ``(P - B) / (num_ctx - num_predict - B)``, where ``P`` is
   Ollama's ``prompt_eval_count`` of the worker's request and ``B`` that of the same system prompt and
@@ -158,6 +160,7 @@ class P7:
         bare_s: list[float] = []
         task_s: list[float] = []
         sent: list[int] = []
+        around_s: list[float] = []  # the worker's time around its Ollama call: memory, storing, reporting
         # Ollama's own durations (s) of each side's request: where a difference comes from.
         durations: list[dict[str, Any]] = []
         done = len(worker.events_named("task.completed"))
@@ -183,7 +186,9 @@ class P7:
                 sent.append(len(asked["memory_context_ids"]))
                 assert asked["messages"][1:] == [*memory, {"role": "user", "content": question}], \
                     "the worker and the bare chat must send the same messages"
-                durations.append({"side": "worker", **_durations(self._stored_result(str(event["ai_context_id"])))})
+                stored = self._stored_result(str(event["ai_context_id"]))
+                durations.append({"side": "worker", **_durations(stored)})
+                around_s.append(float(event["elapsed_s"]) - stored.wall_s)
                 return float(event["elapsed_s"])
 
             if rep % 2 == 0:
@@ -196,7 +201,7 @@ class P7:
                  f"{sent[-1]} turns in memory; Ollama: {durations[-2:]}")
         return {"overhead_num_ctx": cfg.overhead_num_ctx, "turns_sent": sent, "ollama_durations_s": durations,
                 "bare_s": spread(bare_s).as_dict(),
-                "worker_task_s": spread(task_s).as_dict(),
+                "worker_task_s": spread(task_s).as_dict(), "worker_around_llm_s": spread(around_s).as_dict(),
                 "ratio": spread(t / b for t, b in zip(task_s, bare_s, strict=True)).as_dict()}
 
     def _fill(self, worker: WorkerProc, proxy: OllamaProxy, process_key: str, turns: list[tuple[str, LlmResult]],

@@ -126,6 +126,8 @@ def _p7_rows(p7: dict[str, Any]) -> list[str]:
         f"{p7['overhead_num_ctx']}, num_predict {p7['num_predict']}); worker's fetched->completed vs bare chat, same "
         f"messages | {_fmt(p7.get('worker_task_s'), 2)} | {_fmt(p7.get('bare_s'), 2)} | {_fmt(p7.get('ratio'), 3)} "
         f"| {TARGETS['p7_memory_overhead_ratio']} |",
+        f"| P7 around | the worker's seconds around its Ollama call in that task (memory read and fitted, rows "
+        f"stored, completion reported) | {_fmt(p7.get('worker_around_llm_s'), 3)} | | | - |",
         f"| P7' | share of the available context (num_ctx {p7['fill_num_ctx']} - num_predict - the prompt alone) "
         f"the memory fills, conversation longer than the context; overflows (HTTP 400 or prompt + num_predict > "
         f"num_ctx) | | | {_fmt(p7.get('fill'), 3)}; overflows {p7.get('overflows')} "
