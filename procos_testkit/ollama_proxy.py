@@ -216,7 +216,7 @@ class _ProxyHandler(TrackedHandler):
         elif mode == "refuse":
             self.abort()  # raced with pause(): behave as if the connection was cut
         else:
-            self._forward(path, body)
+            self._forward(body)
 
     def _control(self, path: str, body: bytes) -> None:
         proxy = self.proxy
@@ -241,13 +241,13 @@ class _ProxyHandler(TrackedHandler):
         else:
             self.send_body(404, b"404 page not found", "text/plain; charset=utf-8")
 
-    def _forward(self, path: str, body: bytes) -> None:
+    def _forward(self, body: bytes) -> None:
         try:
             resp = self._send_upstream(body)
         except _UpstreamError as exc:
             self.send_error_json(502, f"proxy: upstream {self.proxy.upstream} failed: {exc.__cause__}")
             return
-        self.proxy._record_exchange(Exchange(path, body, resp.status))
+        self.proxy._record_exchange(Exchange(self.path.split("?", 1)[0], body, resp.status))
         try:
             self._relay(resp)
         except (OSError, http.client.HTTPException):

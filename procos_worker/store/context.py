@@ -198,8 +198,9 @@ class ContextStore:
             "eval_duration_ns": result.eval_duration_ns,
             "response_chars": len(result.content),
             "prompt_chars": prompt_chars,
-            "prompt_messages": prompt_messages,
         }
+        if prompt_messages is not None:
+            usage["prompt_messages"] = prompt_messages
 
         params = {**_step(task), "text": text, "meta": Jsonb(meta), "provider": self._provider,
                   "model": result.model, "usage": Jsonb(usage), "input_id": None if input_id is None else str(input_id),
