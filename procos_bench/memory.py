@@ -31,9 +31,10 @@ from typing import Any
 import ollama
 
 from procos_bench.common import Stack, spread
-from procos_bench.procs import WorkerProc
+from procos_bench.procs import start_worker
 from procos_testkit.engine import EngineRest, ai_steps_bpmn
 from procos_testkit.ollama_proxy import OllamaProxy
+from procos_testkit.worker_process import WorkerProcess
 from procos_worker.models import LlmResult, Task, TaskInputs
 from procos_worker.store.context import ContextStore
 
@@ -130,7 +131,7 @@ class P7:
         _log(f"p7: asking {max(cfg.turns, cfg.fill_turns)} earlier questions of {self.stack.model}")
         pool = self.seed_pool(max(cfg.turns, cfg.fill_turns))
         with OllamaProxy(self.stack.ollama_url) as proxy:
-            worker = WorkerProc(self.stack, topic, proxy.base_url)
+            worker = start_worker(self.stack, topic, proxy.base_url)
             try:
                 worker.wait_started()
                 self._warm_up(worker, keys["overhead"])
@@ -145,12 +146,12 @@ class P7:
     def _start(self, process_key: str, conversation: str, question: str, nonce: str) -> str:
         return self.rest.start(process_key, {"conversation": conversation, "question": question, "nonce": nonce})
 
-    def _warm_up(self, worker: WorkerProc, process_key: str) -> None:
+    def _warm_up(self, worker: WorkerProcess, process_key: str) -> None:
         """One task first: the worker learns the template's variables (one release) and the model is loaded."""
         self._start(process_key, f"warm-{uuid.uuid4().hex[:6]}", "Say hello.", _nonce())
-        worker.wait_event("task.completed", 1, timeout_s=600)
+        worker.wait_for("task.completed", timeout_s=600)
 
-    def _overhead(self, worker: WorkerProc, proxy: OllamaProxy, process_key: str, turns: list[tuple[str, LlmResult]],
+    def _overhead(self, worker: WorkerProcess, proxy: OllamaProxy, process_key: str, turns: list[tuple[str, LlmResult]],
                   topic: str) -> dict[str, Any]:
         cfg = self.config
         options = {"temperature": 0, "seed": cfg.seed, "num_predict": cfg.num_predict, "num_ctx": cfg.overhead_num_ctx}
@@ -163,7 +164,7 @@ class P7:
         around_s: list[float] = []  # the worker's time around its Ollama call: memory, storing, reporting
         # Ollama's own durations (s) of each side's request: where a difference comes from.
         durations: list[dict[str, Any]] = []
-        done = len(worker.events_named("task.completed"))
+        done = len(worker.find("task.completed"))
         for rep in range(cfg.reps):
             key = f"{topic}-o{rep}"
             self.store_turns(key, turns, topic)
@@ -181,7 +182,7 @@ class P7:
                 nonlocal done
                 self._start(process_key, key, question, _nonce())
                 done += 1
-                event = worker.wait_event("task.completed", done, timeout_s=1200)[-1]
+                event = worker.wait_for("task.completed", timeout_s=1200, count=done)
                 asked = self._input_row(str(event["ai_context_id"]))
                 sent.append(len(asked["memory_context_ids"]))
                 assert asked["messages"][1:] == [*memory, {"role": "user", "content": question}], \
@@ -204,7 +205,7 @@ class P7:
                 "worker_task_s": spread(task_s).as_dict(), "worker_around_llm_s": spread(around_s).as_dict(),
                 "ratio": spread(t / b for t, b in zip(task_s, bare_s, strict=True)).as_dict()}
 
-    def _fill(self, worker: WorkerProc, proxy: OllamaProxy, process_key: str, turns: list[tuple[str, LlmResult]],
+    def _fill(self, worker: WorkerProcess, proxy: OllamaProxy, process_key: str, turns: list[tuple[str, LlmResult]],
               topic: str) -> dict[str, Any]:
         cfg = self.config
         key = f"{topic}-fill"
@@ -212,13 +213,13 @@ class P7:
         fills: list[float] = []
         details: list[dict[str, Any]] = []
         refused = over = 0
-        done = len(worker.events_named("task.completed"))
+        done = len(worker.find("task.completed"))
         for rep in range(cfg.reps):
             question, nonce = f"Which item was {_COLOURS[rep % len(_COLOURS)]}?", _nonce()
             before = len(proxy.exchanges("/api/chat"))
             self._start(process_key, key, question, nonce)
             done += 1
-            event = worker.wait_event("task.completed", done, timeout_s=1200)[-1]
+            event = worker.wait_for("task.completed", timeout_s=1200, count=done)
             statuses = [e.status for e in proxy.exchanges("/api/chat")[before:]]
             refused += statuses.count(400)
             answer = self.store.get(str(event["ai_context_id"]))

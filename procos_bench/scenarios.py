@@ -28,8 +28,8 @@ from procos_bench.procs import (
     HelperProc,
     RssSampler,
     WorkerGroup,
-    WorkerProc,
     read_status_kib,
+    start_worker,
 )
 from procos_testkit.engine import EngineRest
 from procos_worker.settings import DatabaseSettings
@@ -157,7 +157,7 @@ class Bench:
             })
             meter.start()
             batch.release()
-            elapsed = batch.wait_done(alive=consumer.alive)
+            elapsed = batch.wait_done(alive=lambda: consumer.alive)
             cpu = meter.stop()
             batch.check_all_completed()
             extra = on_done(batch, consumer) if on_done else {}
@@ -184,7 +184,8 @@ class Bench:
     def worker(self, fake_url: str, in_flight: int | None, processes: int = 1,
                env: dict[str, str] | None = None) -> Callable[[str], Consumer]:
         def start(topic: str) -> Consumer:
-            workers = [WorkerProc(self.stack, topic, fake_url, in_flight=in_flight, env=env) for _ in range(processes)]
+            workers = [start_worker(self.stack, topic, fake_url, in_flight=in_flight, env=env)
+                       for _ in range(processes)]
             for w in workers:
                 w.wait_started()
             return workers[0] if processes == 1 else WorkerGroup(workers)
@@ -225,7 +226,7 @@ class Bench:
         self.results["curve"] = {"levels": list(cfg.levels), "tasks_per_run": cfg.curve_tasks, "points": curve,
                                  "library_flat": spread(r.rate for r in library).as_dict()}
         p1 = cfg.p1_in_flight if cfg.p1_in_flight in rows else min(rows, key=lambda k: abs(k - cfg.p1_in_flight))
-        self.results["p1"] = {"in_flight": p1, **curve[str(p1)]}
+        self.results["p1"] = {"in_flight": p1, **curve[str(p1)], **_cpu_per_task(rows[p1]["procos"])}
 
     # -- P2 ----------------------------------------------------------------------------------------
 
@@ -284,7 +285,9 @@ class Bench:
         rest = EngineRest(self.stack.camunda_url)
         topic, key = rest.deploy_example()
         self.topics.append(topic)
-        worker = WorkerProc(self.stack, topic, self.stack.ollama_url, env={"OLLAMA_OPTIONS": json.dumps(options)})
+        # DEBUG: the worker's task.llm_answered event (llm_s, eval_count) is logged at DEBUG.
+        worker = start_worker(self.stack, topic, self.stack.ollama_url,
+                              env={"OLLAMA_OPTIONS": json.dumps(options), "LOG_LEVEL": "DEBUG"})
         bare_s: list[float] = []
         task_s: list[float] = []
         start_to_done_s: list[float] = []
@@ -294,17 +297,17 @@ class Bench:
             worker.wait_started()
             bare()  # warm the model (load, caches) for both sides
             rest.start(key, {"query": P3_PROMPT})
-            worker.wait_event("task.completed", 1, timeout_s=300)
+            worker.wait_for("task.completed", timeout_s=300)
             for i in range(cfg.p3_reps):
                 seconds, count = bare()
                 bare_s.append(seconds)
                 tokens.add(("bare", count))
                 t0 = time.perf_counter()
                 rest.start(key, {"query": P3_PROMPT})
-                done = worker.wait_event("task.completed", i + 2, timeout_s=300)
+                done = worker.wait_for("task.completed", timeout_s=300, count=i + 2)
                 start_to_done_s.append(time.perf_counter() - t0)
-                task_s.append(float(done[-1]["elapsed_s"]))
-                answered = worker.events_named("task.llm_answered")[-1]
+                task_s.append(float(done["elapsed_s"]))
+                answered = worker.find("task.llm_answered")[-1]
                 llm_s.append(float(answered["llm_s"]))
                 tokens.add(("worker", int(answered.get("eval_count") or 0)))
                 _log(f"p3 rep {i + 1}: bare {seconds:.3f} s, worker fetched->completed {task_s[-1]:.3f} s "
@@ -355,7 +358,7 @@ class Bench:
                 state: dict[str, Any] = {}
 
                 def start(topic: str, state: dict[str, Any] = state) -> Consumer:
-                    w = WorkerProc(self.stack, topic, fake.url).wait_started()
+                    w = start_worker(self.stack, topic, fake.url).wait_started()
                     time.sleep(1.0)
                     state["idle"] = read_status_kib(w.pid, "VmRSS")
                     state["sampler"] = RssSampler(w.pid).start()
@@ -364,7 +367,7 @@ class Bench:
 
                 def done(batch: Batch, _c: Consumer, state: dict[str, Any] = state) -> dict[str, Any]:
                     peak = state["sampler"].stop()
-                    event = state["worker"].wait_event("task.completed", 1)[0]
+                    event = state["worker"].wait_for("task.completed", timeout_s=120)
                     row = self._query(
                         "SELECT (content_data->>'response_length')::bigint, octet_length(content_text) "
                         "FROM procos_ai_context WHERE content_data->>'topic' = %s AND context_type = 'output'",
@@ -430,6 +433,16 @@ class Bench:
         extra_rows = max(0, outputs - batch.n) + max(0, inputs - batch.n)
         return {"chat_calls": calls, "output_rows": outputs, "input_rows": inputs, "task_ids": tasks,
                 "max_rows_per_task_and_type": worst, "duplicates": extra_calls + extra_rows}
+
+
+def _cpu_per_task(runs: list[Run]) -> dict[str, Any]:
+    """CPU ms per task of the worker, Camunda and PostgreSQL, and the worker's share: worker / (engine + db)."""
+    per_task = {group: spread(1000 * r.cpu.seconds.get(group, 0.0) / r.n for r in runs).as_dict()
+                for group in ("consumer", "camunda", "postgres")}
+    ratios = [r.cpu.seconds.get("consumer", 0.0) / max(1e-9, r.cpu.seconds.get("camunda", 0.0)
+                                                         + r.cpu.seconds.get("postgres", 0.0)) for r in runs]
+    return {"cpu_ms_per_task": {("worker" if g == "consumer" else g): v for g, v in per_task.items()},
+            "worker_cpu_ratio": spread(ratios).as_dict()}
 
 
 def _median_cpu(runs: list[Run]) -> dict[str, Any]:

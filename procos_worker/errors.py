@@ -4,14 +4,14 @@
 
     ProcosError
     ├── TaskError                  raised while handling one task; ``outcomes.outcome_for`` maps it
-    │   ├── BusinessError          -> BPMN error with the class's ``code``: the process model handles it
+    │   ├── BusinessError          -> BPMN error: with the class's ``code``; the process model handles it
     │   │   ├── InputError         inputs missing or unusable (code TASK_INPUT_ERROR_CODE, by default
     │   │   │                      AI_INPUT_INVALID), nothing stored
     │   │   └── PromptTooLong      the prompt does not fit the model's context (AI_PROMPT_TOO_LONG)
-    │   ├── TransientError         -> Camunda failure, retries - 1, exponential retryTimeout
+    │   ├── TransientError         -> failure: retries - 1, exponential retryTimeout
     │   │   └── LlmBusy            Ollama 503/5xx or a timeout, after the in-process tries
-    │   └── PermanentError         -> Camunda failure with retries 0 = an incident; the message says
-    │       │                         what to fix, errorDetails has the full story
+    │   └── PermanentError         -> incident: a failure with retries 0; the message says what to
+    │       │                         fix, errorDetails has the full story
     │       ├── ModelNotFound      Ollama answers 404 for the model
     │       ├── LlmRequestInvalid  Ollama answers 400 (invalid options, ...)
     │       ├── VariableTooLong    a variable to send would exceed Camunda's 4000-char column
@@ -19,18 +19,24 @@
     │       │                      the message names the activity and the property
     │       └── ModelRefused       procos_ai_models disables the model (or it is not registered
     │                              while REGISTRY_ALLOW_UNREGISTERED=false)
-    ├── ServiceUnavailable         a dependency can't be reached: its ``gate`` waits with backoff while
-    │   │                          the task keeps its lock, and the poll loop fetches nothing new. It
-    │   │                          leaves the handler only when the run was released or lost while
-    │   │                          waiting: then nothing is reported (the engine no longer expects it)
+    ├── ServiceUnavailable         -> wait: its ``gate`` waits with backoff while the task keeps its
+    │   │                          lock, and the poll loop fetches nothing new; it leaves the handler
+    │   │                          only when the run was released or lost meanwhile, and then
+    │   │                          nothing is reported (the engine no longer expects it)
     │   ├── LlmUnavailable         Ollama refuses connections
     │   └── StoreUnavailable       PostgreSQL can't be reached
     └── EngineError                raised only by the engine client (``engine.client``)
-        ├── EngineUnavailable      the REST API can't be reached (refused, timeout, 5xx): the poll
-        │                          loop backs off; a report is retried until it lands
-        ├── EngineRejected         Camunda refused the call (4xx): the report is dropped and logged
-        └── LockLost               404, or the lock is another worker's: the run is abandoned
+        ├── EngineUnavailable      -> retry: the poll loop backs off; a report is tried again until
+        │                          it lands (refused, timeout, 5xx)
+        ├── EngineRejected         -> abandon: Camunda refused the call (4xx); a refused report is
+        │                          dropped and logged, a refused poll backs off
+        ├── EngineAuthFailed       -> abandon: the login was refused (the token endpoint refused the
+        │                          client, or a 401 even with a fresh token): like EngineRejected
+        └── LockLost               -> abandon: 404, or the lock is another worker's or expired;
+                                   nothing more is sent about the task
 
+The word after ``->`` is the outcome, inherited by the classes below; the README's "Outcomes and
+errors" table names every class with the same word (``tests/unit/test_errors.py`` checks both).
 Dependencies' exceptions are converted into these in the client modules only
 (``engine.client``, ``ai.llm``, ``ai.template``, ``store.context``), with ``raise ... from``. Any
 other exception out of the handler is a bug: ``outcomes.internal_error`` makes it an incident with
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 __all__ = [
     "BusinessError",
+    "EngineAuthFailed",
     "EngineError",
     "EngineRejected",
     "EngineUnavailable",
@@ -128,17 +135,15 @@ class ModelRefused(PermanentError):
 
 
 class ServiceUnavailable(ProcosError):
-    """A dependency can't be reached. ``service`` names it for logs and the health record."""
-
-    service = "service"
+    """A dependency can't be reached (the ``gate`` that waits for it names it in logs and health)."""
 
 
 class LlmUnavailable(ServiceUnavailable):
-    service = "ollama"
+    """Ollama refuses connections."""
 
 
 class StoreUnavailable(ServiceUnavailable):
-    service = "postgresql"
+    """PostgreSQL can't be reached."""
 
 
 class EngineError(ProcosError):
@@ -154,8 +159,10 @@ class EngineRejected(EngineError):
 
     def __init__(self, status: int, error_type: str, message: str) -> None:
         super().__init__(f"Camunda answered {status} {error_type}: {message}")
-        self.status = status
-        self.error_type = error_type
+
+
+class EngineAuthFailed(EngineError):
+    """The engine's login was refused: the token endpoint refused the client credentials."""
 
 
 class LockLost(EngineError):

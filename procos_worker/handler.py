@@ -12,7 +12,7 @@ import time
 
 from structlog.stdlib import BoundLogger
 
-from procos_worker.ai.llm import LlmClient
+from procos_worker.ai.api import LlmApi
 from procos_worker.ai.taskconfig import TaskConfig, TaskConfigs
 from procos_worker.flags import build_flags
 from procos_worker.gate import ServiceGate
@@ -21,7 +21,7 @@ from procos_worker.models import Complete, LlmResult, StoredOutput, Task
 from procos_worker.outcomes import complete
 from procos_worker.prompting import Prompts
 from procos_worker.settings import Settings
-from procos_worker.store.context import ContextStore
+from procos_worker.store.api import StoreApi
 
 __all__ = ["TaskHandler"]
 
@@ -29,7 +29,7 @@ __all__ = ["TaskHandler"]
 class TaskHandler:
     """Runs the pipeline for one task at a time per call (many calls run in parallel threads)."""
 
-    def __init__(self, settings: Settings, store: ContextStore, llm: LlmClient, configs: TaskConfigs, *,
+    def __init__(self, settings: Settings, store: StoreApi, llm: LlmApi, configs: TaskConfigs, *,
                  store_gate: ServiceGate, llm_gate: ServiceGate) -> None:
         self._settings = settings
         self._store = store
@@ -58,8 +58,8 @@ class TaskHandler:
             log.info("task.redelivered", ai_context_id=str(stored.id))
             return _complete(stored, config)
         t1 = time.perf_counter()
-        log.info("task.input_stored", prompt_length=len(messages[-1]["content"]), model=config.model,
-                 store_s=round(t1 - t0, 4))
+        log.debug("task.input_stored", prompt_length=len(messages[-1]["content"]), model=config.model,
+                  store_s=round(t1 - t0, 4))
 
         def chat(sent: list[dict[str, str]]) -> LlmResult:
             return self._llm_gate.call(lambda: self._llm.chat(sent, model=config.model, options=config.options), cancel)
@@ -68,7 +68,7 @@ class TaskHandler:
         result, prompt = self._prompts.ask(task, config, prompt, input_id=input_id, chat=chat, cancel=cancel,
                                           log=log)
         t2 = time.perf_counter()
-        log.info("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
+        log.debug("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
                  eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,
                  done_reason=result.done_reason)
 
@@ -76,7 +76,7 @@ class TaskHandler:
             lambda: self._store.save_output(task, result, input_id, prompt_chars=prompt.chars,
                                             prompt_messages=len(prompt.messages), memory_key=prompt.memory_key,
                                             prompt_truncated=prompt.truncated), cancel)
-        log.info("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
+        log.debug("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
         return _complete(output, config)
 
 

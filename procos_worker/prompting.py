@@ -16,7 +16,7 @@ from uuid import UUID
 
 from structlog.stdlib import BoundLogger
 
-from procos_worker.ai.llm import LlmClient
+from procos_worker.ai.api import LlmApi
 from procos_worker.ai.memory import memory_key
 from procos_worker.ai.registry import ModelRegistry
 from procos_worker.ai.taskconfig import TaskConfig
@@ -35,8 +35,7 @@ from procos_worker.errors import PromptTooLong, TaskError
 from procos_worker.gate import ServiceGate
 from procos_worker.models import LlmResult, Task, TaskInputs, TurnSize
 from procos_worker.settings import Settings
-from procos_worker.store.context import ContextStore
-from procos_worker.store.turns import TurnStore
+from procos_worker.store.api import StoreApi
 
 __all__ = ["Chat", "Prompts"]
 
@@ -47,11 +46,10 @@ _REFUSAL = "HTTP 400: the input length exceeds the context length"
 class Prompts:
     """Builds each task's prompt and asks it (thread-safe: the only state is the cache of model facts)."""
 
-    def __init__(self, settings: Settings, store: ContextStore, llm: LlmClient, registry: ModelRegistry, *,
+    def __init__(self, settings: Settings, store: StoreApi, llm: LlmApi, registry: ModelRegistry, *,
                  store_gate: ServiceGate, llm_gate: ServiceGate) -> None:
         self._settings = settings
         self._store = store
-        self._turns = TurnStore(store)
         self._registry = registry
         self._limits = ContextLimits(llm.show, settings.window)
         self._store_gate = store_gate
@@ -71,7 +69,7 @@ class Prompts:
         estimator = self._estimator(config.model, sizes, cancel)
         fitted = fit(inputs, sizes, budget, estimator, on_overflow=config.on_overflow, model=config.model)
         ids = [size.id for size in fitted.turns]
-        texts = self._store_gate.call(lambda: self._turns.texts(ids), cancel) if ids else {}
+        texts = self._store_gate.call(lambda: self._store.turn_texts(ids), cancel) if ids else {}
         prompt = Prompt.assemble(inputs, fitted, texts, model=config.model, memory=config.memory, memory_key=key,
                                  sizes=tuple(sizes), budget=budget, estimator=estimator)
         log.info("task.prompt_fitted", num_ctx=budget.num_ctx, reply_tokens=budget.reply_tokens,
@@ -101,13 +99,15 @@ class Prompts:
             raise self._too_long(retry, config, cancel, log) from again
 
     def _recent(self, task: Task, config: TaskConfig, key: str | None, cancel: threading.Event) -> list[TurnSize]:
-        limit = self._settings.memory.max_turns
+        """The sizes of the newest earlier turns of the task's memory scope (none without memory)."""
         if config.memory.kind == "process":
-            return self._store_gate.call(lambda: self._turns.recent(task, "process", task.process_instance_id, limit),
-                                         cancel)
-        if config.memory.kind == "variable" and key is not None:
-            return self._store_gate.call(lambda: self._turns.recent(task, "variable", key, limit), cancel)
-        return []
+            scope, value = "process", task.process_instance_id
+        elif config.memory.kind == "variable" and key is not None:
+            scope, value = "variable", key
+        else:
+            return []
+        limit = self._settings.memory.max_turns
+        return self._store_gate.call(lambda: self._store.recent_turns(task, scope, value, limit), cancel)
 
     def _estimator(self, model: str, sizes: list[TurnSize], cancel: threading.Event) -> Estimator:
         measured = self._store_gate.call(lambda: self._registry.chars_per_token(model), cancel)
@@ -125,7 +125,7 @@ class Prompts:
         texts = dict(prompt.known_turns)
         missing = [size.id for size in fitted.turns if size.id not in texts]
         if missing:  # not expected (a certain fit keeps fewer turns), but never send a turn without its text
-            texts.update(self._store_gate.call(lambda: self._turns.texts(missing), cancel))
+            texts.update(self._store_gate.call(lambda: self._store.turn_texts(missing), cancel))
         return Prompt.assemble(prompt.inputs, fitted, texts, model=prompt.model, memory=prompt.memory,
                                memory_key=prompt.memory_key, sizes=prompt.sizes, budget=prompt.budget,
                                estimator=certain, attempt=prompt.attempt + 1, refused=prompt.refused + 1)

@@ -19,29 +19,36 @@ a task whose output row is not committed: completion is only ever built from a s
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import structlog
 from structlog.stdlib import BoundLogger
 
+from procos_worker.ai.api import LlmApi
 from procos_worker.ai.llm import LlmClient
 from procos_worker.ai.registry import ModelRegistry, StatsRefresher
 from procos_worker.ai.taskconfig import TaskConfigs
 from procos_worker.backoff import Backoff
+from procos_worker.engine.api import EngineApi
 from procos_worker.engine.client import EngineClient
+from procos_worker.engine.fetch import Subscription, fetch_order, subscriptions
 from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskConfigError, TaskError
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
 from procos_worker.health import Counters, HealthRecord, HealthState
 from procos_worker.heartbeat import Heartbeat
-from procos_worker.inputs import FetchVariables
+from procos_worker.inputs import FetchVariables, requested_variables
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
 from procos_worker.outcomes import internal_error, outcome_for
 from procos_worker.settings import Settings
+from procos_worker.store.api import ModelTableApi, StoreApi
 from procos_worker.store.context import ContextStore
 from procos_worker.store.registry import ModelTable
 from procos_worker.taskrun import RunState, TaskRun
@@ -64,25 +71,47 @@ class Worker:
             registry (raises ``TaskConfigError`` here when TASK_TOPIC_DEFAULTS is bad).
         fetch_variables: the variable names fetchAndLock asks for (learned from the tasks' templates).
         counters: tasks completed / failed / bpmn_errors / abandoned / released since start.
+
+    ``models`` is procos_ai_models (read by the model registry); by default the ContextStore's table.
+    The keyword arguments after the clients exist for tests: ``clock`` (monotonic seconds: run
+    times, lock expiry, the shutdown deadline, the registry's cache), ``draw`` (backoff jitter),
+    ``sleep`` (between retries of a report), ``exit_process`` (the second signal) and
+    ``health_interval_s``.
     """
 
-    def __init__(self, settings: Settings, *, engine: EngineClient | None = None,
-                 store: ContextStore | None = None, llm: LlmClient | None = None) -> None:
+    def __init__(self, settings: Settings, *, engine: EngineApi | None = None,
+                 store: StoreApi | None = None, llm: LlmApi | None = None, models: ModelTableApi | None = None,
+                 clock: Callable[[], float] = time.monotonic, draw: Callable[[], float] = random.random,
+                 sleep: Callable[[float], None] = time.sleep, exit_process: Callable[[int], object] = os._exit,
+                 health_interval_s: float = _HEALTH_INTERVAL_S) -> None:
         self.settings = settings
         w = settings.worker
-        self.engine = engine or EngineClient(settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
-                                             async_response_timeout_ms=w.async_response_timeout_ms)
-        self.store = store or ContextStore(settings.database, provider=settings.ollama.provider)
-        self.llm = llm or LlmClient(settings.ollama)
-        self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping)
-        self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping)
-        models = ModelTable(self.store, settings.ollama.provider)
-        self.configs = TaskConfigs(settings, ModelRegistry(settings.registry, models.load))
+        # Threads that may call the engine at once: the poll loop, the heartbeat, shutdown, one per task.
+        self.engine: EngineApi = engine or EngineClient(
+            settings.camunda, w.id, async_response_timeout_ms=w.async_response_timeout_ms,
+            order=fetch_order(w), pool_size=w.max_tasks_in_flight + 3)
+        self._subscriptions = subscriptions(w, requested_variables(settings.task))
+        context = store or ContextStore(settings.database, provider=settings.ollama.provider)
+        self.store: StoreApi = context
+        self.llm: LlmApi = llm or LlmClient(settings.ollama)
+        if models is None:
+            if not isinstance(context, ContextStore):
+                raise TypeError("a store that is not a ContextStore comes with its models table (models=...)")
+            models = ModelTable(context, settings.ollama.provider)
+        self._clock = clock
+        self._draw = draw
+        self._sleep = sleep
+        self._exit_process = exit_process
+        self._health_interval_s = health_interval_s
+        self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping, clock=clock, draw=draw)
+        self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping, clock=clock, draw=draw)
+        self.configs = TaskConfigs(settings, ModelRegistry(settings.registry, models.load, clock=clock))
         self.fetch_variables = FetchVariables(settings.task)
         self.handler = TaskHandler(settings, self.store, self.llm, self.configs,
                                    store_gate=self.store_gate, llm_gate=self.llm_gate)
         # An input row with no answer after every try of the longest call is an error, not a call running.
-        self._stats = StatsRefresher(settings.registry.stats_interval_s, lambda: models.refresh_stats(
+        table = models
+        self._stats = StatsRefresher(settings.registry.stats_interval_s, lambda: table.refresh_stats(
             window_s=settings.registry.stats_window_s, min_age_s=0.9 * settings.registry.stats_interval_s,
             unanswered_after_s=settings.ollama.timeout_s * settings.ollama.attempts, worker_id=w.id))
         self.counters = Counters()
@@ -90,7 +119,8 @@ class Worker:
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._signals = 0
-        self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms)
+        self._heartbeat = Heartbeat(self.engine, self._snapshot,
+                                    min(sub.lock_duration_ms for sub in self._subscriptions), clock=clock)
         self._exit_code = 0
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
         self._log: BoundLogger = structlog.get_logger("procos_worker.worker").bind(worker_id=w.id)
@@ -108,7 +138,7 @@ class Worker:
         self._poll_thread.start()
         self._log.info("worker.started", topics=self.settings.worker.topics,
                        max_tasks_in_flight=self.settings.worker.max_tasks_in_flight)
-        while not self._stopping.wait(_HEALTH_INTERVAL_S):
+        while not self._stopping.wait(self._health_interval_s):
             self._write_health("running")
         return self._shutdown()
 
@@ -134,22 +164,23 @@ class Worker:
             self.stop()
 
     def _poll_loop(self) -> None:
-        backoff = Backoff(self.settings.backoff)
+        backoff = Backoff(self.settings.backoff, draw=self._draw)
         while not self._stopping.is_set():
             free = self._wait_for_capacity()
             if free == 0 or not self._dependencies_up():
                 continue
-            variables = self.fetch_variables.names(self.settings.worker.topics)
+            subs = self._with_learned_variables()
             try:
-                tasks = self.engine.fetch_and_lock(self.settings.worker.topics, max_tasks=free, variables=variables)
+                tasks = self.engine.fetch_and_lock(subs, max_tasks=free)
             except EngineError as exc:
                 delay = backoff.next_delay_s()
                 self._log.warning("engine.fetch_failed", error=str(exc), retry_in_s=round(delay, 2))
                 self._stopping.wait(delay)
                 continue
             backoff.reset()
+            fetched = {sub.topic: frozenset(sub.variables) for sub in subs}
             for task in tasks:
-                self._dispatch(task, frozenset(variables))
+                self._dispatch(task, fetched.get(task.topic, frozenset()))
 
     def _wait_for_capacity(self) -> int:
         limit = self.settings.worker.max_tasks_in_flight
@@ -176,7 +207,7 @@ class Worker:
             self.fetch_variables.learn(task.topic, missing)
             self._unlock(task, log, f"fetch again with variables {', '.join(sorted(missing))}")
             return
-        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_ms)
+        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_for(task.topic), clock=self._clock)
         with self._cond:
             current = self._runs.get(task.id)
             if current is not None and current.state in (RunState.RUNNING, RunState.REPORTING):
@@ -193,8 +224,14 @@ class Worker:
             # only wait here holding its lock; hand it back (no retry spent) for after the recovery.
             self._unlock(task, log, f"{' and '.join(down)} down")
             return
-        log.info("task.fetched", retries=task.retries)
+        log.debug("task.fetched", retries=task.retries)
         threading.Thread(target=self._run_task, args=(run,), name=f"procos-task-{task.id[:8]}", daemon=True).start()
+
+    def _with_learned_variables(self) -> list[Subscription]:
+        """Each topic's subscription, asking also for the variables its tasks' templates were seen to read."""
+        return [dataclasses.replace(sub, variables=tuple(dict.fromkeys(
+                    [*sub.variables, *self.fetch_variables.names([sub.topic])])))
+                for sub in self._subscriptions]
 
     def _unfetched_variables(self, task: Task, fetched: frozenset[str]) -> frozenset[str]:
         try:
@@ -231,7 +268,7 @@ class Worker:
             self.counters.add("abandoned" if run.state is RunState.LOST else "released")
             log.info("task.not_reported", state=run.state.value, elapsed_s=run.elapsed_s())
             return
-        backoff = Backoff(self.settings.backoff)
+        backoff = Backoff(self.settings.backoff, draw=self._draw)
         while True:
             try:
                 self._send(run.task, outcome)
@@ -239,7 +276,7 @@ class Worker:
                 # The answer is stored: keep trying until the engine takes it (or says the lock is gone).
                 delay = backoff.next_delay_s()
                 log.warning("task.report_retry", error=exc.message, retry_in_s=round(delay, 2))
-                time.sleep(delay)
+                self._sleep(delay)
                 continue
             except EngineError as exc:
                 self.counters.add("abandoned")
@@ -279,18 +316,19 @@ class Worker:
         if self._signals > 1:
             # Second signal: leave now. Unreported tasks stay locked until their lock expires, and
             # nothing unstored was completed (completion is only built from a stored row).
-            os._exit(130)
+            self._exit_process(130)
+            return
         self._log.info("worker.stopping", signal=signal.Signals(signum).name)
         self.stop()
 
     def _shutdown(self) -> int:
         self._write_health("stopping")
         grace_s = self.settings.worker.shutdown_grace_s
-        deadline = time.monotonic() + grace_s
+        deadline = self._clock() + grace_s
         with self._cond:
             # A task waiting for an unreachable Ollama/PostgreSQL can't finish: don't wait the grace out.
-            while self._runs and time.monotonic() < deadline and not self._dependency_down():
-                self._cond.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            while self._runs and self._clock() < deadline and not self._dependency_down():
+                self._cond.wait(timeout=min(0.2, max(0.0, deadline - self._clock())))
             leftover = list(self._runs.values())
         released = [run for run in leftover if run.give_up(RunState.RELEASED)]
         for run in released:
@@ -311,9 +349,9 @@ class Worker:
         return self._exit_code
 
     def _wait_for_reports(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+        deadline = self._clock() + timeout_s
         with self._cond:
-            while any(r.state is RunState.REPORTING for r in self._runs.values()) and time.monotonic() < deadline:
+            while any(r.state is RunState.REPORTING for r in self._runs.values()) and self._clock() < deadline:
                 self._cond.wait(timeout=0.1)
 
     def _sweep(self) -> int:

@@ -1,4 +1,4 @@
--- ProcOS PostgreSQL schema for AI context storage (seed 001, "Database Management Guide").
+-- ProcOS PostgreSQL schema for AI context storage (the ProcOS "Database Management Guide").
 --
 -- This file builds a fresh database: docker compose runs it as PostgreSQL's init script, and
 -- `procos-worker init-db` runs it on a database without the ProcOS tables. A database made by an
@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS procos_ai_models (
 CREATE UNIQUE INDEX IF NOT EXISTS uq_procos_ai_context_task_type
     ON procos_ai_context (task_id, context_type);
 
--- AI context table indexes (seed 001), plus the conversation order and analytics ones of seed 002.
+-- AI context table indexes (the guide's), plus the conversation order and analytics ones.
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_proc_inst ON procos_ai_context (process_instance_id);
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_content_search
     ON procos_ai_context USING gin (content_text gin_trgm_ops);
@@ -58,7 +58,7 @@ CREATE INDEX IF NOT EXISTS idx_procos_ai_context_usage_jsonb ON procos_ai_contex
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_provider_model ON procos_ai_context (ai_provider, model_used);
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_created_at ON procos_ai_context (created_at);
 
--- EASY QUERY INTERFACE FOR AI CONVERSATIONS (seed 001)
+-- EASY QUERY INTERFACE FOR AI CONVERSATIONS (the guide's view)
 CREATE OR REPLACE VIEW procos_ai_conversations AS
 SELECT
     process_instance_id,

@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 
 from procos_worker import textcodec
 from procos_worker.errors import PermanentError, StoreUnavailable
-from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs, Turn
+from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs, Turn, TurnSize
 from procos_worker.settings import DatabaseSettings
 from procos_worker.store import migrations, turns
 
@@ -227,6 +227,16 @@ class ContextStore:
             return row
 
         return self._to_output(self._run(insert))
+
+    def recent_turns(self, task: Task, scope: str, value: str, limit: int) -> list[TurnSize]:
+        """The sizes of the newest ``limit`` turns before ``task`` (its own rows left out) of a process
+        instance (``scope`` "process") or a memory key ("variable"), newest first (``store.turns``)."""
+        kind: turns.Scope = "process" if scope == "process" else "variable"
+        return self._run(lambda cur: turns.recent(cur, kind, value, task_id=task.id, limit=limit))
+
+    def turn_texts(self, ids: Sequence[UUID]) -> dict[UUID, Turn]:
+        """The turns of these output rows with their texts (only those the budget chose)."""
+        return self._run(lambda cur: turns.texts(cur, ids))
 
     # -- read API --------------------------------------------------------------------------------
 

@@ -15,18 +15,15 @@ budget chose. Rows written before migration 0030 (or by an older worker since) f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from uuid import UUID
 
 import psycopg
 
 from procos_worker import textcodec
-from procos_worker.models import Task, Turn, TurnSize
+from procos_worker.models import Turn, TurnSize
 
-if TYPE_CHECKING:
-    from procos_worker.store.context import ContextStore
-
-__all__ = ["TurnStore", "conversation", "memory_of", "recent", "recent_sql", "texts"]
+__all__ = ["Scope", "conversation", "memory_of", "recent", "recent_sql", "texts"]
 
 Scope = Literal["process", "variable"]
 
@@ -122,17 +119,3 @@ def _decoded(text: str | None, encoding: str | None) -> str:
     if text is None:
         return ""
     return textcodec.decode(text) if encoding == textcodec.ESCAPE_ENCODING else text
-
-
-class TurnStore:
-    """The worker's side: turn sizes and texts through the context store's pool."""
-
-    def __init__(self, store: ContextStore) -> None:
-        self._store = store
-
-    def recent(self, task: Task, scope: Scope, value: str, limit: int) -> list[TurnSize]:
-        """The newest ``limit`` turns before ``task`` (its own rows left out), newest first."""
-        return self._store.run(lambda cur: recent(cur, scope, value, task_id=task.id, limit=limit))
-
-    def texts(self, ids: Sequence[UUID]) -> dict[UUID, Turn]:
-        return self._store.run(lambda cur: texts(cur, ids))

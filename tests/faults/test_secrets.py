@@ -1,4 +1,4 @@
-"""Fault 6: at LOG_LEVEL=DEBUG, with errors provoked, no password reaches stdout or stderr.
+"""At LOG_LEVEL=DEBUG, with errors provoked, no password reaches stdout or stderr.
 
 The Camunda password is a real one: a user created for this test on the auth-enabled engine
 (scripts/stack service camunda-auth, HTTP basic auth on /engine-rest/*).
@@ -14,10 +14,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import requests
-from faultkit import DB_PASSWORD, TcpProxy, WorkerProcess, wait_until
 
-from procos_testkit.engine import EngineRest
+from procos_testkit.engine import EngineRest, wait_until
 from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.tcp_proxy import TcpProxy
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import DB_PASSWORD
 
 pytestmark = pytest.mark.faults
 
@@ -40,11 +42,6 @@ def camunda_user() -> Iterator[tuple[str, str]]:
     yield user, password
     requests.delete(f"{AUTH_REST}/user/{user}", auth=ADMIN, timeout=10)
 
-
-@pytest.fixture()
-def pg_proxy() -> Iterator[TcpProxy]:
-    with TcpProxy(5432) as proxy:
-        yield proxy
 
 
 def _forms(secret: str) -> list[str]:

@@ -28,26 +28,24 @@ RESULT = LlmResult(content="ok", model="m", done_reason="stop", prompt_eval_coun
                    total_duration_ns=0, load_duration_ns=0, prompt_eval_duration_ns=0, eval_duration_ns=0, wall_s=0.0)
 
 
-class _Turns:
+class _Store:
+    """The store as the prompt uses it: turn sizes, their texts, the input row rewritten."""
+
     def __init__(self, sizes: list[TurnSize]) -> None:
         self.sizes = sizes
         self.fetched: list[list[uuid.UUID]] = []
+        self.amended: list[list[dict[str, str]]] = []
 
-    def recent(self, task: Task, scope: str, value: str, limit: int) -> list[TurnSize]:
+    def recent_turns(self, task: Task, scope: str, value: str, limit: int) -> list[TurnSize]:
         assert (task, scope, value) == (TASK, "process", "pi")
         return self.sizes[:limit]
 
-    def texts(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Turn]:
+    def turn_texts(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Turn]:
         self.fetched.append(list(ids))
         return {size.id: Turn(id=size.id, input_id=size.input_id, question="q" * size.question_chars,
                               answer="a" * size.answer_chars, process_instance_id="pi", task_id=None,
                               activity_id=None, memory_key=None, model="m", created_at=datetime.now(UTC))
                 for size in self.sizes if size.id in ids}
-
-
-class _Store:
-    def __init__(self) -> None:
-        self.amended: list[list[dict[str, str]]] = []
 
     def amend_input(self, input_id: uuid.UUID, task: Task, inputs: TaskInputs, messages: list[dict[str, str]],
                     **_: Any) -> None:
@@ -82,12 +80,11 @@ class _Chat:
         return RESULT
 
 
-def _prompts(sizes: list[TurnSize]) -> tuple[Prompts, _Turns, _Store, _Llm]:
+def _prompts(sizes: list[TurnSize]) -> tuple[Prompts, _Store, _Store, _Llm]:
     gate = ServiceGate("x", BackoffSettings(), lambda: None)
-    llm, store, turns = _Llm(), _Store(), _Turns(sizes)
+    llm, store = _Llm(), _Store(sizes)
     prompts = Prompts(Settings(), store, llm, _Registry(), store_gate=gate, llm_gate=gate)  # type: ignore[arg-type]
-    prompts._turns = turns  # type: ignore[assignment]
-    return prompts, turns, store, llm
+    return prompts, store, store, llm
 
 
 def _sizes(count: int, chars: int = 400) -> list[TurnSize]:

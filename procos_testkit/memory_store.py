@@ -1,0 +1,137 @@
+"""An in-memory context store with the worker's side of ``ContextStore`` (``StoreApi``), and an in-memory
+procos_ai_models (``ModelTableApi``), for unit tests of the pipeline (the real PostgreSQL is what the
+integration and fault suites use).
+
+Like the real table it holds at most one input and one output row per task id: a second
+``save_input`` returns the output stored earlier (the redelivery path), a second ``save_output``
+returns the first row. Each stored answer is a turn (``turns``) that ``recent_turns`` / ``turn_texts``
+give to later tasks with memory, as the real queries do (newest first, the asking task left out).
+``down = True`` makes every call raise ``StoreUnavailable``; ``fail`` scripts other errors (see
+``procos_testkit.scripted``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from procos_testkit.scripted import Scripted
+from procos_worker.errors import StoreUnavailable
+from procos_worker.models import LlmResult, ModelRow, StoredOutput, Task, TaskInputs, Turn, TurnSize
+
+__all__ = ["InMemoryModels", "InMemoryStore", "StoredInput"]
+
+
+@dataclass(frozen=True)
+class StoredInput:
+    id: UUID
+    inputs: TaskInputs
+    messages: tuple[Mapping[str, str], ...]
+    model: str
+    options: Mapping[str, Any]
+    window: Mapping[str, Any] = field(default_factory=dict)
+    memory_key: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        """The last message: what the model is asked."""
+        return self.messages[-1]["content"]
+
+
+class InMemoryStore(Scripted):
+    """Rows by task id: ``inputs[task_id]``, ``outputs[task_id]`` (the StoredOutput and its text)."""
+
+    def __init__(self, provider: str = "ollama") -> None:
+        super().__init__(lambda call: StoreUnavailable(f"PostgreSQL can't be reached ({call})"))
+        self.provider = provider
+        self.inputs: dict[str, StoredInput] = {}
+        self.outputs: dict[str, tuple[StoredOutput, str]] = {}
+        self.turns: list[Turn] = []
+        """Every stored answer with its question, oldest first."""
+        self.opened = False
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        self.opened = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def ping(self) -> None:
+        self._called("ping")
+
+    def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
+                   model: str, options: Mapping[str, Any], window: Mapping[str, Any] | None = None,
+                   memory_key: str | None = None) -> tuple[UUID, StoredOutput | None]:
+        self._called("save_input", task_id=task.id)
+        with self._lock:
+            row = self.inputs.setdefault(task.id, StoredInput(
+                uuid.uuid4(), inputs, tuple(dict(m) for m in messages), model, dict(options), dict(window or {}),
+                memory_key))
+            output = self.outputs.get(task.id)
+        return row.id, None if output is None else output[0]
+
+    def amend_input(self, input_id: UUID, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
+                    model: str, options: Mapping[str, Any], window: Mapping[str, Any] | None = None) -> None:
+        self._called("amend_input", task_id=task.id)
+        with self._lock:
+            row = self.inputs[task.id]
+            assert row.id == input_id
+            self.inputs[task.id] = dataclasses.replace(row, messages=tuple(dict(m) for m in messages),
+                                                       window=dict(window or {}))
+
+    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *,
+                    prompt_chars: int | None = None, prompt_messages: int | None = None,
+                    memory_key: str | None = None, prompt_truncated: bool = False) -> StoredOutput:
+        self._called("save_output", task_id=task.id, prompt_chars=prompt_chars)
+        stored = StoredOutput(id=uuid.uuid4(), response_length=len(result.content), model=result.model,
+                              provider=self.provider, prompt_tokens=result.prompt_eval_count,
+                              completion_tokens=result.eval_count, done_reason=result.done_reason,
+                              prompt_truncated=prompt_truncated)
+        with self._lock:
+            kept = self.outputs.setdefault(task.id, (stored, result.content))[0]
+            asked = self.inputs.get(task.id)
+            if kept is stored and asked is not None:
+                self.turns.append(Turn(id=stored.id, input_id=asked.id, question=asked.prompt, answer=result.content,
+                                       process_instance_id=task.process_instance_id, task_id=task.id,
+                                       activity_id=task.activity_id, memory_key=memory_key, model=result.model,
+                                       created_at=datetime.now(UTC)))
+            return kept
+
+    def recent_turns(self, task: Task, scope: str, value: str, limit: int) -> list[TurnSize]:
+        self._called("recent_turns", task_id=task.id, scope=scope, value=value)
+        with self._lock:
+            mine = [t for t in self.turns if t.task_id != task.id
+                    and (t.process_instance_id if scope == "process" else t.memory_key) == value]
+        return [TurnSize(id=t.id, input_id=t.input_id, question_chars=len(t.question),
+                         question_bytes=len(t.question.encode()), answer_chars=len(t.answer),
+                         answer_bytes=len(t.answer.encode()), model=t.model) for t in reversed(mine)][:limit]
+
+    def turn_texts(self, ids: Sequence[UUID]) -> dict[UUID, Turn]:
+        self._called("turn_texts", ids=list(ids))
+        with self._lock:
+            return {t.id: t for t in self.turns if t.id in ids}
+
+
+@dataclass
+class InMemoryModels:
+    """procos_ai_models in memory (``ModelTableApi``): ``rows`` newest first, as ``ModelTable.load`` reads
+    them; ``refreshes`` counts the stats refreshes asked for. Empty: every model is unregistered."""
+
+    rows: list[ModelRow] = field(default_factory=list)
+    refreshes: int = 0
+
+    def load(self) -> list[ModelRow]:
+        return list(self.rows)
+
+    def refresh_stats(self, *, window_s: float, min_age_s: float, unanswered_after_s: float,
+                      worker_id: str) -> int | None:
+        self.refreshes += 1
+        return 0
