@@ -16,12 +16,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from deploykit import INIT_SQL, REPO
 from pydantic import SecretStr
 
 from procos_worker.models import LlmResult, Task, TaskInputs
 from procos_worker.settings import DatabaseSettings
 from procos_worker.store.context import ContextStore
+from tests.deploy.deploykit import INIT_SQL, REPO
 
 pytestmark = pytest.mark.deploy
 
@@ -117,7 +117,8 @@ def test_the_worker_login_does_the_workers_job(cluster: Cluster) -> None:
     url = cluster.url(name, WORKER, WORKER_PW)
     with ContextStore(DatabaseSettings(url=SecretStr(url))) as store:
         task = _task()
-        input_id, stored = store.save_input(task, TaskInputs(query="q"), "q")
+        input_id, stored = store.save_input(task, TaskInputs(query="q"), [{"role": "user", "content": "q"}],
+                                            model="m", options={})
         assert stored is None
         output = store.save_output(task, _answer(), input_id)
         assert store.get(output.id) is not None
