@@ -173,7 +173,7 @@ INSERT INTO procos_schema_migrations (version, name) VALUES
     (10, 'model_options')
 ON CONFLICT (version) DO NOTHING;
 
--- 0030_conversation_memory: conversation memory (procos.memory) reads earlier turns by their sizes first
+-- 0036_conversation_memory: conversation memory (procos.memory) reads earlier turns by their sizes first
 -- and fetches the texts of those that fit, so every row says how long its text is, and an answer row
 -- names the input row it answered. memory_key holds NAME=value of procos.memory=variable:NAME.
 ALTER TABLE procos_ai_context ADD COLUMN IF NOT EXISTS memory_key VARCHAR(255);
@@ -200,7 +200,7 @@ CREATE INDEX IF NOT EXISTS idx_procos_ai_context_memory_key
     WHERE context_type = 'output' AND memory_key IS NOT NULL;
 
 INSERT INTO procos_schema_migrations (version, name) VALUES
-    (30, 'conversation_memory')
+    (36, 'conversation_memory')
 ON CONFLICT (version) DO NOTHING;
 
 DO $$ BEGIN RAISE NOTICE 'ProcOS PostgreSQL AI context schema ready'; END $$;

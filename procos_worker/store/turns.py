@@ -9,7 +9,7 @@ The newest turns of a process instance or of a memory key are index scans in cre
 (``idx_procos_ai_context_turns``, ``idx_procos_ai_context_memory_key``), stopped after the limit: a
 conversation's length does not change their cost. The size query reads the small columns only
 (``text_chars``, ``text_bytes``, ``token_usage``), never a text; the texts are read only for the turns the
-budget chose. Rows written before migration 0030 (or by an older worker since) fall back to the texts.
+budget chose. Rows written before migration 0036 (or by an older worker since) fall back to the texts.
 """
 
 from __future__ import annotations

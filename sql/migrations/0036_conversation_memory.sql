@@ -1,4 +1,4 @@
--- 0030_conversation_memory: conversation memory (procos.memory) reads earlier turns by their sizes first
+-- 0036_conversation_memory: conversation memory (procos.memory) reads earlier turns by their sizes first
 -- and fetches the texts of those that fit, so every row says how long its text is, and an answer row
 -- names the input row it answered. memory_key holds NAME=value of procos.memory=variable:NAME.
 ALTER TABLE procos_ai_context ADD COLUMN IF NOT EXISTS memory_key VARCHAR(255);
