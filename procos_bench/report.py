@@ -21,6 +21,9 @@ TARGETS = {
     "p5_scaleout_ratio": ">= 3.2",
     "p5_duplicates": "0",
     "p5_worker_cpu_ratio": "<= 0.15",
+    "p7_memory_overhead_ratio": "<= 1.05",
+    "p7_budget_fill": ">= 0.8",
+    "p7_overflows": "0",
 }
 
 
@@ -43,7 +46,7 @@ def _m(d: dict[str, Any] | None, key: str = "median") -> float | None:
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers (the keys of the JSON last line)."""
-    p1, p2, p3, p3s, p4, p5 = (results.get(k) or {} for k in ("p1", "p2", "p3", "p3s", "p4", "p5"))
+    p1, p2, p3, p3s, p4, p5, p7 = (results.get(k) or {} for k in ("p1", "p2", "p3", "p3s", "p4", "p5", "p7"))
     out: dict[str, Any] = {
         "p1_ratio_vs_ceiling": _m(p1.get("ratio")),
         "p2_ratio_vs_library_worker": _m(p2.get("ratio")),
@@ -55,6 +58,9 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "p5_duplicates": p5.get("duplicates"),
         # Measured in the P1 runs: worker CPU ms per task / (Camunda + PostgreSQL CPU ms per task).
         "p5_worker_cpu_ratio": _m(p1.get("worker_cpu_ratio")),
+        "p7_memory_overhead_ratio": _m(p7.get("ratio")),
+        "p7_budget_fill": _m(p7.get("fill")),
+        "p7_overflows": p7.get("overflows"),
     }
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
@@ -100,9 +106,9 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         "| # | measure | procos-worker | baseline | ratio median (min-max) | target |",
         "|---|---|---|---|---|---|",
     ]
-    names = ("p1", "p2", "p3", "p3s", "p4", "p5")
+    names = ("p1", "p2", "p3", "p3s", "p4", "p5", "p7")
     failed = {k for k in names if "error" in (results.get(k) or {})}
-    p1, p2, p3, p3s, p4, p5 = ({} if k in failed else results.get(k) or {} for k in names)
+    p1, p2, p3, p3s, p4, p5, p7 = ({} if k in failed else results.get(k) or {} for k in names)
     if p1:
         lines.append(f"| P1 | tasks/s, instant LLM, full storage, {p1['in_flight']} in flight vs raw-REST ceiling "
                      f"({p1['in_flight']} threads, keep-alive) | {_fmt(p1.get('procos'))} | {_fmt(p1.get('ceiling'))} "
@@ -129,8 +135,28 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         lines.append(f"| P5 | tasks/s, {p5['tasks']} tasks, {p5['delay_ms']} ms LLM: {p5['processes']} processes vs 1 "
                      f"| {_fmt(p5.get('many'))} | {_fmt(p5.get('one'))} | {_fmt(p5.get('ratio'), 2)}; "
                      f"duplicates {p5.get('duplicates')} | {TARGETS['p5_scaleout_ratio']}, 0 dup |")
+    lines += _p7_rows(p7)
     lines += [f"| {k.upper()} | failed: {results[k]['error']} | | | | |" for k in sorted(failed)]
     return lines
+
+
+def _p7_rows(p7: dict[str, Any]) -> list[str]:
+    if p7.get("skipped"):
+        return [f"| P7 | skipped: {p7['skipped']} | | | | |"]
+    if not p7.get("ratio"):
+        return []
+    return [
+        f"| P7 | seconds per task, real {p7['model']} with {p7['turns']} earlier turns in memory (num_ctx "
+        f"{p7['overhead_num_ctx']}, num_predict {p7['num_predict']}); worker's fetched->completed vs bare chat, same "
+        f"messages | {_fmt(p7.get('worker_task_s'), 2)} | {_fmt(p7.get('bare_s'), 2)} | {_fmt(p7.get('ratio'), 3)} "
+        f"| {TARGETS['p7_memory_overhead_ratio']} |",
+        f"| P7 around | the worker's seconds around its Ollama call in that task (memory read and fitted, rows "
+        f"stored, completion reported) | {_fmt(p7.get('worker_around_llm_s'), 3)} | | | - |",
+        f"| P7' | share of the available context (num_ctx {p7['fill_num_ctx']} - num_predict - the prompt alone) "
+        f"the memory fills, conversation longer than the context; overflows (HTTP 400 or prompt + num_predict > "
+        f"num_ctx) | | | {_fmt(p7.get('fill'), 3)}; overflows {p7.get('overflows')} "
+        f"| {TARGETS['p7_budget_fill']}, 0 overflows |",
+    ]
 
 
 def _curve_rows(curve: dict[str, Any]) -> list[str]:

@@ -1,4 +1,5 @@
-"""The measurements: the throughput curve (and P1 from it), P2, P3 (and P3s: structured answers), P4, P5.
+"""The measurements: the throughput curve (and P1 from it), P2, P3 (and P3s: structured answers), P4, P5,
+P7 (``procos_bench.memory``).
 
 Every timed run goes through :meth:`Bench.measure`: a fresh :class:`Batch` on its own topic, the
 consumer started and polling, the batch released, completion polled, CPU of each process group taken
@@ -21,6 +22,7 @@ import requests
 from pydantic import SecretStr
 
 from procos_bench.common import Batch, CpuMeter, CpuReport, Spread, Stack, listener_pids, spread
+from procos_bench.memory import P7, P7Config
 from procos_bench.procs import (
     Consumer,
     FakeProc,
@@ -73,11 +75,12 @@ class Config:
     p5_tasks: int = 400
     p5_processes: int = 4
     p5_delay_ms: int = 100
+    p7_reps: int = 3
 
     @classmethod
     def quick(cls) -> Config:
         return cls(levels=(1, 4), curve_tasks=60, p2_library_tasks=15, p2_tasks=60, p3_reps=3, p4_reps=1,
-                   p5_tasks=100)
+                   p5_tasks=100, p7_reps=1)
 
 
 @dataclass
@@ -355,6 +358,22 @@ class Bench:
             "ratio_start_to_completed": paired(start_to_done_s, bare_s).as_dict(),
             "timing": "worker's own fetched->completed elapsed_s from its task.completed log event (ms resolution)",
         }
+
+    # -- P7 ----------------------------------------------------------------------------------------
+
+    def p7(self) -> None:
+        """Conversation memory on the real model: 50 turns of overhead, and how full the budget gets."""
+        client = ollama.Client(host=self.stack.ollama_url)
+        try:
+            names = [m.model for m in client.list().models]
+        except (ConnectionError, ollama.ResponseError) as exc:
+            self.results["p7"] = {"skipped": f"Ollama at {self.stack.ollama_url} not reachable: {exc}"}
+            return
+        if self.stack.model not in names:
+            self.results["p7"] = {"skipped": f"model {self.stack.model} not on {self.stack.ollama_url}"}
+            return
+        with ContextStore(DatabaseSettings(url=SecretStr(self.stack.database_url))) as store:
+            self.results["p7"] = P7(self.stack, store, P7Config(reps=self.config.p7_reps), self.topics).run()
 
     # -- P4 ----------------------------------------------------------------------------------------
 

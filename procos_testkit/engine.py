@@ -15,11 +15,12 @@ from xml.sax.saxutils import quoteattr
 
 import requests
 
-__all__ = ["EXAMPLE_BPMN", "TWO_STEPS_BPMN", "EngineRest", "ai_steps_bpmn", "example_bpmn", "json_variable",
-           "one_task_bpmn", "own_copy", "wait_until"]
+__all__ = ["EXAMPLE_BPMN", "FOLLOW_UP_BPMN", "TWO_STEPS_BPMN", "EngineRest", "ai_steps_bpmn", "example_bpmn",
+           "json_variable", "one_task_bpmn", "own_copy", "wait_until"]
 
 EXAMPLE_BPMN = Path(__file__).resolve().parents[1] / "bpmn" / "ai-query.bpmn"
 TWO_STEPS_BPMN = Path(__file__).resolve().parents[1] / "bpmn" / "ai-two-steps.bpmn"
+FOLLOW_UP_BPMN = Path(__file__).resolve().parents[1] / "bpmn" / "ai-follow-up.bpmn"
 
 
 def example_bpmn(topic: str, process_key: str) -> str:
@@ -40,7 +41,8 @@ def own_copy(path: Path, topic: str, process_key: str) -> str:
 
 def ai_steps_bpmn(process_key: str, topic: str, steps: list[tuple[str, dict[str, str]]]) -> str:
     """A process of AI tasks in a row, each ``(activity id, procos.* properties)``, then the user task
-    ``review-answer``; AI_INPUT_INVALID from any step ends at ``rejected`` with ``ai_error_message`` set."""
+    ``review-answer``; AI_INPUT_INVALID from any step ends at ``rejected``, AI_PROMPT_TOO_LONG at
+    ``too-long``, both with ``ai_error_message`` set."""
     tasks, flows = [], []
     previous = "start"
     for activity, properties in steps:
@@ -52,10 +54,16 @@ def ai_steps_bpmn(process_key: str, topic: str, steps: list[tuple[str, dict[str,
             f'</bpmn:serviceTask>'
             f'<bpmn:boundaryEvent id="{activity}-invalid" attachedToRef="{activity}">'
             f'<bpmn:errorEventDefinition errorRef="ai-input-invalid" camunda:errorMessageVariable="ai_error_message" />'
+            f'</bpmn:boundaryEvent>'
+            f'<bpmn:boundaryEvent id="{activity}-too-long" attachedToRef="{activity}">'
+            '<bpmn:errorEventDefinition errorRef="ai-prompt-too-long" '
+            'camunda:errorMessageVariable="ai_error_message" />'
             f'</bpmn:boundaryEvent>')
         flows.append(f'<bpmn:sequenceFlow id="to-{activity}" sourceRef="{previous}" targetRef="{activity}" />'
                      f'<bpmn:sequenceFlow id="{activity}-rejected" sourceRef="{activity}-invalid" '
-                     'targetRef="rejected" />')
+                     'targetRef="rejected" />'
+                     f'<bpmn:sequenceFlow id="{activity}-overflow" sourceRef="{activity}-too-long" '
+                     'targetRef="too-long" />')
         previous = activity
     flows.append(f'<bpmn:sequenceFlow id="to-review" sourceRef="{previous}" targetRef="review-answer" />'
                  '<bpmn:sequenceFlow id="to-end" sourceRef="review-answer" targetRef="answered" />')
@@ -64,9 +72,11 @@ def ai_steps_bpmn(process_key: str, topic: str, steps: list[tuple[str, dict[str,
         '<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" '
         'xmlns:camunda="http://camunda.org/schema/1.0/bpmn" id="defs" targetNamespace="http://procos.example/bpmn">'
         '<bpmn:error id="ai-input-invalid" errorCode="AI_INPUT_INVALID" />'
+        '<bpmn:error id="ai-prompt-too-long" errorCode="AI_PROMPT_TOO_LONG" />'
         f'<bpmn:process id="{process_key}" isExecutable="true" camunda:historyTimeToLive="P1D">'
         '<bpmn:startEvent id="start" />' + "".join(tasks) +
         '<bpmn:userTask id="review-answer" /><bpmn:endEvent id="answered" /><bpmn:endEvent id="rejected" />'
+        '<bpmn:endEvent id="too-long" />'
         + "".join(flows) + "</bpmn:process></bpmn:definitions>"
     )
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from procos_testkit.scripted import Scripted
 from procos_worker.errors import LlmUnavailable
-from procos_worker.models import LlmResult
+from procos_worker.models import LlmResult, ModelFacts
 
 __all__ = ["ScriptedLlm"]
 
@@ -28,6 +28,8 @@ class ScriptedLlm(Scripted):
         self.model = model
         self.answered_model: str | None = None
         """The model name the answers carry (as Ollama reports it); None: the one asked for."""
+        self.facts = ModelFacts(num_ctx=None, trained_ctx=None)
+        """What ``show`` says about every model (its Modelfile's num_ctx, its trained context)."""
         self.in_chat = 0
         self._open = threading.Event()
         self._open.set()
@@ -74,3 +76,7 @@ class ScriptedLlm(Scripted):
     def ping(self) -> list[str]:
         self._called("ping")
         return [self.model]
+
+    def show(self, model: str) -> ModelFacts:
+        self._called("show", model=model)
+        return self.facts

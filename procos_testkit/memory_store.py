@@ -5,12 +5,15 @@ integration and fault suites use).
 Like the real table it holds at most one row per task id and row type: a second ``save_input`` returns
 the output stored earlier (the redelivery path), a second ``save_output`` returns the first row. The
 ``input`` and ``output`` rows are in ``inputs`` / ``outputs``; the other types a structured task
-writes (``repair_input_<n>``, ``invalid_output_<n>``) in ``attempts``. ``down = True`` makes every
-call raise ``StoreUnavailable``; ``fail`` scripts other errors (see ``procos_testkit.scripted``).
+writes (``repair_input_<n>``, ``invalid_output_<n>``) in ``attempts``. Each stored answer is a turn
+(``turns``) that ``recent_turns`` / ``turn_texts`` give to later tasks with memory, as the real queries
+do (newest first, the asking task left out). ``down = True`` makes every call raise
+``StoreUnavailable``; ``fail`` scripts other errors (see ``procos_testkit.scripted``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -21,7 +24,7 @@ from uuid import UUID
 
 from procos_testkit.scripted import Scripted
 from procos_worker.errors import StoreUnavailable
-from procos_worker.models import LlmResult, ModelRow, StoredContext, StoredOutput, Task, TaskInputs
+from procos_worker.models import LlmResult, ModelRow, StoredContext, StoredOutput, Task, TaskInputs, Turn, TurnSize
 
 __all__ = ["InMemoryModels", "InMemoryStore", "StoredInput"]
 
@@ -34,6 +37,8 @@ class StoredInput:
     model: str
     options: Mapping[str, Any]
     extra: Mapping[str, Any] = field(default_factory=dict)
+    window: Mapping[str, Any] = field(default_factory=dict)
+    memory_key: str | None = None
 
     @property
     def prompt(self) -> str:
@@ -51,6 +56,8 @@ class InMemoryStore(Scripted):
         self.outputs: dict[str, tuple[StoredOutput, str]] = {}
         self.attempts: dict[tuple[str, str], StoredContext] = {}
         self._contexts: dict[str, StoredContext] = {}
+        self.turns: list[Turn] = []
+        """Every stored answer with its question, oldest first."""
         self.opened = False
         self.closed = False
         self._lock = threading.Lock()
@@ -66,15 +73,16 @@ class InMemoryStore(Scripted):
 
     def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
                    model: str, options: Mapping[str, Any], context_type: str = "input",
-                   extra: Mapping[str, Any] | None = None) -> tuple[UUID, StoredOutput | None]:
+                   extra: Mapping[str, Any] | None = None, window: Mapping[str, Any] | None = None,
+                   memory_key: str | None = None) -> tuple[UUID, StoredOutput | None]:
         self._called("save_input", task_id=task.id, context_type=context_type)
         row = StoredInput(uuid.uuid4(), inputs, tuple(dict(m) for m in messages), model, dict(options),
-                          dict(extra or {}))
+                          dict(extra or {}), dict(window or {}), memory_key)
         with self._lock:
             if context_type == "input":
                 row = self.inputs.setdefault(task.id, row)
                 self._context(row.id, task, context_type, row.prompt,
-                              {"messages": [dict(m) for m in row.messages], **row.extra})
+                              {"messages": [dict(m) for m in row.messages], **row.extra, **row.window})
             else:
                 data = {"messages": [dict(m) for m in row.messages], **row.extra}
                 kept = self.attempts.setdefault((task.id, context_type), self._context(
@@ -83,19 +91,36 @@ class InMemoryStore(Scripted):
             output = self.outputs.get(task.id)
         return row.id, None if output is None else output[0]
 
+    def amend_input(self, input_id: UUID, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
+                    model: str, options: Mapping[str, Any], window: Mapping[str, Any] | None = None) -> None:
+        self._called("amend_input", task_id=task.id)
+        with self._lock:
+            row = self.inputs[task.id]
+            assert row.id == input_id
+            self.inputs[task.id] = dataclasses.replace(row, messages=tuple(dict(m) for m in messages),
+                                                       window=dict(window or {}))
+
     def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *,
-                    prompt_chars: int | None = None, context_type: str = "output",
+                    prompt_chars: int | None = None, prompt_messages: int | None = None,
+                    memory_key: str | None = None, prompt_truncated: bool = False, context_type: str = "output",
                     extra: Mapping[str, Any] | None = None) -> StoredOutput:
         self._called("save_output", task_id=task.id, prompt_chars=prompt_chars, context_type=context_type)
         stored = StoredOutput(id=uuid.uuid4(), response_length=len(result.content), model=result.model,
                               provider=self.provider, prompt_tokens=result.prompt_eval_count,
-                              completion_tokens=result.eval_count, done_reason=result.done_reason)
+                              completion_tokens=result.eval_count, done_reason=result.done_reason,
+                              prompt_truncated=prompt_truncated)
         data = {"content": result.content, "done_reason": result.done_reason,
                 "input_context_id": None if input_id is None else str(input_id), **(extra or {})}
         with self._lock:
             if context_type == "output":
                 kept = self.outputs.setdefault(task.id, (stored, result.content))[0]
                 self._context(kept.id, task, context_type, self.outputs[task.id][1], data)
+                asked = self.inputs.get(task.id)
+                if kept is stored and asked is not None:
+                    self.turns.append(Turn(id=stored.id, input_id=asked.id, question=asked.prompt,
+                                           answer=result.content, process_instance_id=task.process_instance_id,
+                                           task_id=task.id, activity_id=task.activity_id, memory_key=memory_key,
+                                           model=result.model, created_at=datetime.now(UTC)))
                 return kept
             row = self.attempts.setdefault((task.id, context_type),
                                            self._context(stored.id, task, context_type, result.content, data))
@@ -122,6 +147,20 @@ class InMemoryStore(Scripted):
             context_type=context_type, content_text=text, content_data=dict(data), ai_provider=self.provider,
             model_used=None, token_usage=None, created_at=datetime.now(UTC)))
         return row
+
+    def recent_turns(self, task: Task, scope: str, value: str, limit: int) -> list[TurnSize]:
+        self._called("recent_turns", task_id=task.id, scope=scope, value=value)
+        with self._lock:
+            mine = [t for t in self.turns if t.task_id != task.id
+                    and (t.process_instance_id if scope == "process" else t.memory_key) == value]
+        return [TurnSize(id=t.id, input_id=t.input_id, question_chars=len(t.question),
+                         question_bytes=len(t.question.encode()), answer_chars=len(t.answer),
+                         answer_bytes=len(t.answer.encode()), model=t.model) for t in reversed(mine)][:limit]
+
+    def turn_texts(self, ids: Sequence[UUID]) -> dict[UUID, Turn]:
+        self._called("turn_texts", ids=list(ids))
+        with self._lock:
+            return {t.id: t for t in self.turns if t.id in ids}
 
 
 @dataclass

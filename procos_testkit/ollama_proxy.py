@@ -11,7 +11,9 @@ Ollama look down without killing it:
   "connection refused"; :meth:`OllamaProxy.resume` listens again on the same port.
 
 Counts are per path (query string dropped): ``count`` = forwarded to the upstream, ``received`` =
-arrived at the proxy. Upstream unreachable -> 502 ``{"error": "proxy: ..."}``.
+arrived at the proxy. ``exchanges(path)`` lists every forwarded request with its body and the upstream's
+status (what the worker really sent, and how often Ollama refused it). Upstream unreachable -> 502
+``{"error": "proxy: ..."}``.
 
 Run as a process: ``python -m procos_testkit.ollama_proxy --port 11436 --upstream
 http://127.0.0.1:11434``. Control it with ``GET /_proxy/counts``, ``POST /_proxy/mode``
@@ -30,12 +32,13 @@ import threading
 import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
-from typing import Literal, cast, get_args
+from dataclasses import dataclass
+from typing import Any, Literal, cast, get_args
 
 from procos_testkit.fake_ollama import BUSY_MESSAGE
 from procos_testkit.httpkit import JSON_CONTENT_TYPE, TEXT_CONTENT_TYPE, BackgroundServer, TrackedHandler, go_json
 
-__all__ = ["OllamaProxy", "ProxyHandler", "ProxyMode", "UpstreamError", "main"]
+__all__ = ["Exchange", "OllamaProxy", "ProxyHandler", "ProxyMode", "UpstreamError", "main"]
 
 ProxyMode = Literal["pass", "503", "refuse"]
 
@@ -57,6 +60,18 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One forwarded request: its path, body and the upstream's HTTP status."""
+
+    path: str
+    body: bytes
+    status: int
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 class OllamaProxy(BackgroundServer):
@@ -90,6 +105,7 @@ class OllamaProxy(BackgroundServer):
         self._lock = threading.Lock()
         self._forwarded: Counter[str] = Counter()
         self._received: Counter[str] = Counter()
+        self._exchanges: list[Exchange] = []
         self._initial_mode = mode
 
     def start(self) -> OllamaProxy:
@@ -126,6 +142,11 @@ class OllamaProxy(BackgroundServer):
         with self._lock:
             return self._received[path]
 
+    def exchanges(self, path: str | None = None) -> list[Exchange]:
+        """Forwarded requests (of ``path``, or all) in arrival order, with the upstream's status."""
+        with self._lock:
+            return [e for e in self._exchanges if path is None or e.path == path]
+
     def counts(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {"forwarded": dict(self._forwarded), "received": dict(self._received)}
@@ -134,12 +155,17 @@ class OllamaProxy(BackgroundServer):
         with self._lock:
             self._forwarded.clear()
             self._received.clear()
+            self._exchanges.clear()
 
     def _record(self, path: str, forwarded: bool) -> None:
         with self._lock:
             self._received[path] += 1
             if forwarded:
                 self._forwarded[path] += 1
+
+    def _record_exchange(self, exchange: Exchange) -> None:
+        with self._lock:
+            self._exchanges.append(exchange)
 
 
 class UpstreamError(Exception):
@@ -221,6 +247,7 @@ class ProxyHandler(TrackedHandler):
         except UpstreamError as exc:
             self.send_error_json(502, f"proxy: upstream {self.proxy.upstream} failed: {exc.__cause__}")
             return
+        self.proxy._record_exchange(Exchange(self.path.split("?", 1)[0], body, resp.status))
         try:
             self._relay(resp)
         except (OSError, http.client.HTTPException):

@@ -12,9 +12,10 @@ from procos_worker.models import StoredOutput
 __all__ = ["build_flags"]
 
 
-def build_flags(output: StoredOutput, prefix: str = "ai") -> dict[str, Any]:
-    """The completion variables of one stored output row, named ``<prefix>_<flag>``."""
-    return {
+def build_flags(output: StoredOutput, prefix: str = "ai", *, report_truncation: bool = False) -> dict[str, Any]:
+    """The completion variables of one stored output row, named ``<prefix>_<flag>``; with
+    ``report_truncation`` (``procos.onOverflow=truncate``) also ``<prefix>_prompt_truncated``."""
+    flags = {
         f"{prefix}_context_id": str(output.id),
         f"{prefix}_response_stored": True,
         f"{prefix}_response_length": output.response_length,
@@ -25,3 +26,6 @@ def build_flags(output: StoredOutput, prefix: str = "ai") -> dict[str, Any]:
         f"{prefix}_total_tokens": output.prompt_tokens + output.completion_tokens,
         f"{prefix}_done_reason": output.done_reason or "",
     }
+    if report_truncation:
+        flags[f"{prefix}_prompt_truncated"] = output.prompt_truncated
+    return flags

@@ -14,12 +14,15 @@ __all__ = [
     "Complete",
     "Failure",
     "LlmResult",
+    "ModelFacts",
     "ModelRow",
     "Outcome",
     "StoredContext",
     "StoredOutput",
     "Task",
     "TaskInputs",
+    "Turn",
+    "TurnSize",
     "TypedValue",
     "Variable",
 ]
@@ -134,6 +137,49 @@ class ModelRow:
     version: str | None
     active: bool
     config_data: Mapping[str, Any]
+    # performance_stats.chars_per_token_prompt: characters of the messages per prompt token, measured.
+    chars_per_token: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """What Ollama's ``/api/show`` says about a model's context window."""
+
+    num_ctx: int | None  # the Modelfile's ``PARAMETER num_ctx``, if it sets one
+    trained_ctx: int | None  # ``<architecture>.context_length``: Ollama caps num_ctx at it
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSize:
+    """An earlier turn (a task's final question and answer) as the budget sees it: its sizes and the figures
+    of the request it came from, read without its texts."""
+
+    id: UUID  # the output row (the answer)
+    input_id: UUID  # the input row (the question: its user message)
+    question_chars: int
+    question_bytes: int
+    answer_chars: int
+    answer_bytes: int
+    model: str | None = None
+    prompt_chars: int | None = None  # characters of every message of that request
+    prompt_tokens: int | None = None  # Ollama's prompt_eval_count for them
+    prompt_messages: int | None = None  # how many messages that request had
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """An earlier turn with its texts: the user message the model saw and the answer it gave."""
+
+    id: UUID  # the output row
+    input_id: UUID
+    question: str
+    answer: str
+    process_instance_id: str
+    task_id: str | None
+    activity_id: str | None
+    memory_key: str | None
+    model: str | None
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +193,7 @@ class StoredOutput:
     prompt_tokens: int
     completion_tokens: int
     done_reason: str | None
+    prompt_truncated: bool = False  # procos.onOverflow=truncate cut the context of the prompt it answered
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ __all__ = [
     "CamundaSettings",
     "DatabaseSettings",
     "LogSettings",
+    "MemorySettings",
     "OllamaSettings",
     "OpsSettings",
     "RegistrySettings",
@@ -35,6 +36,7 @@ __all__ = [
     "Settings",
     "TaskSettings",
     "TopicFetch",
+    "WindowSettings",
     "WorkerSettings",
     "default_worker_id",
     "env_var_names",
@@ -242,6 +244,24 @@ class RegistrySettings(BaseModel):
     stats_window_s: float = Field(default=86_400.0, gt=0, description="stored rows of this period make the stats")
 
 
+class MemorySettings(BaseModel):
+    """Conversation memory (``procos.memory``): how many earlier turns a task may be given."""
+
+    max_turns: int = Field(default=100, ge=1, le=10_000,
+                           description="most earlier turns read (their sizes only) when a task's prompt is assembled")
+
+
+class WindowSettings(BaseModel):
+    """The context window of a request: what the worker assumes where Ollama tells it nothing."""
+
+    # Ollama 0.24: OLLAMA_CONTEXT_LENGTH, else 4096 (32k/256k only with 23/47 GiB of VRAM).
+    default_num_ctx: int = Field(default=4096, ge=4,
+                                 description="context of a model whose options and Modelfile set no num_ctx")
+    # Characters per token before the model has any stored figure; low = conservative (fewer turns).
+    chars_per_token: float = Field(default=2.0, gt=0, le=16)
+    reply_tokens: int = Field(default=512, ge=0, description="tokens kept for the answer when num_predict is not set")
+
+
 class DatabaseSettings(BaseModel):
     """The PostgreSQL database that holds procos_ai_context."""
 
@@ -331,6 +351,8 @@ class Settings(BaseSettings):
     task: TaskSettings = Field(default_factory=TaskSettings)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    window: WindowSettings = Field(default_factory=WindowSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     backoff: BackoffSettings = Field(default_factory=BackoffSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)

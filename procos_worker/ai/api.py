@@ -8,15 +8,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from procos_worker.models import LlmResult
+from procos_worker.models import LlmResult, ModelFacts
 
 __all__ = ["LlmApi"]
 
 
 class LlmApi(Protocol):
-    """Chat with a model; list the models (see ``ai.llm.LlmClient``)."""
+    """Chat with a model; list the models; what a model's context is (see ``ai.llm.LlmClient``)."""
 
     def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
              options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None) -> LlmResult: ...
 
     def ping(self) -> list[str]: ...
+
+    def show(self, model: str) -> ModelFacts:
+        """The model's own context settings (its Modelfile's num_ctx, the context it was trained for)."""
+        ...

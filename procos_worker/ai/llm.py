@@ -7,9 +7,11 @@ connection refused -> ``LlmUnavailable`` (the worker waits for Ollama, fetching 
 
 Every request carries ``"truncate": false``: Ollama would otherwise cut a prompt longer than the
 context window silently (200 OK, only ``prompt_eval_count`` shows it); with it, Ollama 0.24 answers
-400 "the input length exceeds the context length" at once, which becomes ``PromptTooLong``. The
-``ollama`` package has no ``truncate`` argument, so the body is written here and sent through the
-package's own request layer.
+400 "the input length exceeds the context length" at once, which becomes ``PromptTooLong``. It also
+carries ``"shift": false``: by default an answer that reaches the end of the context makes the runner
+drop part of the prompt and go on; with it the answer stops there, with ``done_reason`` "length". The
+``ollama`` package has neither argument, so the body is written here and sent through the package's
+own request layer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import ollama
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from procos_worker.errors import LlmBusy, LlmRequestInvalid, LlmUnavailable, ModelNotFound, PromptTooLong
-from procos_worker.models import LlmResult, TaskInputs
+from procos_worker.models import LlmResult, ModelFacts, TaskInputs
 from procos_worker.settings import OllamaSettings
 
 __all__ = ["LlmClient", "build_messages"]
@@ -35,6 +37,7 @@ _T = TypeVar("_T")
 _BAD_OPTION = re.compile(r'option "[^"]*" must be of type')
 _OVERFLOW = "exceeds the context length"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_NUM_CTX = re.compile(r"^num_ctx\s+(\d+)\s*$", re.MULTILINE)
 
 
 def _wire_safe(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -82,10 +85,21 @@ class LlmClient:
         listing = self._converting(self._client.list, self._settings.model)
         return [m.model for m in listing.models if m.model]
 
+    def show(self, model: str) -> ModelFacts:
+        """The model's own context settings (``/api/show``): the Modelfile's num_ctx and the context it was
+        trained for; raises like ``chat`` (404: ``ModelNotFound``)."""
+        shown = self._converting(lambda: self._client.show(model), model)
+        match = _NUM_CTX.search(shown.parameters or "")
+        info = shown.modelinfo or {}
+        trained = info.get(f"{info.get('general.architecture')}.context_length")
+        return ModelFacts(num_ctx=int(match.group(1)) if match else None,
+                          trained_ctx=trained if isinstance(trained, int) and trained > 0 else None)
+
     def _chat_once(self, messages: list[dict[str, str]], model: str, options: Mapping[str, Any],
                    format: Mapping[str, Any] | None) -> LlmResult:
         started = time.perf_counter()
-        body: dict[str, Any] = {"model": model, "messages": _wire_safe(messages), "stream": True, "truncate": False}
+        body: dict[str, Any] = {"model": model, "messages": _wire_safe(messages), "stream": True, "truncate": False,
+                                "shift": False}
         if options:
             body["options"] = dict(options)
         if format is not None:

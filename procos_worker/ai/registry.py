@@ -6,6 +6,8 @@ and its ``performance_stats`` are kept current from the stored rows.
 - A model without a row is served unless ``REGISTRY_ALLOW_UNREGISTERED=false``.
 - ``config_data.options`` of the model's row (the newest active one, if the model has several
   versions) are its default Ollama options: over ``OLLAMA_OPTIONS``, under the topic's and the task's.
+- ``performance_stats.chars_per_token_prompt`` of that row is what the context window's estimate
+  starts from when a conversation has no figures of its own (``ai.window``).
 - The table is read at most once per ``REGISTRY_CACHE_S`` per worker process, not per task.
 - ``StatsRefresher`` asks the store every ``REGISTRY_STATS_INTERVAL_S`` to recompute
   ``performance_stats`` from procos_ai_context; the store lets one worker of the fleet do it per
@@ -71,6 +73,11 @@ class ModelRegistry:
             raise ModelRefused(f"model {model}: config_data.options in procos_ai_models is not a JSON object",
                                details=f"config_data of {model}: {dict(active[0].config_data)!r}")
         return options
+
+    def chars_per_token(self, model: str) -> float | None:
+        """The model's measured characters per prompt token (``performance_stats``), if it has one."""
+        rows = [row for row in self._snapshot().get(canonical_model_name(model), []) if row.active]
+        return rows[0].chars_per_token if rows else None
 
     def _snapshot(self) -> dict[str, list[ModelRow]]:
         # One reader at a time: tasks arriving together share one read instead of each making their own.

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import ollama
 import pydantic
 
+from procos_worker.ai.memory import NO_MEMORY, MemoryScope, parse_memory
 from procos_worker.ai.registry import ModelRegistry
 from procos_worker.ai.structured import (
     StructuredOutput,
@@ -43,6 +44,7 @@ from procos_worker.ai.structured import (
     structured_output,
 )
 from procos_worker.ai.template import PromptTemplate, compile_template
+from procos_worker.ai.window import OnOverflow, parse_on_overflow
 from procos_worker.errors import TaskConfigError
 from procos_worker.models import Task
 from procos_worker.settings import Settings, TaskSettings
@@ -69,12 +71,16 @@ class TaskConfig:
     result_prefix: str = "ai"
     result_scope: ResultScope = "process"
     output: StructuredOutput | None = None
+    memory: MemoryScope = NO_MEMORY
+    on_overflow: OnOverflow = "error"
 
     def variables_needed(self, settings: TaskSettings) -> frozenset[str]:
-        """The process variables this task reads: its templates' names, or the default inputs."""
+        """The process variables this task reads: its templates' names, or the default inputs (and the
+        variable whose value keys its memory)."""
         user = self.prompt.names if self.prompt else {settings.query_variable, settings.context_variable}
         system = self.system_prompt.names if self.system_prompt else {settings.system_prompt_variable}
-        return frozenset(user | system)
+        memory = {self.memory.variable} if self.memory.variable else set()
+        return frozenset(user | system | memory)
 
     def where(self, prop: str) -> str:
         """How errors name a property of this task."""
@@ -146,6 +152,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "procos.resultScope": _result_scope,
     "procos.outputSchema": parse_output_schema,
     "procos.outputVariables": parse_output_variables,
+    "procos.memory": parse_memory,
+    "procos.onOverflow": parse_on_overflow,
     # Free text for the people reading the model (the element template's "Description"); not used.
     "procos.description": _text,
 }
@@ -189,6 +197,10 @@ class TaskConfigs:
                 _output(parsed, f"TASK_TOPIC_DEFAULTS topic '{topic}'")
         self._spec = lru_cache(maxsize=1024)(self._build_spec)
 
+    @property
+    def registry(self) -> ModelRegistry:
+        return self._registry
+
     def resolve(self, task: Task) -> TaskConfig:
         """The task's settings; ``TaskConfigError`` / ``ModelRefused`` (incidents), ``StoreUnavailable``
         when the registry must be read and PostgreSQL can't be reached."""
@@ -219,6 +231,8 @@ class TaskConfigs:
             result_prefix=merged.get("procos.resultPrefix", "ai"),
             result_scope=merged.get("procos.resultScope", "process"),
             output=_output(merged, f"activity '{activity}'"),
+            memory=merged.get("procos.memory", NO_MEMORY),
+            on_overflow=merged.get("procos.onOverflow", "error"),
         )
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
-from procos_worker.models import LlmResult, ModelRow, StoredContext, StoredOutput, Task, TaskInputs
+from procos_worker.models import LlmResult, ModelRow, StoredContext, StoredOutput, Task, TaskInputs, Turn, TurnSize
 
 __all__ = ["ModelTableApi", "StoreApi"]
 
@@ -26,15 +26,27 @@ class StoreApi(Protocol):
 
     def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
                    model: str, options: Mapping[str, Any], context_type: str = "input",
-                   extra: Mapping[str, Any] | None = None) -> tuple[UUID, StoredOutput | None]: ...
+                   extra: Mapping[str, Any] | None = None, window: Mapping[str, Any] | None = None,
+                   memory_key: str | None = None) -> tuple[UUID, StoredOutput | None]: ...
+
+    def amend_input(self, input_id: UUID, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
+                    model: str, options: Mapping[str, Any], window: Mapping[str, Any] | None = None) -> None: ...
 
     def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *,
-                    prompt_chars: int | None = None, context_type: str = "output",
+                    prompt_chars: int | None = None, prompt_messages: int | None = None,
+                    memory_key: str | None = None, prompt_truncated: bool = False, context_type: str = "output",
                     extra: Mapping[str, Any] | None = None) -> StoredOutput: ...
 
     def get(self, context_id: UUID | str) -> StoredContext | None: ...
 
     def answer_to(self, task_id: str, input_id: UUID, context_type: str) -> StoredContext | None: ...
+
+    def recent_turns(self, task: Task, scope: str, value: str, limit: int) -> list[TurnSize]:
+        """The sizes of the newest ``limit`` turns before ``task`` of a process instance (``scope``
+        "process") or a memory key ("variable"), newest first, read without their texts."""
+        ...
+
+    def turn_texts(self, ids: Sequence[UUID]) -> dict[UUID, Turn]: ...
 
 
 class ModelTableApi(Protocol):

@@ -29,9 +29,9 @@ from psycopg.types.json import Jsonb
 
 from procos_worker import textcodec
 from procos_worker.errors import PermanentError, StoreUnavailable
-from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs
+from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs, Turn, TurnSize
 from procos_worker.settings import DatabaseSettings
-from procos_worker.store import camunda_tuning, migrations, queries
+from procos_worker.store import camunda_tuning, migrations, queries, turns
 
 __all__ = ["ContextStore"]
 
@@ -41,15 +41,19 @@ _JsonTree = Any
 _OUTPUT_COLUMNS = """
     id, model_used, ai_provider, token_usage,
     content_data->>'done_reason' AS done_reason,
-    (content_data->>'response_length')::bigint AS response_length
+    (content_data->>'response_length')::bigint AS response_length,
+    coalesce((content_data->>'prompt_truncated')::boolean, false) AS prompt_truncated
 """
+# text_chars / text_bytes: the text's size, so that memory budgets never read a text for its length.
 _INSERT_OUTPUT = f"""
     INSERT INTO procos_ai_context
         (process_instance_id, task_id, activity_id, process_definition_key, activity_instance_id,
-         context_type, content_data, content_text, ai_provider, model_used, token_usage)
+         context_type, content_data, content_text, ai_provider, model_used, token_usage,
+         input_context_id, memory_key, text_chars, text_bytes, text_encoding)
     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s, %(type)s,
             jsonb_build_object('content', {{text}}) || %(meta)s::jsonb, {{text}},
-            %(provider)s, %(model)s, %(usage)s)
+            %(provider)s, %(model)s, %(usage)s,
+            %(input_id)s, %(memory_key)s, %(chars)s, octet_length({{text}}), %(encoding)s)
     ON CONFLICT (task_id, context_type) DO NOTHING
     RETURNING {_OUTPUT_COLUMNS}
 """
@@ -115,31 +119,17 @@ class ContextStore:
 
     def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
                    model: str, options: Mapping[str, Any], context_type: str = "input",
-                   extra: Mapping[str, Any] | None = None) -> tuple[UUID, StoredOutput | None]:
-        """Store what the model is asked (once per task id): every message in order, the inputs they were
-        made from (variables, or templates and the values they used), the model and its options; in the
+                   extra: Mapping[str, Any] | None = None, window: Mapping[str, Any] | None = None,
+                   memory_key: str | None = None) -> tuple[UUID, StoredOutput | None]:
+        """Store what the model is asked (once per task id and row type): every message in order (system,
+        memory turns, user), the inputs they were made from (variables, or templates and the values they
+        used), the model and its options, and ``window`` (memory_context_ids, the budget:
+        ``ai.window.Prompt.record``); in the
         same round trip look for an output row an earlier attempt committed. Returns (input row id, that
         output or None). ``context_type``: ``repair_input_<n>`` for a structured task's repair request;
         ``extra`` goes into ``content_data`` too (the output schema, the attempt).
         """
-        prompt = messages[-1]["content"]
-        data: dict[str, Any] = {
-            "query": inputs.query,
-            "context": inputs.context,
-            "system_prompt": inputs.system_prompt,
-            "messages": [dict(m) for m in messages],
-            "model": model,
-            "options": dict(options),
-            "topic": task.topic,
-            "worker_id": task.worker_id,
-            "prompt_length": len(prompt),
-            "prompt_chars": sum(len(m["content"]) for m in messages),
-        }
-        if inputs.templates:
-            data["templates"] = dict(inputs.templates)
-            data["variables"] = dict(inputs.template_variables)
-        data.update(extra or {})
-        data, text = _storable(data, prompt)
+        data, text = _input_data(task, inputs, messages, model=model, options=options, window=window, extra=extra)
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
             # The outer SELECT does not see the CTE's new row, but it sees a row that conflicted.
@@ -148,9 +138,11 @@ class ContextStore:
                 WITH ins AS (
                     INSERT INTO procos_ai_context
                         (process_instance_id, task_id, activity_id, process_definition_key,
-                         activity_instance_id, context_type, content_data, content_text, ai_provider, model_used)
+                         activity_instance_id, context_type, content_data, content_text, ai_provider, model_used,
+                         memory_key, text_chars, text_bytes, text_encoding)
                     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s,
-                            %(type)s, %(data)s, %(text)s, %(provider)s, %(model)s)
+                            %(type)s, %(data)s, %(text)s, %(provider)s, %(model)s,
+                            %(memory_key)s, %(chars)s, octet_length(%(text)s), %(encoding)s)
                     ON CONFLICT (task_id, context_type) DO NOTHING
                     RETURNING id
                 )
@@ -163,7 +155,7 @@ class ContextStore:
                                    WHERE task_id = %(task)s AND context_type = 'output') AS output ON true
                 """,
                 {**_step(task), "type": context_type, "data": Jsonb(data), "text": text, "provider": self._provider,
-                 "model": model},
+                 "model": model, "memory_key": memory_key, "chars": len(text), "encoding": data.get("text_encoding")},
             )
             row = cur.fetchone()
             assert row is not None
@@ -172,11 +164,26 @@ class ContextStore:
         row = self._run(insert)
         return UUID(str(row["input_id"])), (None if row["id"] is None else self._to_output(row))
 
+    def amend_input(self, input_id: UUID, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
+                    model: str, options: Mapping[str, Any], window: Mapping[str, Any] | None = None) -> None:
+        """Rewrite the input row with the messages of a second try (Ollama refused the first as too long), so
+        that it holds exactly what the answer was asked with."""
+        data, text = _input_data(task, inputs, messages, model=model, options=options, window=window)
+        self._run(lambda cur: cur.execute(
+            "UPDATE procos_ai_context SET content_data = %(data)s, content_text = %(text)s, text_chars = %(chars)s, "
+            "text_bytes = octet_length(%(text)s), text_encoding = %(encoding)s "
+            "WHERE id = %(id)s AND context_type = 'input'",
+            {"id": str(input_id), "data": Jsonb(data), "text": text, "chars": len(text),
+             "encoding": data.get("text_encoding")}))
+
     def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *,
-                    prompt_chars: int | None = None, context_type: str = "output",
+                    prompt_chars: int | None = None, prompt_messages: int | None = None,
+                    memory_key: str | None = None, prompt_truncated: bool = False, context_type: str = "output",
                     extra: Mapping[str, Any] | None = None) -> StoredOutput:
         """Store the answer; if an earlier attempt already did, return that row instead (exactly once).
-        ``prompt_chars`` (all messages sent) goes with the token counts, for characters per token.
+        ``prompt_chars`` (all messages sent) and ``prompt_messages`` (how many) go with the token counts,
+        for characters per token; ``memory_key`` and ``input_id`` make the row a turn later tasks can be
+        given (``procos.memory``); ``prompt_truncated``: procos.onOverflow=truncate cut the prompt.
         ``context_type``: ``invalid_output_<n>`` for a structured answer that broke its schema; ``extra``
         goes into ``content_data`` too (the parsed answer, the attempt, what was wrong)."""
         meta: dict[str, Any] = {
@@ -193,6 +200,8 @@ class ContextStore:
             "worker_id": task.worker_id,
             **(extra or {}),
         }
+        if prompt_truncated:
+            meta["prompt_truncated"] = True
         meta, text = _storable(meta, result.content)
         usage = {
             "prompt_tokens": result.prompt_eval_count,
@@ -207,9 +216,12 @@ class ContextStore:
             "response_chars": len(result.content),
             "prompt_chars": prompt_chars,
         }
+        if prompt_messages is not None:
+            usage["prompt_messages"] = prompt_messages
 
         params = {**_step(task), "type": context_type, "text": text, "meta": Jsonb(meta), "provider": self._provider,
-                  "model": result.model, "usage": Jsonb(usage)}
+                  "model": result.model, "usage": Jsonb(usage), "input_id": None if input_id is None else str(input_id),
+                  "memory_key": memory_key, "chars": len(text), "encoding": meta.get("text_encoding")}
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
             if len(text) <= _COPY_ABOVE_CHARS:
@@ -232,6 +244,16 @@ class ContextStore:
             return row
 
         return self._to_output(self._run(insert))
+
+    def recent_turns(self, task: Task, scope: str, value: str, limit: int) -> list[TurnSize]:
+        """The sizes of the newest ``limit`` turns before ``task`` (its own rows left out) of a process
+        instance (``scope`` "process") or a memory key ("variable"), newest first (``store.turns``)."""
+        kind: turns.Scope = "process" if scope == "process" else "variable"
+        return self._run(lambda cur: turns.recent(cur, kind, value, task_id=task.id, limit=limit))
+
+    def turn_texts(self, ids: Sequence[UUID]) -> dict[UUID, Turn]:
+        """The turns of these output rows with their texts (only those the budget chose)."""
+        return self._run(lambda cur: turns.texts(cur, ids))
 
     # -- read API --------------------------------------------------------------------------------
 
@@ -281,6 +303,18 @@ class ContextStore:
             (activity_instance_id,),
         )
         return rows[0] if rows else None
+
+    def turns(self, *, process_instance_id: str | None = None, memory_key: str | None = None) -> list[Turn]:
+        """A conversation as turns, oldest first: each task's final question (the user message its model
+        saw) and answer, of one process instance or of one ``procos.memory=variable:NAME`` key
+        (``NAME=value``)."""
+        return self._run(lambda cur: turns.conversation(cur, process_instance_id=process_instance_id,
+                                                        memory_key=memory_key))
+
+    def memory_of(self, context_id: UUID | str) -> list[Turn]:
+        """The earlier turns the answer ``context_id`` was asked with (its input row's
+        ``memory_context_ids``), oldest first."""
+        return self._run(lambda cur: turns.memory_of(cur, context_id))
 
     def conversation(self, process_instance_id: str) -> list[StoredContext]:
         """Every row of a process instance in the order it was written (input before output)."""
@@ -349,7 +383,34 @@ class ContextStore:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             done_reason=row.get("done_reason"),
+            prompt_truncated=bool(row.get("prompt_truncated")),
         )
+
+
+def _input_data(task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *, model: str,
+                options: Mapping[str, Any], window: Mapping[str, Any] | None,
+                extra: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+    """content_data and content_text (the user message) of an input row, escaped if they must be."""
+    prompt = messages[-1]["content"]
+    data: dict[str, Any] = {
+        "query": inputs.query,
+        "context": inputs.context,
+        "system_prompt": inputs.system_prompt,
+        "messages": [dict(m) for m in messages],
+        "model": model,
+        "options": dict(options),
+        "topic": task.topic,
+        "worker_id": task.worker_id,
+        "prompt_length": len(prompt),
+        "prompt_chars": sum(len(m["content"]) for m in messages),
+    }
+    if inputs.templates:
+        data["templates"] = dict(inputs.templates)
+        data["variables"] = dict(inputs.template_variables)
+    if window:
+        data.update(window)
+    data.update(extra or {})
+    return _storable(data, prompt)
 
 
 def _step(task: Task) -> dict[str, Any]:

@@ -99,14 +99,16 @@ class ModelTable:
         """Every row of the provider, newest first (the registry uses the newest active version)."""
         def query(cur: psycopg.Cursor[dict[str, Any]]) -> list[dict[str, Any]]:
             cur.execute(
-                "SELECT model_name, provider, version, is_active, config_data FROM procos_ai_models "
+                "SELECT model_name, provider, version, is_active, config_data, "
+                "(performance_stats->>'chars_per_token_prompt')::float8 AS chars_per_token FROM procos_ai_models "
                 "WHERE provider = %s ORDER BY created_at DESC, version DESC NULLS LAST",
                 (self._provider,),
             )
             return cur.fetchall()
 
         return [ModelRow(name=str(row["model_name"]), provider=str(row["provider"]), version=row["version"],
-                         active=row["is_active"] is not False, config_data=row["config_data"] or {})
+                         active=row["is_active"] is not False, config_data=row["config_data"] or {},
+                         chars_per_token=row["chars_per_token"])
                 for row in self._store.run(query)]
 
     def refresh_stats(self, *, window_s: float, min_age_s: float, unanswered_after_s: float,

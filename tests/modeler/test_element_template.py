@@ -70,8 +70,16 @@ def test_the_template_makes_an_external_task_and_offers_every_property_the_worke
     assert {choice["value"] for choice in scope["choices"]} == {"process", "local"}
     # The defaults it writes are values the worker accepts.
     defaults = {name: str(p["value"]) for name, p in bindings.items() if name in offered and "value" in p}
-    assert parse_properties(defaults, "element template") == {"procos.resultPrefix": "ai",
-                                                              "procos.resultScope": "process"}
+    assert {name: str(value) for name, value in parse_properties(defaults, "element template").items()} == {
+        "procos.resultPrefix": "ai", "procos.resultScope": "process", "procos.memory": "none",
+        "procos.onOverflow": "error"}
+    overflow = bindings["procos.onOverflow"]
+    assert {choice["value"] for choice in overflow["choices"]} == {"error", "truncate"}
+    memory = re.compile(bindings["procos.memory"]["constraints"]["pattern"]["value"])
+    for accepted in ("none", "process", "variable:customerId", ""):
+        assert memory.match(accepted) and str(parse_properties({"procos.memory": accepted or "none"}, "t")
+                                              ["procos.memory"]) == (accepted or "none")
+    assert not memory.match("variable:") and not memory.match("session")
 
 
 def test_the_example_bpmn_uses_the_template_with_properties_the_worker_accepts(template: dict[str, Any]) -> None:
@@ -103,3 +111,16 @@ def test_the_triage_example_uses_the_template_with_a_schema_the_worker_accepts(t
     for name in ("procos.outputSchema", "procos.outputVariables", "procos.options"):
         assert re.fullmatch(patterns[name], properties[name] or ""), name
     assert not re.fullmatch(patterns["procos.outputVariables"], "category; urgent")
+
+
+def test_the_follow_up_example_uses_the_template_and_memory() -> None:
+    tree = ET.parse(ROOT / "bpmn" / "ai-follow-up.bpmn")
+    tasks = tree.getroot().findall(".//bpmn:serviceTask", NS)
+    assert [task.get("id") for task in tasks] == ["answer", "follow-up"]
+    for task in tasks:
+        assert task.get(f"{{{NS['camunda']}}}modelerTemplate") == "io.procos.ai-task"
+        properties = {p.get("name"): p.get("value") for p in task.findall(".//camunda:property", NS)}
+        parsed = parse_properties(properties, str(task.get("id")))
+        assert str(parsed["procos.memory"]) == "process" and parsed["procos.onOverflow"] == "error"
+    codes = {error.get("errorCode") for error in tree.getroot().findall("bpmn:error", NS)}
+    assert codes == {"AI_INPUT_INVALID", "AI_PROMPT_TOO_LONG"}
