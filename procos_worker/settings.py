@@ -5,22 +5,28 @@ variable is named ``<SECTION>_<FIELD>`` in upper case, so ``CAMUNDA_BASE_URL`` s
 ``settings.camunda.base_url`` and ``WORKER_LOCK_DURATION_MS`` sets ``settings.worker.lock_duration_ms``
 (``CAMUNDA_BASE_URL`` and ``OLLAMA_BASE_URL`` are the names the ProcOS deployment documents use). Values
 can also come from a ``.env`` file in the working directory. Secrets are ``SecretStr`` so that they
-never print.
+never print, and ``settings_error_text`` words a validation error without any input value (a bad
+setting never echoes a password, whatever field it sits in).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
+    "MODEL_NAME_MAX_CHARS",
+    "POOL_RESERVE",
+    "PROVIDER_NAME_MAX_CHARS",
     "BackoffSettings",
     "CamundaSettings",
     "DatabaseSettings",
@@ -31,10 +37,17 @@ __all__ = [
     "WorkerSettings",
     "default_worker_id",
     "env_var_names",
+    "settings_error_text",
 ]
 
 # Camunda rejects a long poll above 30 minutes with HTTP 400.
 _MAX_ASYNC_RESPONSE_TIMEOUT_MS = 1_800_000
+# Widths of procos_ai_context.model_used and .ai_provider (sql/init-db.sql): a longer name can't be stored,
+# so it is refused at start instead of after the LLM call (tests/faults/test_startup_checks.py reads the schema).
+MODEL_NAME_MAX_CHARS = 100
+PROVIDER_NAME_MAX_CHARS = 50
+# Connections a worker needs besides one per task in flight: the gate's probe, the lease beat, the orphan scan.
+POOL_RESERVE = 3
 
 
 def default_worker_id() -> str:
@@ -57,6 +70,26 @@ class CamundaSettings(BaseModel):
     password: SecretStr | None = None
     http_timeout_s: float = Field(default=30.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_the_url(cls, data: Any) -> Any:
+        """``http://user:pass@host/...``: the login moves to username/password, so the URL (which is
+        logged and printed by ``check``) carries no secret."""
+        if not isinstance(data, dict) or not isinstance(data.get("base_url"), str):
+            return data
+        parts = urlsplit(data["base_url"])
+        if parts.username is None and parts.password is None:
+            return data
+        if data.get("username") or data.get("password"):
+            raise ValueError("CAMUNDA_BASE_URL carries a login and CAMUNDA_USERNAME/CAMUNDA_PASSWORD are set too: "
+                             "keep one of them")
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return {**data, "base_url": urlunsplit(parts._replace(netloc=netloc)),
+                "username": unquote(parts.username or ""), "password": unquote(parts.password or "")}
+
     @field_validator("base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -75,7 +108,8 @@ class WorkerSettings(BaseModel):
     retries: int = Field(default=3, ge=0, description="Camunda retries given to a task on its first failure")
     retry_timeout_ms: int = Field(default=10_000, ge=0, description="first retryTimeout; doubles per failure")
     retry_timeout_max_ms: int = Field(default=600_000, ge=0)
-    health_file: Path = Path("/tmp/procos-worker-health.json")
+    # One record per process: "{pid}" becomes the process id (see procos_worker.health).
+    health_file: Path = Path("/tmp/procos-worker-health-{pid}.json")
     health_max_age_s: float = Field(default=60.0, gt=0)
 
     _split_topics = field_validator("topics", mode="before")(_split_csv)
@@ -96,14 +130,13 @@ class OllamaSettings(BaseModel):
     """The model server and the request sent to it."""
 
     base_url: str = "http://127.0.0.1:11434"
-    model: str = "smollm2:135m"
+    model: str = Field(default="smollm2:135m", min_length=1, max_length=MODEL_NAME_MAX_CHARS)
     timeout_s: float = Field(default=600.0, gt=0)
     options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict, description="JSON object of Ollama options, e.g. {\"temperature\": 0.2}")
     keep_alive: str | None = None
     attempts: int = Field(default=3, ge=1, description="in-process tries on a transient Ollama error")
-    provider: str = "ollama"
-
+    provider: str = Field(default="ollama", min_length=1, max_length=PROVIDER_NAME_MAX_CHARS)
 
     @field_validator("options", mode="before")
     @classmethod
@@ -120,8 +153,17 @@ class DatabaseSettings(BaseModel):
     """The PostgreSQL database that holds procos_ai_context."""
 
     url: SecretStr = SecretStr("postgresql://procos:procos123@127.0.0.1:5432/procos")
-    pool_max_size: int = Field(default=8, ge=1)
+    # None: WORKER_MAX_TASKS_IN_FLIGHT + POOL_RESERVE (Settings.pool_size); smaller is refused at start.
+    pool_max_size: int | None = Field(default=None, ge=1)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _parses(cls, value: SecretStr) -> SecretStr:
+        if not _looks_like_conninfo(value.get_secret_value()):
+            # Worded without the value: a DSN that does not parse may hold a password anywhere.
+            raise ValueError("DATABASE_URL is neither a postgresql:// URL nor a key=value connection string")
+        return value
 
 
 class BackoffSettings(BaseModel):
@@ -173,7 +215,51 @@ class Settings(BaseSettings):
             raise ValueError("CAMUNDA_USERNAME and CAMUNDA_PASSWORD must be set together")
         if self.worker.retry_timeout_max_ms < self.worker.retry_timeout_ms:
             raise ValueError("WORKER_RETRY_TIMEOUT_MAX_MS must be >= WORKER_RETRY_TIMEOUT_MS")
+        needed = self.worker.max_tasks_in_flight + POOL_RESERVE
+        if self.database.pool_max_size is not None and self.database.pool_max_size < needed:
+            # A task waiting for a pooled connection would time out and be taken for "PostgreSQL down".
+            raise ValueError(
+                f"DATABASE_POOL_MAX_SIZE ({self.database.pool_max_size}) must be at least WORKER_MAX_TASKS_IN_FLIGHT"
+                f" + {POOL_RESERVE} = {needed} (one connection per task in flight, {POOL_RESERVE} for the worker "
+                "itself); leave it empty to size the pool from WORKER_MAX_TASKS_IN_FLIGHT")
         return self
+
+    @property
+    def pool_size(self) -> int:
+        """Connections of the worker's pool: DATABASE_POOL_MAX_SIZE, or one per task in flight + the reserve."""
+        return self.database.pool_max_size or self.worker.max_tasks_in_flight + POOL_RESERVE
+
+
+def settings_error_text(exc: Exception) -> str:
+    """A settings error as lines ``NAME: what is wrong``, never showing an input value."""
+    if not isinstance(exc, ValidationError):
+        return f"{type(exc).__name__}: {exc}"
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False):
+        where = "_".join(str(part) for part in error["loc"][:2]).upper()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
+    return "\n".join(lines)
+
+
+_CONNINFO_PAIR = re.compile(r"\s*[A-Za-z_]+\s*=\s*(?:'(?:[^'\\]|\\.)*'|[^\s']+)\s*")
+
+
+def _looks_like_conninfo(dsn: str) -> bool:
+    """A postgresql:// URL with a numeric port, or libpq key=value pairs (quoted values allowed)."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        try:
+            urlsplit(dsn).port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            return False
+        return True
+    pos = 0
+    while pos < len(dsn):
+        match = _CONNINFO_PAIR.match(dsn, pos)
+        if match is None or match.end() == pos:
+            return False
+        pos = match.end()
+    return bool(dsn.strip())
 
 
 def env_var_names() -> set[str]:

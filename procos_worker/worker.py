@@ -34,7 +34,7 @@ from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskError
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
-from procos_worker.health import Counters, HealthRecord, HealthState
+from procos_worker.health import Counters, HealthRecord, HealthState, record_path
 from procos_worker.heartbeat import Heartbeat
 from procos_worker.inputs import requested_variables
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
@@ -66,7 +66,8 @@ class Worker:
         w = settings.worker
         self.engine = engine or EngineClient(settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
                                              async_response_timeout_ms=w.async_response_timeout_ms)
-        self.store = store or ContextStore(settings.database, provider=settings.ollama.provider)
+        self.store = store or ContextStore(settings.database, provider=settings.ollama.provider,
+                                           pool_size=settings.pool_size)
         self.llm = llm or LlmClient(settings.ollama)
         self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping)
         self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping)
@@ -78,6 +79,7 @@ class Worker:
         self._signals = 0
         self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms)
         self._exit_code = 0
+        self._health_path = record_path(w.health_file, os.getpid())
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
         self._log: BoundLogger = structlog.get_logger("procos_worker.worker").bind(worker_id=w.id)
 
@@ -333,7 +335,7 @@ class Worker:
                               in_flight=self.in_flight,
                               down=tuple(g.name for g in (self.store_gate, self.llm_gate) if g.is_down))
         try:
-            record.write(self.settings.worker.health_file)
+            record.write(self._health_path)
         except OSError as exc:
-            self._log.warning("worker.health_write_failed", path=str(self.settings.worker.health_file),
+            self._log.warning("worker.health_write_failed", path=str(self._health_path),
                               error=str(exc))

@@ -2,8 +2,9 @@
 
 Ollama's and httpx's exceptions become the project's here:
 connection refused -> ``LlmUnavailable`` (the worker waits for Ollama, fetching nothing new);
-503/5xx, timeouts, a dropped connection -> ``LlmBusy`` after ``OLLAMA_ATTEMPTS`` in-process tries;
-404 (model not found) -> ``ModelNotFound``; other 4xx -> ``LlmRequestInvalid``: both are incidents.
+503/5xx, 408/429 (a timing-out or rate-limiting proxy in front of Ollama), timeouts, a dropped connection
+-> ``LlmBusy`` after ``OLLAMA_ATTEMPTS`` in-process tries; 404 (model not found) -> ``ModelNotFound``; other
+4xx -> ``LlmRequestInvalid``: both are incidents.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ __all__ = ["LlmClient", "build_messages"]
 _T = TypeVar("_T")
 _BAD_OPTION = re.compile(r'option "[^"]*" must be of type')
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Request timeout and too many requests: said by a proxy or gateway, worth trying again later.
+_TRANSIENT_4XX = frozenset({408, 429})
 
 
 def _wire_safe(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -141,6 +144,8 @@ def _from_status(status: int, error: Any, model: str, where: str) -> Exception:
             f"model '{model}' is not on the Ollama server at {where}: pull or create it, or fix OLLAMA_MODEL",
             details=details,
         )
+    if status in _TRANSIENT_4XX:
+        return LlmBusy(f"Ollama busy or failing (HTTP {status})", details=details)
     if 400 <= status < 500 or _BAD_OPTION.search(str(error)):
         # Ollama 0.24 answers an option of the wrong type (OLLAMA_OPTIONS {"num_ctx": "abc"}) with a 500.
         return LlmRequestInvalid(

@@ -15,9 +15,9 @@ from pydantic_settings import SettingsError
 from procos_worker.ai.llm import LlmClient
 from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineError, ProcosError
-from procos_worker.health import HealthRecord
+from procos_worker.health import check_records
 from procos_worker.ops.logs import configure_logging
-from procos_worker.settings import Settings
+from procos_worker.settings import Settings, settings_error_text
 from procos_worker.store.context import ContextStore
 from procos_worker.worker import Worker
 
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except (ValidationError, SettingsError) as exc:
-        print(f"procos-worker: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"procos-worker: invalid settings:\n{settings_error_text(exc)}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings)
 
@@ -107,17 +107,16 @@ def _check(settings: Settings) -> int:
 
 
 def _health(settings: Settings) -> int:
-    path = settings.worker.health_file
-    try:
-        record = HealthRecord.read(path)
-    except (OSError, ValueError) as exc:
-        print(f"unhealthy: no readable health file at {path} ({exc})", file=sys.stderr)
+    """Healthy when every live worker process's record is fresh and says running (and there is one)."""
+    now = time.time()
+    records, problems = check_records(settings.worker.health_file, now=now,
+                                      max_age_s=settings.worker.health_max_age_s)
+    if problems:
+        for problem in problems:
+            print(f"unhealthy: {problem}", file=sys.stderr)
         return 1
-    problem = record.problem(now=time.time(), max_age_s=settings.worker.health_max_age_s)
-    if problem is not None:
-        print(f"unhealthy: {problem}", file=sys.stderr)
-        return 1
-    down = record.down
-    print(f"healthy: worker {record.worker_id} in_flight={record.in_flight} "
-          f"age={time.time() - record.ts:.1f}s" + (f" waiting for {', '.join(down)}" if down else ""))
+    for record in records:
+        down = record.down
+        print(f"healthy: worker {record.worker_id} pid {record.pid} in_flight={record.in_flight} "
+              f"age={now - record.ts:.1f}s" + (f" waiting for {', '.join(down)}" if down else ""))
     return 0

@@ -61,13 +61,14 @@ _ROW_COLUMNS = """
 class ContextStore:
     """A connection pool on the ProcOS database and every query the worker makes there."""
 
-    def __init__(self, settings: DatabaseSettings, *, provider: str = "ollama") -> None:
+    def __init__(self, settings: DatabaseSettings, *, provider: str = "ollama", pool_size: int | None = None) -> None:
+        """``pool_size``: the worker passes ``Settings.pool_size``; other users get DATABASE_POOL_MAX_SIZE or 4."""
         self._provider = provider
         self._timeout_s = settings.connect_timeout_s
         self._pool = psycopg_pool.ConnectionPool(
             settings.url.get_secret_value(),
             min_size=1,
-            max_size=settings.pool_max_size,
+            max_size=pool_size or settings.pool_max_size or 4,
             open=False,
             timeout=settings.connect_timeout_s,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(settings.connect_timeout_s))},
