@@ -6,7 +6,9 @@
     ├── TaskError                  raised while handling one task; ``outcomes.outcome_for`` maps it
     │   ├── InputError             -> BPMN error (code TASK_INPUT_ERROR_CODE), nothing stored
     │   ├── TransientError         -> Camunda failure, retries - 1, exponential retryTimeout
-    │   │   └── LlmBusy            Ollama 503/5xx or a timeout, after the in-process tries
+    │   │   ├── LlmBusy            Ollama 503/5xx/408/429 or a timeout, after the in-process tries
+    │   │   └── StoreRefused       PostgreSQL is reachable but can't do it now (statement or lock timeout,
+    │   │                          too many connections, disk full, read-only), after DATABASE_ATTEMPTS
     │   └── PermanentError         -> Camunda failure with retries 0 = an incident; the message says
     │       │                         what to fix, errorDetails has the full story
     │       ├── ModelNotFound      Ollama answers 404 for the model
@@ -44,6 +46,7 @@ __all__ = [
     "PermanentError",
     "ProcosError",
     "ServiceUnavailable",
+    "StoreRefused",
     "StoreUnavailable",
     "TaskError",
     "TransientError",
@@ -74,6 +77,10 @@ class TransientError(TaskError):
 
 class LlmBusy(TransientError):
     """Ollama answered 503/5xx or timed out."""
+
+
+class StoreRefused(TransientError):
+    """PostgreSQL answered but refused for now (by SQLSTATE: 57014, 55P03, 53xxx, 25006, 40xxx, 58xxx)."""
 
 
 class PermanentError(TaskError):

@@ -156,6 +156,16 @@ class DatabaseSettings(BaseModel):
     # None: WORKER_MAX_TASKS_IN_FLIGHT + POOL_RESERVE (Settings.pool_size); smaller is refused at start.
     pool_max_size: int | None = Field(default=None, ge=1)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Session limits of every pooled connection (0 = none): a hung database or a table locked by another
+    # session can't hold a task forever.
+    statement_timeout_ms: int = Field(default=60_000, ge=0)
+    lock_timeout_ms: int = Field(default=10_000, ge=0)
+    # TCP keepalives: a peer that vanished without closing (a node lost) is noticed within
+    # idle + interval * count seconds instead of the kernel's two hours.
+    keepalives_idle_s: int = Field(default=30, ge=1)
+    keepalives_interval_s: int = Field(default=10, ge=1)
+    keepalives_count: int = Field(default=3, ge=1)
+    attempts: int = Field(default=3, ge=1, description="in-process tries on a transient database error")
 
     @field_validator("url")
     @classmethod

@@ -4,9 +4,16 @@ Writes are keyed by (task_id, context_type) (unique index in sql/init-db.sql): a
 after a crash or an expired lock finds its rows instead of writing second ones. Each write is one
 autocommitted statement, so a row the worker sees has been committed.
 
-psycopg errors are turned into the project's errors here: can't connect / connection lost ->
-``StoreUnavailable`` (the worker waits for the database); anything else PostgreSQL rejects ->
-``PermanentError`` (an incident, with PostgreSQL's message).
+psycopg errors are turned into the project's errors here, by SQLSTATE (``_classify``): can't connect /
+connection lost (class 08, 57P01-57P03, no SQLSTATE) -> ``StoreUnavailable`` (the worker waits for the
+database); reachable but unable for now (statement or lock timeout, too many connections, disk full,
+read-only after a failover, serialization failure, I/O error) -> ``StoreRefused``, tried DATABASE_ATTEMPTS
+times here, then a failure that spends a Camunda retry; anything else PostgreSQL rejects (schema, data) ->
+``PermanentError`` (an incident). Messages carry PostgreSQL's primary message only, never its DETAIL
+(which can quote the row, that is the prompt or the answer).
+
+Every pooled connection has ``statement_timeout``, ``lock_timeout`` and TCP keepalives (DATABASE_*), so a
+hung database or an exclusive lock held by another session can't hold a task forever.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import psycopg
 import psycopg_pool
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from procos_worker import textcodec
-from procos_worker.errors import PermanentError, StoreUnavailable
+from procos_worker.errors import PermanentError, StoreRefused, StoreUnavailable
 from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs
 from procos_worker.settings import DatabaseSettings
 from procos_worker.store import migrations
@@ -52,6 +60,21 @@ _COPY_ABOVE_CHARS = 1 << 20
 _COPY_PIECE_CHARS = 1 << 20
 # COPY's text format: these four characters are written as backslash escapes.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+# SQLSTATEs (or classes, by their first two characters) of a reachable database that can't do it now.
+_REFUSED = {
+    "57014": "statement timeout (DATABASE_STATEMENT_TIMEOUT_MS) or the statement was cancelled",
+    "55P03": "lock timeout (DATABASE_LOCK_TIMEOUT_MS): another session holds a lock on the table",
+    "53300": "too many connections",
+    "53100": "disk full",
+    "53200": "out of memory",
+    "53400": "a configured limit was exceeded",
+    "25006": "read-only (a standby, after a failover?)",
+    "40001": "serialization failure",
+    "40P01": "deadlock",
+    "58": "I/O or system error",
+}
+# What PostgreSQL says when it refuses a new connection for lack of slots (no SQLSTATE reaches the client).
+_NO_SLOTS = ("too many connections", "too many clients", "connection slots are reserved")
 _ROW_COLUMNS = """
     id, process_instance_id, task_id, activity_id, process_definition_key, activity_instance_id,
     context_type, content_text, content_data, ai_provider, model_used, token_usage, created_at
@@ -65,13 +88,16 @@ class ContextStore:
         """``pool_size``: the worker passes ``Settings.pool_size``; other users get DATABASE_POOL_MAX_SIZE or 4."""
         self._provider = provider
         self._timeout_s = settings.connect_timeout_s
+        self._attempts = settings.attempts
+        self._conninfo = settings.url.get_secret_value()
+        self._connect_kwargs = _connect_kwargs(settings, self._conninfo)
         self._pool = psycopg_pool.ConnectionPool(
-            settings.url.get_secret_value(),
+            self._conninfo,
             min_size=1,
             max_size=pool_size or settings.pool_max_size or 4,
             open=False,
             timeout=settings.connect_timeout_s,
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(settings.connect_timeout_s))},
+            kwargs=self._connect_kwargs,
             name="procos-store",
         )
 
@@ -96,8 +122,20 @@ class ContextStore:
         self._run(lambda cur: cur.execute("SELECT 1"))
 
     def upgrade_schema(self, *, init_sql: str | None = None) -> list[str]:
-        """Create the schema, or apply the migrations it lacks (``migrations.upgrade``)."""
-        return self._run(lambda cur: migrations.upgrade(cur.connection, init_sql=init_sql))
+        """Create the schema, or apply the migrations it lacks (``migrations.upgrade``).
+
+        Without the session's statement and lock timeouts: a migration may take long, and waiting for the
+        advisory lock of a concurrent upgrade is expected."""
+        def upgrade(cur: psycopg.Cursor[dict[str, Any]]) -> list[str]:
+            cur.execute("SET statement_timeout = 0")
+            cur.execute("SET lock_timeout = 0")
+            try:
+                return migrations.upgrade(cur.connection, init_sql=init_sql)
+            finally:
+                cur.execute("RESET statement_timeout")
+                cur.execute("RESET lock_timeout")
+
+        return self._run(upgrade)
 
     def schema_status(self) -> migrations.SchemaStatus:
         return self._run(lambda cur: migrations.schema_status(cur.connection))
@@ -232,10 +270,24 @@ class ContextStore:
         return [_to_context(row) for row in self._run(query)]
 
     def _run(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
+        """Run ``work`` on a pooled connection; ``StoreRefused`` is tried DATABASE_ATTEMPTS times (every
+        write here is idempotent), a refusal that lasts goes to the caller (a failure spending a retry)."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(StoreRefused),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(multiplier=0.5, max=5.0),
+            reraise=True,
+        )
+        result: _T = retrying(self._run_converted, work)
+        return result
+
+    def _run_converted(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
         with self._converting():
             try:
                 return self._run_once(work)
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as exc:
+                if not _connection_lost(exc):
+                    raise
                 # After a database restart every pooled connection is dead. Checking each one before
                 # every use would cost a round trip per query; instead drop the dead ones and try once
                 # more (every write here is idempotent). A second failure means the database is down.
@@ -244,19 +296,34 @@ class ContextStore:
 
     def _run_once(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
         with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            return work(cur)
+            try:
+                return work(cur)
+            except psycopg.errors.ReadOnlySqlTransaction:
+                # After a failover this connection may lead to the old primary, now a standby: don't reuse it.
+                conn.close()
+                raise
 
     @contextmanager
     def _converting(self) -> Iterator[None]:
         try:
             yield
-        except (psycopg_pool.PoolTimeout, psycopg.OperationalError, psycopg_pool.PoolClosed) as exc:
-            raise StoreUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}", details=repr(exc)) from exc
-        except psycopg.Error as exc:
-            raise PermanentError(
-                f"PostgreSQL rejected the write: {_first_line(exc)}; check the schema (procos-worker init-db)",
-                details=repr(exc),
-            ) from exc
+        except psycopg_pool.PoolTimeout as exc:
+            raise self._why_no_connection(exc) from exc
+        except (psycopg.Error, psycopg_pool.PoolClosed) as exc:
+            raise _classify(exc) from exc
+
+    def _why_no_connection(self, exc: psycopg_pool.PoolTimeout) -> Exception:
+        """A pool timeout is not by itself "PostgreSQL down": every connection may be busy, or the server
+        may refuse new ones. One direct connection attempt tells which."""
+        stats = self._pool.get_stats()
+        if stats.get("pool_size", 0) >= (self._pool.max_size or 0) and not stats.get("pool_available", 0):
+            return StoreRefused(f"PostgreSQL: all {self._pool.max_size} pooled connections are busy",
+                                details=repr(exc))
+        try:
+            psycopg.connect(self._conninfo, **self._connect_kwargs).close()
+        except psycopg.Error as probe:
+            return _classify(probe)
+        return StoreRefused("PostgreSQL: no pooled connection within DATABASE_CONNECT_TIMEOUT_S", details=repr(exc))
 
     def _to_output(self, row: Mapping[str, Any]) -> StoredOutput:
         usage = row.get("token_usage") or {}
@@ -287,7 +354,55 @@ def _copy_to_pending(cur: psycopg.Cursor[dict[str, Any]], text: str) -> None:
         copy.write("\n")
 
 
-def _first_line(exc: BaseException) -> str:
+def _connect_kwargs(settings: DatabaseSettings, conninfo: str) -> dict[str, Any]:
+    """Connection parameters on top of DATABASE_URL: autocommit, timeouts, keepalives. The session limits
+    go after any ``options`` the URL already has (a later ``-c`` wins, so they apply)."""
+    own = f"-c statement_timeout={settings.statement_timeout_ms} -c lock_timeout={settings.lock_timeout_ms}"
+    given = psycopg.conninfo.conninfo_to_dict(conninfo).get("options")
+    return {
+        "autocommit": True,
+        "connect_timeout": max(1, int(settings.connect_timeout_s)),
+        "options": f"{given} {own}" if given else own,
+        "keepalives": 1,
+        "keepalives_idle": settings.keepalives_idle_s,
+        "keepalives_interval": settings.keepalives_interval_s,
+        "keepalives_count": settings.keepalives_count,
+    }
+
+
+def _classify(exc: BaseException) -> Exception:
+    """A psycopg/pool error as the project's error, by SQLSTATE; the message has no DETAIL (it can quote rows)."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    primary = _primary(exc)
+    reason = _REFUSED.get(sqlstate) or (_REFUSED["58"] if sqlstate.startswith("58") else None)
+    if reason is None and not sqlstate and any(words in primary.lower() for words in _NO_SLOTS):
+        reason = _REFUSED["53300"]
+    details = f"{type(exc).__name__} (SQLSTATE {sqlstate or 'none'}): {primary}"
+    if reason is not None:
+        return StoreRefused(f"PostgreSQL: {reason}: {primary}", details=details)
+    if isinstance(exc, psycopg_pool.PoolClosed) or _connection_lost(exc):
+        return StoreUnavailable(f"PostgreSQL unavailable: {primary}", details=details)
+    return PermanentError(f"PostgreSQL rejected the write: {primary}; check the schema (procos-worker init-db)",
+                          details=details)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Can't connect, or the connection broke: class 08, the server shutting down or starting, or a
+    client-side failure that never got a SQLSTATE."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    sqlstate = exc.sqlstate or ""
+    if not sqlstate:
+        return not any(words in str(exc).lower() for words in _NO_SLOTS)
+    return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
+
+
+def _primary(exc: BaseException) -> str:
+    """PostgreSQL's primary message (no DETAIL, no statement), or the first line of a client error."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        return str(primary)
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
