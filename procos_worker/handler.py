@@ -12,6 +12,7 @@ import time
 from structlog.stdlib import BoundLogger
 
 from procos_worker.ai.llm import LlmClient, build_messages
+from procos_worker.fingerprint import input_hash
 from procos_worker.flags import build_flags
 from procos_worker.gate import ServiceGate
 from procos_worker.inputs import parse_inputs
@@ -40,10 +41,13 @@ class TaskHandler:
 
         messages = build_messages(inputs)
         prompt = messages[-1]["content"]
+        ollama = self._settings.ollama
+        attempt = input_hash(task.process_instance_id, messages, ollama.model, ollama.options)
         t0 = time.perf_counter()
-        input_id, stored = self._store_gate.call(lambda: self._store.save_input(task, inputs, prompt), cancel)
+        input_id, stored = self._store_gate.call(
+            lambda: self._store.save_input(task, inputs, prompt, input_hash=attempt), cancel)
         if stored is not None:
-            # Redelivered after a crash or an expired lock: the answer exists, don't ask again.
+            # Redelivered after a crash or an expired lock, asking the same: the answer exists, don't ask again.
             log.info("task.redelivered", ai_context_id=str(stored.id))
             return complete(build_flags(stored), stored.id)
         t1 = time.perf_counter()
@@ -55,6 +59,7 @@ class TaskHandler:
                  eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,
                  done_reason=result.done_reason)
 
-        output = self._store_gate.call(lambda: self._store.save_output(task, result, input_id), cancel)
+        output = self._store_gate.call(
+            lambda: self._store.save_output(task, result, input_id, input_hash=attempt), cancel)
         log.info("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
         return complete(build_flags(output), output.id)

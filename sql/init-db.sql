@@ -43,11 +43,9 @@ CREATE TABLE IF NOT EXISTS procos_ai_models (
     UNIQUE(model_name, provider, version)
 );
 
--- Exactly-once storage: one input and one output row per Camunda task. A task fetched again (a
--- crash, an expired lock) finds its row here instead of writing a second one. Rows written by other
--- tools without a task id are not constrained (NULLs are distinct).
-CREATE UNIQUE INDEX IF NOT EXISTS uq_procos_ai_context_task_type
-    ON procos_ai_context (task_id, context_type);
+-- Exactly-once storage: the first release's unique index on (task_id, context_type) is replaced by
+-- uq_procos_ai_context_attempt (migration 0020, at the end of this file). It is not created here any
+-- more: rerunning this file on a database that keeps history rows must not fail on it.
 
 -- AI context table indexes (seed 001), plus the conversation order and analytics ones of seed 002.
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_proc_inst ON procos_ai_context (process_instance_id);
@@ -153,8 +151,15 @@ CREATE INDEX IF NOT EXISTS idx_procos_ai_context_step
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_activity_instance
     ON procos_ai_context (activity_instance_id);
 
+-- 0020_attempt_identity: a stored answer belongs to one attempt (task id + input hash), history kept.
+ALTER TABLE procos_ai_context ADD COLUMN IF NOT EXISTS input_hash VARCHAR(64);
+DROP INDEX IF EXISTS uq_procos_ai_context_task_type;
+CREATE UNIQUE INDEX IF NOT EXISTS uq_procos_ai_context_attempt
+    ON procos_ai_context (task_id, context_type, input_hash);
+
 INSERT INTO procos_schema_migrations (version, name) VALUES
-    (1, 'bpmn_step')
+    (1, 'bpmn_step'),
+    (20, 'attempt_identity')
 ON CONFLICT (version) DO NOTHING;
 
 DO $$ BEGIN RAISE NOTICE 'ProcOS PostgreSQL AI context schema ready'; END $$;

@@ -1,8 +1,10 @@
 """procos_ai_context in PostgreSQL: exactly-once writes for the worker, and a small read API.
 
-Writes are keyed by (task_id, context_type) (unique index in sql/init-db.sql): a task fetched again
-after a crash or an expired lock finds its rows instead of writing second ones. Each write is one
-autocommitted statement, so a row the worker sees has been committed.
+Writes are keyed by (task_id, context_type, input_hash) (unique index ``uq_procos_ai_context_attempt``): a
+task fetched again after a crash or an expired lock finds the rows of the same attempt (same prompt,
+model, options, process instance: ``fingerprint.input_hash``) instead of writing second ones; a task whose
+input changed gets new rows beside the old ones. Each write is one autocommitted statement, so a row the
+worker sees has been committed.
 
 psycopg errors are turned into the project's errors here, by SQLSTATE (``_classify``): can't connect /
 connection lost (class 08, 57P01-57P03, no SQLSTATE) -> ``StoreUnavailable`` (the worker waits for the
@@ -48,12 +50,21 @@ _OUTPUT_COLUMNS = """
 _INSERT_OUTPUT = f"""
     INSERT INTO procos_ai_context
         (process_instance_id, task_id, activity_id, process_definition_key, activity_instance_id,
-         context_type, content_data, content_text, ai_provider, model_used, token_usage)
+         context_type, content_data, content_text, ai_provider, model_used, token_usage, input_hash)
     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s, 'output',
             jsonb_build_object('content', {{text}}) || %(meta)s::jsonb, {{text}},
-            %(provider)s, %(model)s, %(usage)s)
-    ON CONFLICT (task_id, context_type) DO NOTHING
+            %(provider)s, %(model)s, %(usage)s, %(hash)s)
+    ON CONFLICT (task_id, context_type, input_hash) DO NOTHING
     RETURNING {_OUTPUT_COLUMNS}
+"""
+_SAVED_INPUT = f"""
+    SELECT (SELECT id FROM procos_ai_context
+            WHERE task_id = %(task)s AND context_type = 'input' AND input_hash = %(hash)s) AS input_id,
+           output.*
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context
+                       WHERE task_id = %(task)s AND context_type = 'output' AND input_hash = %(hash)s) AS output
+           ON true
 """
 # Answers longer than this go to PostgreSQL by COPY, in pieces (see _copy_to_pending).
 _COPY_ABOVE_CHARS = 1 << 20
@@ -142,9 +153,11 @@ class ContextStore:
 
     # -- worker writes ---------------------------------------------------------------------------
 
-    def save_input(self, task: Task, inputs: TaskInputs, prompt: str) -> tuple[UUID, StoredOutput | None]:
-        """Store the task's inputs and the exact prompt (once per task id), in the same round trip
-        look for an output row an earlier attempt committed; return (input row id, that output or None).
+    def save_input(self, task: Task, inputs: TaskInputs, prompt: str, *,
+                   input_hash: str) -> tuple[UUID, StoredOutput | None]:
+        """Store the task's inputs and the exact prompt (once per attempt: task id and ``input_hash``), in
+        the same round trip look for an output row the same attempt committed; return (input row id, that
+        output or None).
         """
         data: dict[str, Any] = {
             "query": inputs.query,
@@ -156,38 +169,49 @@ class ContextStore:
         }
         data, text = _storable(data, prompt)
 
+        params = {**_step(task), "data": Jsonb(data), "text": text, "hash": input_hash}
+
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
-            # The outer SELECT does not see the CTE's new row, but it sees a row that conflicted.
+            # The outer SELECT does not see the CTE's new row, but it sees a row that conflicted, if that row
+            # was committed before this statement began.
             cur.execute(
                 f"""
                 WITH ins AS (
                     INSERT INTO procos_ai_context
                         (process_instance_id, task_id, activity_id, process_definition_key,
-                         activity_instance_id, context_type, content_data, content_text)
+                         activity_instance_id, context_type, content_data, content_text, input_hash)
                     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s,
-                            'input', %(data)s, %(text)s)
-                    ON CONFLICT (task_id, context_type) DO NOTHING
+                            'input', %(data)s, %(text)s, %(hash)s)
+                    ON CONFLICT (task_id, context_type, input_hash) DO NOTHING
                     RETURNING id
                 )
                 SELECT COALESCE((SELECT id FROM ins),
                                 (SELECT id FROM procos_ai_context
-                                 WHERE task_id = %(task)s AND context_type = 'input')) AS input_id,
+                                 WHERE task_id = %(task)s AND context_type = 'input' AND input_hash = %(hash)s))
+                           AS input_id,
                        output.*
                 FROM (SELECT 1) AS one
                 LEFT JOIN LATERAL (SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context
-                                   WHERE task_id = %(task)s AND context_type = 'output') AS output ON true
+                                   WHERE task_id = %(task)s AND context_type = 'output' AND input_hash = %(hash)s)
+                       AS output ON true
                 """,
-                {**_step(task), "data": Jsonb(data), "text": text},
+                params,
             )
             row = cur.fetchone()
-            assert row is not None
+            if row is not None and row["input_id"] is None:
+                # Another holder of the task inserted the row and committed while this statement waited on
+                # it: ON CONFLICT returned nothing and the statement's snapshot predates that commit. A new
+                # statement (a new snapshot, autocommit) sees it.
+                cur.execute(_SAVED_INPUT, params)
+                row = cur.fetchone()
+            assert row is not None and row["input_id"] is not None
             return row
 
         row = self._run(insert)
         return UUID(str(row["input_id"])), (None if row["id"] is None else self._to_output(row))
 
-    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None) -> StoredOutput:
-        """Store the answer; if an earlier attempt already did, return that row instead (exactly once)."""
+    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *, input_hash: str) -> StoredOutput:
+        """Store the answer; if the same attempt already did, return that row instead (exactly once)."""
         meta: dict[str, Any] = {
             "model": result.model,
             "done_reason": result.done_reason,
@@ -211,7 +235,7 @@ class ContextStore:
         }
 
         params = {**_step(task), "text": text, "meta": Jsonb(meta), "provider": self._provider,
-                  "model": result.model, "usage": Jsonb(usage)}
+                  "model": result.model, "usage": Jsonb(usage), "hash": input_hash}
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
             if len(text) <= _COPY_ABOVE_CHARS:
@@ -226,8 +250,8 @@ class ContextStore:
             if row is None:
                 cur.execute(
                     f"SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context "
-                    "WHERE task_id = %s AND context_type = 'output'",
-                    (task.id,),
+                    "WHERE task_id = %s AND context_type = 'output' AND input_hash = %s",
+                    (task.id, input_hash),
                 )
                 row = cur.fetchone()
             assert row is not None
@@ -243,11 +267,12 @@ class ContextStore:
         return rows[0] if rows else None
 
     def get_input_for(self, context_id: UUID | str) -> StoredContext | None:
-        """The input row of the task whose output row is ``context_id``."""
+        """The input row the output row ``context_id`` answered (a task may have several attempts)."""
         rows = self._select(
             f"""SELECT {_ROW_COLUMNS} FROM procos_ai_context
                 WHERE context_type = 'input'
-                  AND task_id = (SELECT task_id FROM procos_ai_context WHERE id = %s)""",
+                  AND id = (SELECT (content_data->>'input_context_id')::uuid FROM procos_ai_context
+                            WHERE id = %s)""",
             (str(context_id),),
         )
         return rows[0] if rows else None

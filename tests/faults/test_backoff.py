@@ -19,6 +19,7 @@ from faultkit import (
     TcpProxy,
     WorkerProcess,
     all_completed,
+    db_url_via,
     output_rows,
     success_count,
     task_ids,
@@ -106,7 +107,7 @@ def test_postgres_unreachable_holds_tasks_without_burning_retries(
     spawn: Callable[..., WorkerProcess], db: psycopg.Connection[Any],
 ) -> None:
     topic, key = deployed
-    worker = spawn(topic, DATABASE_URL=f"postgresql://procos:procos123@127.0.0.1:{pg_proxy.port}/procos",
+    worker = spawn(topic, DATABASE_URL=db_url_via(pg_proxy.port),
                    OLLAMA_OPTIONS=SMALL_ANSWER, WORKER_LOCK_DURATION_MS="3000")
     worker.wait_for("worker.started")
     pg_proxy.pause()

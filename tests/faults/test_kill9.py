@@ -18,6 +18,7 @@ from faultkit import (
     TcpProxy,
     WorkerProcess,
     completed,
+    db_url_via,
     rows_by_type,
     success_count,
     task_of,
@@ -97,7 +98,7 @@ def test_sigkill_then_restart_completes_exactly_once(
         "CAMUNDA_BASE_URL": f"{camunda_proxy.base_url}/engine-rest",
         "OLLAMA_BASE_URL": ollama_proxy.base_url,
         "OLLAMA_OPTIONS": SMALL_ANSWER,
-        "DATABASE_URL": f"postgresql://procos:procos123@127.0.0.1:{pg_proxy.port}/procos",
+        "DATABASE_URL": db_url_via(pg_proxy.port),
         "WORKER_MAX_TASKS_IN_FLIGHT": "1",
     }
     first = spawn(topic, **env)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import requests
-from faultkit import DB_PASSWORD, TcpProxy, WorkerProcess, wait_until
+from faultkit import DB_PASSWORD, TcpProxy, WorkerProcess, db_url_via, wait_until
 
 from procos_testkit.engine import EngineRest
 from procos_testkit.fake_ollama import FakeOllama
@@ -67,7 +67,7 @@ def test_no_password_in_debug_output_through_errors(
     engine = EngineRest(AUTH_REST, auth=(user, password))
     topic, key = engine.deploy_example()
     basic = base64.b64encode(f"{user}:{password}".encode()).decode()
-    db_url = f"postgresql://procos:{DB_PASSWORD}@127.0.0.1:{pg_proxy.port}/procos"
+    db_url = db_url_via(pg_proxy.port)
     env = {"CAMUNDA_BASE_URL": AUTH_REST, "CAMUNDA_USERNAME": user, "CAMUNDA_PASSWORD": password,
            "DATABASE_URL": db_url, "OLLAMA_BASE_URL": fake.base_url, "LOG_LEVEL": "DEBUG",
            "WORKER_SHUTDOWN_GRACE_S": "3"}
@@ -91,7 +91,7 @@ def test_no_password_in_debug_output_through_errors(
     # 3. Wrong database password, and a wrong Camunda password (another user: no lockout of the real one).
     wrong_db = f"Wr0ng-Db-{uuid.uuid4().hex}"
     wrong_cam = f"Wr0ng-Cam-{uuid.uuid4().hex}"
-    bad = spawn(topic, **{**env, "DATABASE_URL": f"postgresql://procos:{wrong_db}@127.0.0.1:5432/procos",
+    bad = spawn(topic, **{**env, "DATABASE_URL": db_url_via(5432, wrong_db),
                           "CAMUNDA_USERNAME": f"nobody{uuid.uuid4().hex[:6]}", "CAMUNDA_PASSWORD": wrong_cam})
     bad.wait_for("engine.fetch_failed", timeout_s=30)
     pi3 = EngineRest(AUTH_REST, auth=(user, password)).start(key, {"query": "and once more"})
@@ -103,7 +103,7 @@ def test_no_password_in_debug_output_through_errors(
     _assert_clean(bad, [wrong_db, wrong_cam, DB_PASSWORD, password])
 
     # 4. Wrong database password with the right Camunda login: the task's store call fails.
-    bad_db = spawn(topic, **{**env, "DATABASE_URL": f"postgresql://procos:{wrong_db}@127.0.0.1:5432/procos"})
+    bad_db = spawn(topic, **{**env, "DATABASE_URL": db_url_via(5432, wrong_db)})
     bad_db.wait_for("service.down", service="postgresql", timeout_s=60)
     assert bad_db.find("service.down", service="postgresql")
     wait_until(lambda: len(bad_db.raw) > 5, 10, "a few log lines")

@@ -11,6 +11,8 @@ from procos_worker.store.context import ContextStore
 
 pytestmark = pytest.mark.integration
 
+HASH = "0" * 64  # one attempt per task in these tests
+
 
 def _task() -> Task:
     return Task(id=f"test-{uuid.uuid4()}", topic="ai-query", worker_id="w", process_instance_id=f"pi-{uuid.uuid4()}")
@@ -23,14 +25,14 @@ def _result(content: str) -> LlmResult:
 
 def test_each_task_gets_one_input_and_one_output_row_however_often_it_is_written(store: ContextStore) -> None:
     task = _task()
-    first_id, none = store.save_input(task, TaskInputs(query="Why?"), "Why?")
-    again_id, still_none = store.save_input(task, TaskInputs(query="Why?"), "Why?")
+    first_id, none = store.save_input(task, TaskInputs(query="Why?"), "Why?", input_hash=HASH)
+    again_id, still_none = store.save_input(task, TaskInputs(query="Why?"), "Why?", input_hash=HASH)
     assert first_id == again_id and none is None and still_none is None
 
-    out = store.save_output(task, _result("Because."), first_id)
-    repeat = store.save_output(task, _result("A second, different answer."), first_id)
+    out = store.save_output(task, _result("Because."), first_id, input_hash=HASH)
+    repeat = store.save_output(task, _result("A second, different answer."), first_id, input_hash=HASH)
     assert repeat == out, "the first stored answer wins"
-    redelivered_id, stored = store.save_input(task, TaskInputs(query="Why?"), "Why?")
+    redelivered_id, stored = store.save_input(task, TaskInputs(query="Why?"), "Why?", input_hash=HASH)
     assert redelivered_id == first_id and stored == out
     rows = store.conversation(task.process_instance_id)
     assert [r.context_type for r in rows] == ["input", "output"]
@@ -44,8 +46,8 @@ def test_huge_answer_goes_by_copy_and_reads_back_identical(store: ContextStore, 
     piece = "line\\with\tescapes\r\näöü ✓ 日本語 🎉 " + ("\x00" if nul else "")
     text = piece * (3 * 1024 * 1024 // len(piece))
     task = _task()
-    input_id, _ = store.save_input(task, TaskInputs(query="q"), "q")
-    out = store.save_output(task, _result(text), input_id)
+    input_id, _ = store.save_input(task, TaskInputs(query="q"), "q", input_hash=HASH)
+    out = store.save_output(task, _result(text), input_id, input_hash=HASH)
     assert out.response_length == len(text)
     row = store.get(out.id)
     assert row is not None and row.content_text == text and row.content_data["content"] == text
