@@ -12,6 +12,7 @@ import time
 from structlog.stdlib import BoundLogger
 
 from procos_worker.ai.llm import LlmClient, build_messages
+from procos_worker.errors import TaskError
 from procos_worker.fingerprint import input_hash
 from procos_worker.flags import build_flags
 from procos_worker.gate import ServiceGate
@@ -53,13 +54,17 @@ class TaskHandler:
         t1 = time.perf_counter()
         log.info("task.input_stored", prompt_length=len(prompt), store_s=round(t1 - t0, 4))
 
-        result = self._llm_gate.call(lambda: self._llm.chat(messages), cancel)
-        t2 = time.perf_counter()
-        log.info("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
-                 eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,
-                 done_reason=result.done_reason)
-
-        output = self._store_gate.call(
-            lambda: self._store.save_output(task, result, input_id, input_hash=attempt), cancel)
+        try:
+            result = self._llm_gate.call(lambda: self._llm.chat(messages), cancel)
+            t2 = time.perf_counter()
+            log.info("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
+                     eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,
+                     done_reason=result.done_reason)
+            output = self._store_gate.call(
+                lambda: self._store.save_output(task, result, input_id, input_hash=attempt), cancel)
+        except TaskError as exc:
+            # errorDetails names where the prompt is, never the prompt itself.
+            exc.details = f"{exc.details}\nThe task's prompt is stored in procos_ai_context, input row {input_id}."
+            raise
         log.info("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
         return complete(build_flags(output), output.id)

@@ -198,7 +198,7 @@ class Worker:
             return None  # a gate gives up only once the run is no longer ours to report
         except Exception as exc:  # a bug: make it an incident instead of a task locked until expiry
             log.exception("task.unexpected_error")
-            return internal_error(exc)
+            return internal_error(exc, run.task)
 
     def _report(self, run: TaskRun, outcome: Outcome | None, log: BoundLogger) -> None:
         if outcome is None or not run.begin_report():
