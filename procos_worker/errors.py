@@ -14,6 +14,8 @@
     │       ├── ModelNotFound      Ollama answers 404 for the model
     │       ├── LlmRequestInvalid  Ollama answers 400 (invalid options, ...)
     │       └── VariableTooLong    a variable to send would exceed Camunda's 4000-char column
+    ├── RunCancelled               the run was released (shutdown) or lost (the lock) while it waited or
+    │                              worked: it stops and reports nothing (the engine no longer expects it)
     ├── ServiceUnavailable         a dependency can't be reached: its ``gate`` waits with backoff while
     │   │                          the task keeps its lock, and the poll loop fetches nothing new. It
     │   │                          leaves the handler only when the run was released or lost while
@@ -45,6 +47,7 @@ __all__ = [
     "ModelNotFound",
     "PermanentError",
     "ProcosError",
+    "RunCancelled",
     "ServiceUnavailable",
     "StoreRefused",
     "StoreUnavailable",
@@ -97,6 +100,10 @@ class LlmRequestInvalid(PermanentError):
 
 class VariableTooLong(PermanentError):
     """A variable the worker was about to send would not fit Camunda's varchar(4000) columns."""
+
+
+class RunCancelled(ProcosError):
+    """The run was given up (released or lost) while it waited or worked: stop, report nothing."""
 
 
 class ServiceUnavailable(ProcosError):

@@ -62,9 +62,12 @@ def _as_text(variable: Variable, name: str) -> str:
         parsed = _parse_json(variable.value, name)
         if isinstance(parsed, str):
             return parsed
-    if variable.type in _BYTES_TYPES and isinstance(variable.value, str):
+    if variable.type in _BYTES_TYPES and isinstance(variable.value, bytes | str):
         try:
-            return base64.b64decode(variable.value, validate=True).decode("utf-8")
+            # bytes as engine.variables downloads them; base64 text as fetchAndLock would carry them.
+            raw = variable.value if isinstance(variable.value, bytes) else base64.b64decode(variable.value,
+                                                                                              validate=True)
+            return raw.decode("utf-8")
         except (binascii.Error, UnicodeDecodeError) as exc:
             raise InputError(f"variable '{name}' is a Bytes variable that is not UTF-8 text: {exc}") from exc
     raise InputError(

@@ -122,8 +122,17 @@ class TaskSettings(BaseModel):
     context_variable: str = "context"
     system_prompt_variable: str = "system_prompt"
     input_error_code: str = "AI_INPUT_INVALID"
-    # Camunda's REST JSON reader refuses strings over 20,000,000 characters anyway.
+    # Camunda's REST JSON reader refuses strings over 20,000,000 characters anyway. Counted on the stored
+    # form, before decoding: a String's characters, a Json variable's JSON text, a Bytes variable's bytes.
     max_input_chars: int = Field(default=20_000_000, ge=1)
+    # All tasks in flight together: a task whose inputs don't fit waits (holding its lock) for others to end.
+    max_input_chars_in_flight: int = Field(default=40_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _budget_fits_one_task(self) -> TaskSettings:
+        if self.max_input_chars_in_flight < self.max_input_chars:
+            raise ValueError("TASK_MAX_INPUT_CHARS_IN_FLIGHT must be >= TASK_MAX_INPUT_CHARS (one task must fit)")
+        return self
 
 
 class OllamaSettings(BaseModel):

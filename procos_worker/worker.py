@@ -23,15 +23,27 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import TypeVar
 
 import structlog
 from structlog.stdlib import BoundLogger
 
 from procos_worker.ai.llm import LlmClient
 from procos_worker.backoff import Backoff
+from procos_worker.budget import InputBudget
 from procos_worker.engine.client import EngineClient
-from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskError
+from procos_worker.engine.variables import VariableLoader
+from procos_worker.errors import (
+    EngineError,
+    EngineUnavailable,
+    LockLost,
+    PermanentError,
+    RunCancelled,
+    ServiceUnavailable,
+    TaskError,
+)
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
 from procos_worker.health import Counters, HealthRecord, HealthState, record_path
@@ -44,6 +56,8 @@ from procos_worker.store.context import ContextStore
 from procos_worker.taskrun import RunState, TaskRun
 
 __all__ = ["Worker"]
+
+_T = TypeVar("_T")
 
 _HEALTH_INTERVAL_S = 2.0
 # Camunda's unlock wakes pending long polls, so our own poll still waiting in the engine re-locks a task we
@@ -72,6 +86,8 @@ class Worker:
         self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping)
         self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping)
         self.handler = TaskHandler(settings, self.store, self.llm, self.store_gate, self.llm_gate)
+        self.variables = VariableLoader(self.engine, settings.task, requested_variables(settings.task))
+        self.input_budget = InputBudget(settings.task.max_input_chars_in_flight)
         self.counters = Counters()
         self._runs: dict[str, TaskRun] = {}
         self._cond = threading.Condition()
@@ -127,8 +143,8 @@ class Worker:
             if free == 0 or not self._dependencies_up():
                 continue
             try:
-                tasks = self.engine.fetch_and_lock(
-                    self.settings.worker.topics, max_tasks=free, variables=requested_variables(self.settings.task))
+                # No variable values here: each task reads its own, sizes first (engine.variables).
+                tasks = self.engine.fetch_and_lock(self.settings.worker.topics, max_tasks=free, variables=[])
             except EngineError as exc:
                 delay = backoff.next_delay_s()
                 self._log.warning("engine.fetch_failed", error=str(exc), retry_in_s=round(delay, 2))
@@ -189,16 +205,43 @@ class Worker:
                 self._cond.notify_all()
 
     def _outcome(self, run: TaskRun, log: BoundLogger) -> Outcome | None:
-        """The task's outcome; None when the run was released or lost while a service was down."""
+        """The task's outcome; None when the run was released or lost while it waited or worked."""
+        task = run.task
         try:
-            return self.handler.handle(run.task, run.cancel, log)
+            sized = self._reading_variables(lambda: self.variables.measure(run.task), run, log)
+            task = sized.task
+            with self.input_budget.reserve(sized.chars, run.cancel, on_wait=lambda used: log.info(
+                    "task.waiting_for_memory", input_chars=sized.chars, in_flight_chars=used,
+                    limit=self.input_budget.capacity)):
+                task = self._reading_variables(lambda: self.variables.load(sized), run, log)
+                return self.handler.handle(task, run.cancel, log)
         except TaskError as exc:
             return outcome_for(exc, run.task, self.settings)
-        except ServiceUnavailable:
-            return None  # a gate gives up only once the run is no longer ours to report
+        except (ServiceUnavailable, RunCancelled):
+            return None  # given up only once the run is no longer ours to report
         except Exception as exc:  # a bug: make it an incident instead of a task locked until expiry
             log.exception("task.unexpected_error")
-            return internal_error(exc, run.task)
+            return internal_error(exc, task)
+
+    def _reading_variables(self, read: Callable[[], _T], run: TaskRun, log: BoundLogger) -> _T:
+        """``read`` with the engine reachable: retried with backoff while it is not (the lock is kept);
+        ``RunCancelled`` once the run is given up or the engine says the task is not ours any more."""
+        backoff = Backoff(self.settings.backoff)
+        while True:
+            try:
+                return read()
+            except EngineUnavailable as exc:
+                delay = backoff.next_delay_s()
+                log.warning("task.variables_retry", error=exc.message, retry_in_s=round(delay, 2))
+                if run.cancel.wait(delay):
+                    raise RunCancelled("the run was given up while the engine was unreachable") from exc
+            except LockLost as exc:
+                if run.give_up(RunState.LOST):
+                    log.warning("task.lock_lost", error=str(exc), elapsed_s=run.elapsed_s())
+                raise RunCancelled(str(exc)) from exc
+            except EngineError as exc:  # refused: fetching again would meet the same refusal
+                raise PermanentError(f"Camunda refused to give the task's variables: {exc}",
+                                     details=exc.details) from exc
 
     def _report(self, run: TaskRun, outcome: Outcome | None, log: BoundLogger) -> None:
         if outcome is None or not run.begin_report():

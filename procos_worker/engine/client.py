@@ -1,8 +1,9 @@
 """The Camunda 7 external-task REST API, named after its calls.
 
 ``fetch_and_lock``, ``complete``, ``handle_failure`` and ``handle_bpmn_error`` go through
-camunda-external-task-client-python3's ``ExternalTaskClient``; it lacks ``extendLock``, ``unlock``
-and the task query, which are added here on a ``requests.Session``.
+camunda-external-task-client-python3's ``ExternalTaskClient``; it lacks ``extendLock``, ``unlock``,
+the task query and the variable-instance calls (sizes before values, see ``engine.variables``), which
+are added here on a ``requests.Session``.
 
 It sends what it is given: every limit of the engine is checked where outcomes are built
 (``procos_worker.outcomes``). Errors are converted here and nowhere else: connection errors, timeouts and 5xx ->
@@ -13,6 +14,7 @@ It sends what it is given: every limit of the engine is checked where outcomes a
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -104,6 +106,71 @@ class EngineClient:
 
         return [str(item["id"]) for item in self._converting(call)]
 
+    def variable_instances(self, process_instance_id: str, names: list[str], *,
+                           max_bytes: int) -> list[dict[str, Any]] | None:
+        """Every instance of the variables ``names`` in the process instance, all scopes, serialized; Bytes
+        values are left out by the engine (``value`` null). None when the answer is over ``max_bytes``:
+        it is not read further (a Json variable is inline and may be huge)."""
+        def call() -> list[dict[str, Any]] | None:
+            with self._session.post(f"{self._base_url}/variable-instance", params={"deserializeValues": "false"},
+                                    json={"processInstanceIdIn": [process_instance_id], "variableNameIn": names},
+                                    timeout=self._timeout_s, stream=True) as response:
+                _raise_for(response)
+                body = _read_capped(response, max_bytes)
+            return None if body is None else list(json.loads(body))
+
+        return self._converting(call)
+
+    def activity_instance_ancestry(self, process_instance_id: str, activity_instance_id: str) -> list[str]:
+        """The activity instance ids from ``activity_instance_id`` up to the process instance (its scopes)."""
+        def call() -> Any:
+            response = self._session.get(f"{self._base_url}/process-instance/{process_instance_id}/activity-instances",
+                                         timeout=self._timeout_s)
+            _raise_for(response)
+            return response.json()
+
+        parents: dict[str, str | None] = {}
+        stack = [self._converting(call)]
+        while stack:
+            node = stack.pop()
+            parents[str(node["id"])] = node.get("parentActivityInstanceId")
+            stack.extend(node.get("childActivityInstances") or [])
+        chain: list[str] = []
+        current: str | None = activity_instance_id
+        while current is not None and current in parents and current not in chain:
+            chain.append(current)
+            current = parents[current]
+        return chain
+
+    def binary_length(self, variable_instance_id: str, *, up_to: int) -> int:
+        """Bytes of a binary variable's value, counted up to ``up_to`` + 1 (then it stops reading). The engine
+        streams larger values without a Content-Length, so they are counted, never kept."""
+        def call() -> int:
+            with self._session.get(f"{self._base_url}/variable-instance/{variable_instance_id}/data",
+                                   timeout=self._timeout_s, stream=True) as response:
+                _raise_for(response)
+                declared = response.headers.get("Content-Length")
+                if declared is not None and declared.isdigit():
+                    return int(declared)
+                counted = 0
+                for piece in response.iter_content(chunk_size=1 << 20):
+                    counted += len(piece)
+                    if counted > up_to:
+                        break
+                return counted
+
+        return self._converting(call)
+
+    def binary_value(self, variable_instance_id: str, *, max_bytes: int) -> bytes | None:
+        """A binary variable's value; None (not read further) when it is over ``max_bytes``."""
+        def call() -> bytes | None:
+            with self._session.get(f"{self._base_url}/variable-instance/{variable_instance_id}/data",
+                                   timeout=self._timeout_s, stream=True) as response:
+                _raise_for(response)
+                return _read_capped(response, max_bytes)
+
+        return self._converting(call)
+
     def engine_name(self) -> str:
         """``GET /engine``: the cheapest call that proves the REST API answers (and auth works)."""
         def call() -> Any:
@@ -137,6 +204,19 @@ class EngineClient:
                 raise
             status, error_type, message = int(match.group(1)), match.group(2) or "", match.group(3) or ""
             raise _classify(status, error_type.strip(), message.strip(), task_id) from exc
+
+
+def _read_capped(response: requests.Response, max_bytes: int) -> bytes | None:
+    """The body, or None as soon as it is known to be over ``max_bytes`` (the rest is never read)."""
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        return None
+    body = bytearray()
+    for piece in response.iter_content(chunk_size=1 << 20):
+        body += piece
+        if len(body) > max_bytes:
+            return None
+    return bytes(body)
 
 
 def _raise_for(response: requests.Response, task_id: str | None = None) -> None:
