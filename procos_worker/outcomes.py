@@ -33,6 +33,7 @@ __all__ = [
     "internal_error",
     "outcome_for",
     "retry_timeout_ms",
+    "uncaught_bpmn_error",
 ]
 
 MAX_VARIABLE_CHARS = 4000
@@ -68,6 +69,18 @@ def outcome_for(error: TaskError, task: Task, settings: Settings) -> Outcome:
     if isinstance(error, PermanentError):
         return failure(error.message, error.details, retries=0)
     raise TypeError(f"{type(error).__name__} is not one of the handler's outcomes")
+
+
+def uncaught_bpmn_error(error: BpmnError, task: Task) -> Failure:
+    """An incident instead of a BPMN error nothing in the model catches (Camunda would end the instance
+    silently: completed, no end event, no incident)."""
+    where = f"activity '{task.activity_id}' of process '{task.process_definition_key or task.process_definition_id}'"
+    message = (f"BPMN error {error.code} is not caught at {where}: no error boundary event on it or an enclosing "
+               f"subprocess, no error event subprocess; Camunda would end the instance silently. "
+               f"Reason: {error.message}")
+    details = (f"{message}\nCatch {error.code} in the model (or a catch-all error event), then set the task's "
+               "retries to run it again.")
+    return failure(message, details, retries=0)
 
 
 def internal_error(exc: BaseException, task: Task | None = None) -> Failure:

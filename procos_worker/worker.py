@@ -33,6 +33,7 @@ from structlog.stdlib import BoundLogger
 from procos_worker.ai.llm import LlmClient
 from procos_worker.backoff import Backoff
 from procos_worker.budget import InputBudget
+from procos_worker.engine.bpmn import BpmnCatalog
 from procos_worker.engine.client import EngineClient
 from procos_worker.engine.variables import VariableLoader
 from procos_worker.errors import (
@@ -50,7 +51,7 @@ from procos_worker.health import Counters, HealthRecord, HealthState, record_pat
 from procos_worker.heartbeat import Heartbeat
 from procos_worker.inputs import requested_variables
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
-from procos_worker.outcomes import internal_error, outcome_for
+from procos_worker.outcomes import internal_error, outcome_for, uncaught_bpmn_error
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
 from procos_worker.taskrun import RunState, TaskRun
@@ -88,6 +89,7 @@ class Worker:
         self.handler = TaskHandler(settings, self.store, self.llm, self.store_gate, self.llm_gate)
         self.variables = VariableLoader(self.engine, settings.task, requested_variables(settings.task))
         self.input_budget = InputBudget(settings.task.max_input_chars_in_flight)
+        self.bpmn = BpmnCatalog(self.engine)
         self.counters = Counters()
         self._runs: dict[str, TaskRun] = {}
         self._cond = threading.Condition()
@@ -216,12 +218,28 @@ class Worker:
                 task = self._reading_variables(lambda: self.variables.load(sized), run, log)
                 return self.handler.handle(task, run.cancel, log)
         except TaskError as exc:
-            return outcome_for(exc, run.task, self.settings)
+            return self._caught_or_incident(outcome_for(exc, run.task, self.settings), run.task, log)
         except (ServiceUnavailable, RunCancelled):
             return None  # given up only once the run is no longer ours to report
         except Exception as exc:  # a bug: make it an incident instead of a task locked until expiry
             log.exception("task.unexpected_error")
             return internal_error(exc, task)
+
+    def _caught_or_incident(self, outcome: Outcome, task: Task, log: BoundLogger) -> Outcome:
+        """A BPMN error only where the model catches it; an incident naming the code where nothing does."""
+        if not isinstance(outcome, BpmnError) or not task.process_definition_id or not task.activity_id:
+            return outcome
+        try:
+            caught = self.bpmn.catches(task.process_definition_id, task.process_instance_id, task.activity_id,
+                                       outcome.code)
+        except (EngineError, ValueError) as exc:
+            # Can't tell: throw it as before rather than hold the task.
+            log.warning("task.catch_check_failed", code=outcome.code, error=str(exc))
+            return outcome
+        if caught:
+            return outcome
+        log.warning("task.bpmn_error_uncaught", code=outcome.code, activity_id=task.activity_id)
+        return uncaught_bpmn_error(outcome, task)
 
     def _reading_variables(self, read: Callable[[], _T], run: TaskRun, log: BoundLogger) -> _T:
         """``read`` with the engine reachable: retried with backoff while it is not (the lock is kept);

@@ -171,6 +171,41 @@ class EngineClient:
 
         return self._converting(call)
 
+    def process_definition_xml(self, definition_id: str) -> str:
+        """The BPMN 2.0 XML a process definition was deployed from."""
+        def call() -> Any:
+            response = self._session.get(f"{self._base_url}/process-definition/{definition_id}/xml",
+                                         timeout=self._timeout_s)
+            _raise_for(response)
+            return response.json()
+
+        return str(self._converting(call)["bpmn20Xml"])
+
+    def calling_activity(self, process_instance_id: str) -> tuple[str, str, str] | None:
+        """(process instance, definition id, call activity id) that started ``process_instance_id``, or None."""
+        def supers() -> Any:
+            response = self._session.get(f"{self._base_url}/process-instance",
+                                         params={"subProcessInstance": process_instance_id}, timeout=self._timeout_s)
+            _raise_for(response)
+            return response.json()
+
+        found = self._converting(supers)
+        if not found:
+            return None
+        parent = found[0]
+
+        def calls() -> Any:
+            response = self._session.get(f"{self._base_url}/history/activity-instance",
+                                         params={"processInstanceId": parent["id"], "activityType": "callActivity",
+                                                 "unfinished": "true"}, timeout=self._timeout_s)
+            _raise_for(response)
+            return response.json()
+
+        for row in self._converting(calls):
+            if row.get("calledProcessInstanceId") == process_instance_id:
+                return str(parent["id"]), str(parent["definitionId"]), str(row["activityId"])
+        return None
+
     def engine_name(self) -> str:
         """``GET /engine``: the cheapest call that proves the REST API answers (and auth works)."""
         def call() -> Any:

@@ -108,5 +108,6 @@ def test_large_inputs_in_flight_share_one_budget(
         began = worker.find("task.input_stored", task_id=task_id)[0]
         spans.append((_stamp(began), _stamp(event)))
     spans.sort()
-    assert spans[0][1] <= spans[1][0], f"the second input was held while the first was: {spans}\n" + worker.text()[-6000:]
+    tail = worker.text()[-6000:]
+    assert spans[0][1] <= spans[1][0], f"the second input was held while the first was: {spans}\n{tail}"
     assert worker.find("task.waiting_for_memory")
