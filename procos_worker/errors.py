@@ -23,8 +23,12 @@
     │   ├── LlmUnavailable         Ollama refuses connections
     │   └── StoreUnavailable       PostgreSQL can't be reached
     └── EngineError                raised only by the engine client (``engine.client``)
-        ├── EngineUnavailable      the REST API can't be reached (refused, timeout, 5xx): the poll
-        │                          loop backs off; a report is retried until it lands
+        ├── EngineUnavailable      the REST API can't be reached (refused, timeout, 502/503/504, 408/429, a
+        │                          5xx without an engine exception): the poll loop backs off; a report is
+        │                          retried until it lands
+        ├── EngineRefused          500 with an engine exception: the call reached the engine and failed in
+        │                          its transaction (a listener that throws, a persistence error): a report
+        │                          is tried WORKER_REPORT_ATTEMPTS times, then the task gets an incident
         ├── EngineRejected         Camunda refused the call (4xx): the report is dropped and logged
         └── LockLost               404, or the lock is another worker's: the run is abandoned
 
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 __all__ = [
     "EngineError",
+    "EngineRefused",
     "EngineRejected",
     "EngineUnavailable",
     "InputError",
@@ -125,7 +130,11 @@ class EngineError(ProcosError):
 
 
 class EngineUnavailable(EngineError):
-    """The engine can't be reached, or failed with a 5xx."""
+    """The engine can't be reached (or a proxy in front of it says it is down or busy)."""
+
+
+class EngineRefused(EngineError):
+    """The engine ran the call and failed with an exception of its own (HTTP 500 with a Camunda error body)."""
 
 
 class EngineRejected(EngineError):

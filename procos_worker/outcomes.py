@@ -32,6 +32,7 @@ __all__ = [
     "failure",
     "internal_error",
     "outcome_for",
+    "report_refused",
     "retry_timeout_ms",
     "uncaught_bpmn_error",
 ]
@@ -69,6 +70,21 @@ def outcome_for(error: TaskError, task: Task, settings: Settings) -> Outcome:
     if isinstance(error, PermanentError):
         return failure(error.message, error.details, retries=0)
     raise TypeError(f"{type(error).__name__} is not one of the handler's outcomes")
+
+
+def report_refused(outcome: Outcome, refusal: str, attempts: int) -> Failure | None:
+    """The incident for a completion or BPMN error the engine refused ``attempts`` times (HTTP 500 with an
+    engine exception); None for a refused failure (there is nothing left to report it with)."""
+    fix = "fix the cause, then set the task's retries"
+    if isinstance(outcome, Complete):
+        message = (f"The answer is stored (ai_context_id {outcome.context_id}) but Camunda refused complete "
+                   f"{attempts} times: {refusal}. {fix}: the stored answer is reused, the model is not asked again")
+    elif isinstance(outcome, BpmnError):
+        message = (f"Camunda refused the BPMN error {outcome.code} {attempts} times: {refusal}. {fix} "
+                   f"(the error was: {outcome.message})")
+    else:
+        return None
+    return failure(message, message, retries=0)
 
 
 def uncaught_bpmn_error(error: BpmnError, task: Task) -> Failure:

@@ -108,6 +108,8 @@ class WorkerSettings(BaseModel):
     retries: int = Field(default=3, ge=0, description="Camunda retries given to a task on its first failure")
     retry_timeout_ms: int = Field(default=10_000, ge=0, description="first retryTimeout; doubles per failure")
     retry_timeout_max_ms: int = Field(default=600_000, ge=0)
+    # Tries of a report Camunda refuses with an engine exception (500), then an incident.
+    report_attempts: int = Field(default=5, ge=1)
     # One record per process: "{pid}" becomes the process id (see procos_worker.health).
     health_file: Path = Path("/tmp/procos-worker-health-{pid}.json")
     health_max_age_s: float = Field(default=60.0, gt=0)

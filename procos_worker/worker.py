@@ -38,6 +38,7 @@ from procos_worker.engine.client import EngineClient
 from procos_worker.engine.variables import VariableLoader
 from procos_worker.errors import (
     EngineError,
+    EngineRefused,
     EngineUnavailable,
     LockLost,
     PermanentError,
@@ -51,7 +52,7 @@ from procos_worker.health import Counters, HealthRecord, HealthState, record_pat
 from procos_worker.heartbeat import Heartbeat
 from procos_worker.inputs import requested_variables
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
-from procos_worker.outcomes import internal_error, outcome_for, uncaught_bpmn_error
+from procos_worker.outcomes import internal_error, outcome_for, report_refused, uncaught_bpmn_error
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
 from procos_worker.taskrun import RunState, TaskRun
@@ -267,6 +268,7 @@ class Worker:
             log.info("task.not_reported", state=run.state.value, elapsed_s=run.elapsed_s())
             return
         backoff = Backoff(self.settings.backoff)
+        refused = 0
         while True:
             try:
                 self._send(run.task, outcome)
@@ -275,6 +277,20 @@ class Worker:
                 delay = backoff.next_delay_s()
                 log.warning("task.report_retry", error=exc.message, retry_in_s=round(delay, 2))
                 time.sleep(delay)
+                continue
+            except EngineRefused as exc:
+                # The engine ran it and failed (a listener that throws...): bounded, then an incident.
+                refused += 1
+                log.warning("task.report_refused", attempt=refused, outcome=type(outcome).__name__, error=exc.message)
+                if refused < self.settings.worker.report_attempts:
+                    time.sleep(backoff.next_delay_s())
+                    continue
+                incident = report_refused(outcome, exc.message, refused)
+                if incident is None:
+                    self.counters.add("abandoned")
+                    log.warning("task.abandoned", reason=str(exc), elapsed_s=run.elapsed_s())
+                    return
+                outcome, refused = incident, 0
                 continue
             except EngineError as exc:
                 self.counters.add("abandoned")

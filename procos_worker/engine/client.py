@@ -6,9 +6,11 @@ the task query and the variable-instance calls (sizes before values, see ``engin
 are added here on a ``requests.Session``.
 
 It sends what it is given: every limit of the engine is checked where outcomes are built
-(``procos_worker.outcomes``). Errors are converted here and nowhere else: connection errors, timeouts and 5xx ->
-``EngineUnavailable``; 404 (the task is gone) and the 400s that mean the lock is no longer ours ->
-``LockLost``; any other 4xx -> ``EngineRejected``. The library raises a bare ``Exception("received
+(``procos_worker.outcomes``). Errors are converted here and nowhere else: connection errors, timeouts,
+502/503/504, 408/429 and a 5xx without an engine exception in its body (a proxy's page) ->
+``EngineUnavailable``; a 5xx with Camunda's ``{"type": "...Exception"}`` body -> ``EngineRefused`` (the
+engine ran the call and its transaction failed); 404 (the task is gone) and the 400s that mean the lock is
+no longer ours -> ``LockLost``; any other 4xx -> ``EngineRejected``. The library raises a bare ``Exception("received
 <status> : <type> : <message>")`` for most failures, so the status is read back from that text.
 """
 
@@ -22,7 +24,7 @@ from typing import Any, TypeVar
 import requests
 from camunda.client.external_task_client import ExternalTaskClient
 
-from procos_worker.errors import EngineError, EngineRejected, EngineUnavailable, LockLost
+from procos_worker.errors import EngineError, EngineRefused, EngineRejected, EngineUnavailable, LockLost
 from procos_worker.models import Task
 from procos_worker.settings import CamundaSettings
 
@@ -32,6 +34,8 @@ _T = TypeVar("_T")
 _LIBRARY_ERROR = re.compile(r"^received (\d{3})(?: : ([^:]*?))?(?: : (.*))?$", re.DOTALL)
 # 400 messages meaning "the lock is not ours any more" (7.24 wording).
 _LOCK_GONE = ("lock", "expired", "worker")
+# Statuses of an engine (or a proxy in front of it) that is down, overloaded or too slow: try again later.
+_UNREACHABLE = frozenset({0, 408, 429, 502, 503, 504})
 
 
 class EngineClient:
@@ -268,9 +272,12 @@ def _raise_for(response: requests.Response, task_id: str | None = None) -> None:
 
 
 def _classify(status: int, error_type: str, message: str, task_id: str | None) -> Exception:
-    if status >= 500 or status == 0:
+    if status in _UNREACHABLE or (status >= 500 and not error_type):
         return EngineUnavailable(f"Camunda answered {status} {error_type}: {message[:300]}",
                                  details=f"{status} {error_type}: {message}")
+    if status >= 500:
+        return EngineRefused(f"Camunda answered {status} {error_type}: {message[:300]}",
+                             details=f"{status} {error_type}: {message}")
     if task_id is not None and (status == 404 or (status == 400 and _means_lock_gone(message))):
         return LockLost(f"task {task_id}: {message[:300] or status}", details=f"{status} {error_type}: {message}")
     return EngineRejected(status, error_type, message)
