@@ -29,7 +29,10 @@
         ├── EngineRefused          500 with an engine exception: the call reached the engine and failed in
         │                          its transaction (a listener that throws, a persistence error): a report
         │                          is tried WORKER_REPORT_ATTEMPTS times, then the task gets an incident
-        ├── EngineRejected         Camunda refused the call (4xx): the report is dropped and logged
+        ├── EngineRejected         Camunda refused the call (4xx): the report is dropped and logged; for
+        │                          extendLock (401/403 too) the heartbeat tries again next tick
+        ├── LockExpired            the lock ran out or was released and nobody else holds the task: lock
+        │                          it again and go on (a stored answer is never thrown away for it)
         └── LockLost               404, or the lock is another worker's: the run is abandoned
 
 Dependencies' exceptions are converted into these in the client modules only
@@ -48,6 +51,7 @@ __all__ = [
     "LlmBusy",
     "LlmRequestInvalid",
     "LlmUnavailable",
+    "LockExpired",
     "LockLost",
     "ModelNotFound",
     "PermanentError",
@@ -144,6 +148,10 @@ class EngineRejected(EngineError):
         super().__init__(f"Camunda answered {status} {error_type}: {message}")
         self.status = status
         self.error_type = error_type
+
+
+class LockExpired(EngineError):
+    """The task is not locked by us any more, but by nobody else either (expired, or unlocked)."""
 
 
 class LockLost(EngineError):

@@ -37,7 +37,7 @@ class TaskHandler:
         self._llm_gate = llm_gate
 
     def handle(self, task: Task, cancel: threading.Event, log: BoundLogger) -> Complete:
-        """``cancel`` interrupts waits for an unreachable service (lock lost, or shutdown)."""
+        """``cancel`` (lock lost, or shutdown) interrupts waits for an unreachable service and the LLM call."""
         inputs = parse_inputs(task, self._settings.task)
 
         messages = build_messages(inputs)
@@ -55,7 +55,7 @@ class TaskHandler:
         log.info("task.input_stored", prompt_length=len(prompt), store_s=round(t1 - t0, 4))
 
         try:
-            result = self._llm_gate.call(lambda: self._llm.chat(messages), cancel)
+            result = self._llm_gate.call(lambda: self._llm.chat(messages, cancel=cancel), cancel)
             t2 = time.perf_counter()
             log.info("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
                      eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,

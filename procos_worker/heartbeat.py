@@ -1,8 +1,15 @@
 """Keeps the locks of running tasks alive, and notices when one is lost.
 
 A generation can outlast the lock many times over. Each tick, every held task whose lock runs out
-within half a lock duration gets ``extendLock``. When the engine answers that the lock is gone
-(expired and taken, or the task deleted) the task is marked LOST: it will not be completed.
+within half a lock duration gets ``extendLock``, each in its own thread of a small pool: one slow call
+(a hung connection) does not let the other tasks' locks run out. What the engine answers decides:
+
+* the lock is another worker's, or the task is gone (``LockLost``): the run is marked LOST, which stops
+  its work (the LLM call honours the run's ``cancel``); it will not be reported;
+* the lock expired or was released and nobody holds the task (``LockExpired``): it is locked again
+  (``lock``): a run whose answer is stored or coming is never thrown away for a late extension;
+* anything else (unreachable, 5xx, 401/403/429): not a lost lock; tried again next tick (``complete``
+  does not check the lock's expiry, only the worker id).
 """
 
 from __future__ import annotations
@@ -10,26 +17,32 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import structlog
+from structlog.stdlib import BoundLogger
 
 from procos_worker.engine.client import EngineClient
-from procos_worker.errors import EngineError, EngineUnavailable
+from procos_worker.errors import EngineError, EngineUnavailable, LockExpired, LockLost
 from procos_worker.taskrun import RunState, TaskRun
 
 __all__ = ["Heartbeat"]
 
 
 class Heartbeat:
-    """A daemon thread extending locks for the runs ``snapshot()`` returns."""
+    """A daemon thread deciding which locks to extend, and a pool extending them in parallel."""
 
-    def __init__(self, engine: EngineClient, snapshot: Callable[[], list[TaskRun]], lock_duration_ms: int) -> None:
+    def __init__(self, engine: EngineClient, snapshot: Callable[[], list[TaskRun]], lock_duration_ms: int,
+                 max_parallel: int = 4) -> None:
         self._engine = engine
         self._snapshot = snapshot
         self._lock_duration_ms = lock_duration_ms
         self._tick_s = min(1.0, lock_duration_ms / 4000)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="procos-heartbeat", daemon=True)
+        self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="procos-extend")
+        self._busy: set[str] = set()  # task ids with an extension in flight: never two at once
+        self._busy_lock = threading.Lock()
         self._log = structlog.get_logger("procos_worker.heartbeat")
 
     def start(self) -> None:
@@ -38,29 +51,64 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._tick_s):
             now = time.monotonic()
             for run in self._snapshot():
-                if run.state in (RunState.RUNNING, RunState.REPORTING) and self._due(run, now):
-                    self._extend(run)
+                if run.state in (RunState.RUNNING, RunState.REPORTING) and self._due(run, now) and self._claim(run):
+                    self._pool.submit(self._extend_then_release, run)
 
     def _due(self, run: TaskRun, now: float) -> bool:
         return run.lock_expires_at - now < self._lock_duration_ms / 2000
+
+    def _claim(self, run: TaskRun) -> bool:
+        with self._busy_lock:
+            if run.task.id in self._busy:
+                return False
+            self._busy.add(run.task.id)
+            return True
+
+    def _extend_then_release(self, run: TaskRun) -> None:
+        try:
+            self._extend(run)
+        finally:
+            with self._busy_lock:
+                self._busy.discard(run.task.id)
 
     def _extend(self, run: TaskRun) -> None:
         log = self._log.bind(task_id=run.task.id, process_instance_id=run.task.process_instance_id,
                              topic=run.task.topic)
         try:
             self._engine.extend_lock(run.task.id, self._lock_duration_ms)
-        except EngineError as exc:  # lock lost, or the engine refused the extension
-            if run.give_up(RunState.LOST):
-                log.warning("task.lock_lost", error=str(exc), elapsed_s=run.elapsed_s())
+        except LockExpired as exc:
+            if not self._relock(run, exc, log):
+                return
+        except LockLost as exc:
+            self._lost(run, exc, log)
             return
-        except EngineUnavailable as exc:
-            # The engine is down; try again next tick. complete() does not check expiry anyway.
-            log.debug("task.lock_extend_failed", error=exc.message)
+        except EngineError as exc:
+            # Unreachable, refused (5xx), 401/403/429: not a lost lock. Try again next tick.
+            level = log.debug if isinstance(exc, EngineUnavailable) else log.warning
+            level("task.lock_extend_failed", error=exc.message)
             return
         run.lock_expires_at = time.monotonic() + self._lock_duration_ms / 1000
         log.debug("task.lock_extended", elapsed_s=run.elapsed_s())
+
+    def _relock(self, run: TaskRun, expired: LockExpired, log: BoundLogger) -> bool:
+        """The lock ran out and nobody holds the task: take it again. False if that did not work."""
+        try:
+            self._engine.lock(run.task.id, self._lock_duration_ms)
+        except LockLost as exc:
+            self._lost(run, exc, log)
+            return False
+        except EngineError as exc:
+            log.warning("task.lock_extend_failed", error=exc.message)
+            return False
+        log.warning("task.lock_renewed", reason=expired.message, elapsed_s=run.elapsed_s())
+        return True
+
+    def _lost(self, run: TaskRun, exc: LockLost, log: BoundLogger) -> None:
+        if run.give_up(RunState.LOST):
+            log.warning("task.lock_lost", error=str(exc), elapsed_s=run.elapsed_s())

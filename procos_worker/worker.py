@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import TypeVar
 
@@ -40,6 +41,7 @@ from procos_worker.errors import (
     EngineError,
     EngineRefused,
     EngineUnavailable,
+    LockExpired,
     LockLost,
     PermanentError,
     RunCancelled,
@@ -65,6 +67,15 @@ _HEALTH_INTERVAL_S = 2.0
 # Camunda's unlock wakes pending long polls, so our own poll still waiting in the engine re-locks a task we
 # release at shutdown and returns it at once; this long is enough for it to come back and be unlocked again.
 _POLL_RETURN_S = 2.0
+
+
+@dataclass
+class _Reporting:
+    """One report on its way to Camunda: what is being sent, refusals so far, the backoff between tries."""
+
+    outcome: Outcome
+    backoff: Backoff
+    refused: int = 0
 
 
 class Worker:
@@ -96,7 +107,8 @@ class Worker:
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._signals = 0
-        self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms)
+        self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms,
+                                    max_parallel=w.max_tasks_in_flight)
         self._exit_code = 0
         self._health_path = record_path(w.health_file, os.getpid())
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
@@ -267,37 +279,58 @@ class Worker:
             self.counters.add("abandoned" if run.state is RunState.LOST else "released")
             log.info("task.not_reported", state=run.state.value, elapsed_s=run.elapsed_s())
             return
-        backoff = Backoff(self.settings.backoff)
-        refused = 0
+        state = _Reporting(outcome, Backoff(self.settings.backoff))
         while True:
             try:
-                self._send(run.task, outcome)
-            except EngineUnavailable as exc:
-                # The answer is stored: keep trying until the engine takes it (or says the lock is gone).
-                delay = backoff.next_delay_s()
-                log.warning("task.report_retry", error=exc.message, retry_in_s=round(delay, 2))
-                time.sleep(delay)
-                continue
-            except EngineRefused as exc:
-                # The engine ran it and failed (a listener that throws...): bounded, then an incident.
-                refused += 1
-                log.warning("task.report_refused", attempt=refused, outcome=type(outcome).__name__, error=exc.message)
-                if refused < self.settings.worker.report_attempts:
-                    time.sleep(backoff.next_delay_s())
-                    continue
-                incident = report_refused(outcome, exc.message, refused)
-                if incident is None:
+                self._send(run.task, state.outcome)
+            except EngineError as exc:
+                delay = self._after_refusal(run, state, exc, log)
+                if delay is None:
                     self.counters.add("abandoned")
                     log.warning("task.abandoned", reason=str(exc), elapsed_s=run.elapsed_s())
                     return
-                outcome, refused = incident, 0
+                time.sleep(delay)
                 continue
-            except EngineError as exc:
-                self.counters.add("abandoned")
-                log.warning("task.abandoned", reason=str(exc), elapsed_s=run.elapsed_s())
-                return
-            self._log_outcome(run, outcome, log)
+            self._log_outcome(run, state.outcome, log)
             return
+
+    def _after_refusal(self, run: TaskRun, state: _Reporting, exc: EngineError, log: BoundLogger) -> float | None:
+        """Seconds to wait before sending the report again, or None to give it up."""
+        if isinstance(exc, EngineUnavailable):
+            # The answer is stored: keep trying until the engine takes it (or says the lock is gone).
+            delay = state.backoff.next_delay_s()
+            log.warning("task.report_retry", error=exc.message, retry_in_s=round(delay, 2))
+            return delay
+        if isinstance(exc, LockExpired):
+            return self._relock_to_report(run, state, exc, log)
+        if isinstance(exc, EngineRefused):
+            return self._refused(state, exc, log)
+        return None  # the lock is another worker's, the task is gone, or Camunda rejected the call
+
+    def _relock_to_report(self, run: TaskRun, state: _Reporting, exc: LockExpired, log: BoundLogger) -> float | None:
+        """complete checks only the worker id: nobody holds the task now, so take it again and send."""
+        try:
+            self.engine.lock(run.task.id, self.settings.worker.lock_duration_ms)
+        except LockLost:
+            return None
+        except EngineError as again:
+            log.warning("task.report_retry", error=again.message)
+            return state.backoff.next_delay_s()
+        log.warning("task.lock_renewed", reason=exc.message, elapsed_s=run.elapsed_s())
+        return 0.0
+
+    def _refused(self, state: _Reporting, exc: EngineRefused, log: BoundLogger) -> float | None:
+        """The engine ran the call and failed (a listener that throws...): bounded, then an incident."""
+        state.refused += 1
+        log.warning("task.report_refused", attempt=state.refused, outcome=type(state.outcome).__name__,
+                    error=exc.message)
+        if state.refused < self.settings.worker.report_attempts:
+            return state.backoff.next_delay_s()
+        incident = report_refused(state.outcome, exc.message, state.refused)
+        if incident is None:
+            return None
+        state.outcome, state.refused = incident, 0
+        return 0.0
 
     def _send(self, task: Task, outcome: Outcome) -> None:
         if isinstance(outcome, Complete):

@@ -1,6 +1,8 @@
 """The Ollama chat call (task inputs -> **LLM** -> store).
 
 Ollama's and httpx's exceptions become the project's here:
+a run given up (its ``cancel`` set: lock lost, or released at shutdown) stops reading the stream at the
+next chunk -> ``RunCancelled``, and the request is closed, which stops Ollama generating for it;
 connection refused -> ``LlmUnavailable`` (the worker waits for Ollama, fetching nothing new);
 503/5xx, 408/429 (a timing-out or rate-limiting proxy in front of Ollama), timeouts, a dropped connection
 -> ``LlmBusy`` after ``OLLAMA_ATTEMPTS`` in-process tries; 404 (model not found) -> ``ModelNotFound``; other
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Generator
 from contextlib import closing
@@ -20,7 +23,7 @@ import httpx
 import ollama
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from procos_worker.errors import LlmBusy, LlmRequestInvalid, LlmUnavailable, ModelNotFound
+from procos_worker.errors import LlmBusy, LlmRequestInvalid, LlmUnavailable, ModelNotFound, RunCancelled
 from procos_worker.models import LlmResult, TaskInputs
 from procos_worker.settings import OllamaSettings
 
@@ -60,26 +63,33 @@ class LlmClient:
         self._settings = settings
         self._client = ollama.Client(host=settings.base_url, timeout=settings.timeout_s)
 
-    def chat(self, messages: list[dict[str, str]], *, model: str | None = None) -> LlmResult:
-        """Ask the model; raise a project error that says what to do next."""
+    def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
+             cancel: threading.Event | None = None) -> LlmResult:
+        """Ask the model; raise a project error that says what to do next (``RunCancelled`` once ``cancel``
+        is set: the answer is not wanted any more)."""
+        stop = threading.Event() if cancel is None else cancel
         retrying = Retrying(
             retry=retry_if_exception_type(LlmBusy),
             stop=stop_after_attempt(self._settings.attempts),
             wait=wait_exponential_jitter(multiplier=0.5, max=5.0),
+            sleep=lambda seconds: _sleep_unless(stop, seconds),
             reraise=True,
         )
-        return retrying(self._chat_once, messages, model or self._settings.model)
+        return retrying(self._chat_once, messages, model or self._settings.model, stop)
 
     def ping(self) -> list[str]:
         """The models the server has; raises like ``chat`` when it can't be reached."""
         listing = self._converting(self._client.list, self._settings.model)
         return [m.model for m in listing.models if m.model]
 
-    def _chat_once(self, messages: list[dict[str, str]], model: str) -> LlmResult:
+    def _chat_once(self, messages: list[dict[str, str]], model: str, cancel: threading.Event) -> LlmResult:
+        if cancel.is_set():
+            raise RunCancelled("the run was given up before the model was asked")
         started = time.perf_counter()
-        return self._converting(lambda: self._stream_chat(messages, model, started), model)
+        return self._converting(lambda: self._stream_chat(messages, model, started, cancel), model)
 
-    def _stream_chat(self, messages: list[dict[str, str]], model: str, started: float) -> LlmResult:
+    def _stream_chat(self, messages: list[dict[str, str]], model: str, started: float,
+                     cancel: threading.Event) -> LlmResult:
         """Streamed, so a huge answer is held about twice (its pieces, then the joined text) instead of
         four times (raw body, decoded text, parsed JSON, model), and OLLAMA_TIMEOUT_S bounds the whole
         generation rather than each read."""
@@ -94,6 +104,9 @@ class LlmClient:
         final: ollama.ChatResponse | None = None
         with closing(parts):
             for part in parts:
+                if cancel.is_set():
+                    # Leaving the loop closes the stream: Ollama stops generating for a client that is gone.
+                    raise RunCancelled("the run was given up while the model was answering")
                 if part.message.content:
                     pieces.append(part.message.content)
                 if part.done:
@@ -135,6 +148,11 @@ class LlmClient:
             raise LlmBusy(f"Ollama at {where}: connection broke: {exc}", details=repr(exc)) from exc
         except (ValueError, KeyError) as exc:
             raise LlmBusy(f"Ollama at {where} sent an answer that does not parse", details=repr(exc)) from exc
+
+
+def _sleep_unless(cancel: threading.Event, seconds: float) -> None:
+    """tenacity's wait between tries, cut short when the run is given up (the next try then stops)."""
+    cancel.wait(seconds)
 
 
 def _from_status(status: int, error: Any, model: str, where: str) -> Exception:

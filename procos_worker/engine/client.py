@@ -10,7 +10,8 @@ It sends what it is given: every limit of the engine is checked where outcomes a
 502/503/504, 408/429 and a 5xx without an engine exception in its body (a proxy's page) ->
 ``EngineUnavailable``; a 5xx with Camunda's ``{"type": "...Exception"}`` body -> ``EngineRefused`` (the
 engine ran the call and its transaction failed); 404 (the task is gone) and the 400s that mean the lock is
-no longer ours -> ``LockLost``; any other 4xx -> ``EngineRejected``. The library raises a bare ``Exception("received
+no longer ours: another worker's -> ``LockLost``, expired or released (locked by nobody) ->
+``LockExpired``; any other 4xx -> ``EngineRejected``. The library raises a bare ``Exception("received
 <status> : <type> : <message>")`` for most failures, so the status is read back from that text.
 """
 
@@ -24,7 +25,14 @@ from typing import Any, TypeVar
 import requests
 from camunda.client.external_task_client import ExternalTaskClient
 
-from procos_worker.errors import EngineError, EngineRefused, EngineRejected, EngineUnavailable, LockLost
+from procos_worker.errors import (
+    EngineError,
+    EngineRefused,
+    EngineRejected,
+    EngineUnavailable,
+    LockExpired,
+    LockLost,
+)
 from procos_worker.models import Task
 from procos_worker.settings import CamundaSettings
 
@@ -34,6 +42,8 @@ _T = TypeVar("_T")
 _LIBRARY_ERROR = re.compile(r"^received (\d{3})(?: : ([^:]*?))?(?: : (.*))?$", re.DOTALL)
 # 400 messages meaning "the lock is not ours any more" (7.24 wording).
 _LOCK_GONE = ("lock", "expired", "worker")
+# "... It is locked by worker 'x'." (7.24): 'null' when nobody holds the lock.
+_LOCKED_BY = re.compile(r"locked by worker '([^']*)'")
 # Statuses of an engine (or a proxy in front of it) that is down, overloaded or too slow: try again later.
 _UNREACHABLE = frozenset({0, 408, 429, 502, 503, 504})
 
@@ -95,6 +105,11 @@ class EngineClient:
     def extend_lock(self, task_id: str, new_duration_ms: int) -> None:
         self._post(f"/external-task/{task_id}/extendLock",
                    {"workerId": self.worker_id, "newDuration": new_duration_ms}, task_id=task_id)
+
+    def lock(self, task_id: str, lock_duration_ms: int) -> None:
+        """Lock a task nobody holds (its lock expired or was released) for this worker again."""
+        self._post(f"/external-task/{task_id}/lock", {"workerId": self.worker_id, "lockDuration": lock_duration_ms},
+                   task_id=task_id)
 
     def unlock(self, task_id: str) -> None:
         self._post(f"/external-task/{task_id}/unlock", None, task_id=task_id)
@@ -279,6 +294,9 @@ def _classify(status: int, error_type: str, message: str, task_id: str | None) -
         return EngineRefused(f"Camunda answered {status} {error_type}: {message[:300]}",
                              details=f"{status} {error_type}: {message}")
     if task_id is not None and (status == 404 or (status == 400 and _means_lock_gone(message))):
+        holder = _LOCKED_BY.search(message)
+        if status == 400 and ("expired" in message.lower() or (holder is not None and holder.group(1) == "null")):
+            return LockExpired(f"task {task_id}: {message[:300]}", details=f"{status} {error_type}: {message}")
         return LockLost(f"task {task_id}: {message[:300] or status}", details=f"{status} {error_type}: {message}")
     return EngineRejected(status, error_type, message)
 

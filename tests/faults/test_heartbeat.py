@@ -52,7 +52,7 @@ def test_answer_slower_than_the_lock_completes_once_with_extended_lock(
     assert fake.chat_calls == 1, "one LLM call: the lock never expired, the task was never redelivered"
     # The engine's lockExpirationTime moved forward several times during the 10 s answer.
     assert len(expirations) >= 4, sorted(expirations)
-    assert running.worker.counters["completed"] == 1 and running.worker.counters["abandoned"] == 0
+    assert running.worker.counters.completed == 1 and running.worker.counters.abandoned == 0
 
 
 def test_stolen_lock_is_abandoned_not_completed(
@@ -77,8 +77,8 @@ def test_stolen_lock_is_abandoned_not_completed(
     assert [t["id"] for t in stolen] == [task_id], "the expired lock was taken by another worker"
     camunda_proxy.release(forward=True)  # the held extendLock now reaches the engine: 400, not ours
 
-    wait_until(lambda: running.worker.counters["abandoned"] >= 1, 20, "the worker to abandon the task")
-    assert running.worker.counters["completed"] == 0
+    wait_until(lambda: running.worker.counters.abandoned >= 1, 20, "the worker to abandon the task")
+    assert running.worker.counters.completed == 0
     assert _lock_of(engine_rest, task_id) is not None and _lock_of(engine_rest, task_id)[0] == "thief"  # type: ignore[index]
     assert not completed(engine_rest, pi)
     assert camunda_proxy.received(f"/engine-rest/external-task/{task_id}/complete") == 0
@@ -102,12 +102,12 @@ def test_lock_expired_and_refetched_by_the_same_worker_runs_once(
     camunda_proxy.hold(r"/extendLock$")
     running = run_worker(topic, worker={"lock_duration_ms": LOCK_MS}, ollama={"base_url": fake.base_url},
                          camunda={"base_url": f"{camunda_proxy.base_url}/engine-rest"})
-    wait_until(lambda: running.worker.counters["fetched"] >= 2, 15, "the worker to fetch its expired task again")
+    wait_until(lambda: running.worker.counters.fetched >= 2, 15, "the worker to fetch its expired task again")
     camunda_proxy.release(forward=False)
     engine_rest.wait_for(lambda: completed(engine_rest, pi), timeout_s=20, what="completion")
     assert fake.chat_calls == 1
     assert success_count(engine_rest, task_id) == 1 and output_rows(db, task_id) == 1
-    assert running.worker.counters["completed"] == 1 and running.worker.counters["abandoned"] == 0
+    assert running.worker.counters.completed == 1 and running.worker.counters.abandoned == 0
     wait_until(lambda: running.worker.in_flight == 0, 5, "no run left behind")
 
 
@@ -121,11 +121,11 @@ def test_instance_deleted_while_task_runs_is_abandoned_and_worker_carries_on(
     wait_until(lambda: (_lock_of(engine_rest, task_id) or (None,))[0] is not None, 15, "the task to be locked")
     engine_rest.delete_instance(pi)
 
-    wait_until(lambda: running.worker.counters["abandoned"] >= 1, 20, "the worker to abandon the deleted task")
-    assert running.worker.counters["completed"] == 0 and running.worker.counters["failed"] == 0
+    wait_until(lambda: running.worker.counters.abandoned >= 1, 20, "the worker to abandon the deleted task")
+    assert running.worker.counters.completed == 0 and running.worker.counters.failed == 0
     with pytest.raises(requests.HTTPError):
         engine_rest.get(f"/external-task/{task_id}")
     # The worker is fine: the next instance completes.
     pi2 = engine_rest.start(key, {"query": "and now a quick one"})
     engine_rest.wait_for(lambda: completed(engine_rest, pi2), timeout_s=20, what="the next task to complete")
-    assert running.alive and running.worker.counters["completed"] == 1
+    assert running.alive and running.worker.counters.completed == 1
