@@ -20,7 +20,7 @@ __all__ = ["PID_PLACEHOLDER", "CounterName", "Counters", "HealthRecord", "Health
 PID_PLACEHOLDER = "{pid}"
 
 HealthState = Literal["running", "stopping", "stopped"]
-CounterName = Literal["fetched", "completed", "failed", "bpmn_errors", "abandoned", "released"]
+CounterName = Literal["fetched", "completed", "failed", "bpmn_errors", "abandoned", "released", "reclaimed"]
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Counters:
     bpmn_errors: int = 0
     abandoned: int = 0
     released: int = 0
+    reclaimed: int = 0  # tasks of dead workers this worker unlocked (orphan recovery)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()

@@ -32,6 +32,7 @@ __all__ = [
     "DatabaseSettings",
     "LogSettings",
     "OllamaSettings",
+    "OrphansSettings",
     "Settings",
     "TaskSettings",
     "WorkerSettings",
@@ -187,6 +188,22 @@ class DatabaseSettings(BaseModel):
         return value
 
 
+class OrphansSettings(BaseModel):
+    """Orphan recovery: leases of live workers, and unlocking the tasks of workers whose lease expired."""
+
+    recovery: bool = True
+    # A worker that renewed nothing for this long counts as dead; its tasks go back to work.
+    lease_s: float = Field(default=10.0, ge=1)
+    # How often a worker renews its lease and looks for dead ones.
+    interval_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _several_beats_per_lease(self) -> OrphansSettings:
+        if self.lease_s < 3 * self.interval_s:
+            raise ValueError("ORPHANS_LEASE_S must be at least 3 x ORPHANS_INTERVAL_S (a late beat is not a death)")
+        return self
+
+
 class BackoffSettings(BaseModel):
     """Jittered exponential backoff while a service is unreachable (one state per service)."""
 
@@ -227,6 +244,7 @@ class Settings(BaseSettings):
     task: TaskSettings = Field(default_factory=TaskSettings)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    orphans: OrphansSettings = Field(default_factory=OrphansSettings)
     backoff: BackoffSettings = Field(default_factory=BackoffSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

@@ -54,9 +54,11 @@ from procos_worker.health import Counters, HealthRecord, HealthState, record_pat
 from procos_worker.heartbeat import Heartbeat
 from procos_worker.inputs import requested_variables
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
+from procos_worker.orphans import OrphanRecovery
 from procos_worker.outcomes import internal_error, outcome_for, report_refused, uncaught_bpmn_error
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
+from procos_worker.store.leases import LeaseStore
 from procos_worker.taskrun import RunState, TaskRun
 
 __all__ = ["Worker"]
@@ -103,6 +105,8 @@ class Worker:
         self.input_budget = InputBudget(settings.task.max_input_chars_in_flight)
         self.bpmn = BpmnCatalog(self.engine)
         self.counters = Counters()
+        self.orphans = (OrphanRecovery(settings, self.engine, LeaseStore(self.store), self.counters)
+                        if settings.orphans.recovery else None)
         self._runs: dict[str, TaskRun] = {}
         self._cond = threading.Condition()
         self._stopping = threading.Event()
@@ -122,6 +126,8 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         self.store.open()
+        if self.orphans is not None:
+            self.orphans.start()
         self._heartbeat.start()
         self._poll_thread.start()
         self._log.info("worker.started", topics=self.settings.worker.topics,
@@ -387,6 +393,8 @@ class Worker:
             self._poll_thread.join(timeout=_POLL_RETURN_S)
             self._sweep()
         self._heartbeat.stop()
+        if self.orphans is not None:
+            self.orphans.stop(clean=True)
         self.store.close()
         self.engine.close()
         self._write_health("stopped")

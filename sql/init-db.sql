@@ -157,9 +157,24 @@ DROP INDEX IF EXISTS uq_procos_ai_context_task_type;
 CREATE UNIQUE INDEX IF NOT EXISTS uq_procos_ai_context_attempt
     ON procos_ai_context (task_id, context_type, input_hash);
 
+-- 0021_worker_leases: live workers' leases, for orphan recovery.
+CREATE TABLE IF NOT EXISTS procos_worker_leases (
+    worker_id VARCHAR(255) PRIMARY KEY,
+    host VARCHAR(255),
+    pid INTEGER,
+    topics TEXT[] NOT NULL DEFAULT '{}',
+    started_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    beat_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    sweep_until TIMESTAMP WITH TIME ZONE NOT NULL,
+    stopped_at TIMESTAMP WITH TIME ZONE
+);
+CREATE INDEX IF NOT EXISTS idx_procos_worker_leases_expires ON procos_worker_leases (expires_at);
+
 INSERT INTO procos_schema_migrations (version, name) VALUES
     (1, 'bpmn_step'),
-    (20, 'attempt_identity')
+    (20, 'attempt_identity'),
+    (21, 'worker_leases')
 ON CONFLICT (version) DO NOTHING;
 
 DO $$ BEGIN RAISE NOTICE 'ProcOS PostgreSQL AI context schema ready'; END $$;

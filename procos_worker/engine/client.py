@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import requests
@@ -116,14 +118,20 @@ class EngineClient:
 
     def locked_task_ids(self) -> list[str]:
         """Ids of the tasks the engine says this worker id holds (used to sweep at shutdown)."""
-        def call() -> Any:
+        return [task_id for task_id, _left_s in self.locked_tasks(self.worker_id)]
+
+    def locked_tasks(self, worker_id: str) -> list[tuple[str, float | None]]:
+        """(task id, seconds its lock has left by the engine's own clock) of every task locked by ``worker_id``."""
+        def call() -> tuple[Any, str | None]:
             response = self._session.get(f"{self._base_url}/external-task",
-                                         params={"workerId": self.worker_id, "locked": "true"},
+                                         params={"workerId": worker_id, "locked": "true"},
                                          timeout=self._timeout_s)
             _raise_for(response)
-            return response.json()
+            return response.json(), response.headers.get("Date")
 
-        return [str(item["id"]) for item in self._converting(call)]
+        items, date = self._converting(call)
+        engine_now = _http_date(date)
+        return [(str(item["id"]), _seconds_left(item.get("lockExpirationTime"), engine_now)) for item in items]
 
     def variable_instances(self, process_instance_id: str, names: list[str], *,
                            max_bytes: int) -> list[dict[str, Any]] | None:
@@ -258,6 +266,24 @@ class EngineClient:
                 raise
             status, error_type, message = int(match.group(1)), match.group(2) or "", match.group(3) or ""
             raise _classify(status, error_type.strip(), message.strip(), task_id) from exc
+
+
+def _http_date(value: str | None) -> datetime | None:
+    try:
+        return parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _seconds_left(lock_expiration: Any, engine_now: datetime | None) -> float | None:
+    """Seconds until ``lockExpirationTime`` (``2026-11-25T14:07:58.102+0000``), by the engine's clock."""
+    if not isinstance(lock_expiration, str) or engine_now is None:
+        return None
+    try:
+        expires = datetime.strptime(lock_expiration, "%Y-%m-%dT%H:%M:%S.%f%z")
+    except ValueError:
+        return None
+    return (expires - engine_now).total_seconds()
 
 
 def _read_capped(response: requests.Response, max_bytes: int) -> bytes | None:

@@ -294,6 +294,10 @@ class ContextStore:
 
         return [_to_context(row) for row in self._run(query)]
 
+    def run(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
+        """Run ``work`` on a pooled connection (autocommit), errors converted; for the other store modules."""
+        return self._run(work)
+
     def _run(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
         """Run ``work`` on a pooled connection; ``StoreRefused`` is tried DATABASE_ATTEMPTS times (every
         write here is idempotent), a refusal that lasts goes to the caller (a failure spending a retry)."""

@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from procos_worker.engine.client import EngineClient
-from procos_worker.errors import EngineRefused, EngineRejected, EngineUnavailable, LockLost
+from procos_worker.errors import EngineRefused, EngineRejected, EngineUnavailable, LockExpired, LockLost
 from procos_worker.settings import CamundaSettings
 
 
@@ -26,7 +26,10 @@ def _raise(exc: BaseException) -> None:
         (Exception("received 404 : RestException : External task with id x does not exist"), "x", LockLost),
         (Exception("received 400 : BadUserRequestException : External Task x cannot be extended by worker 'w'. "
                    "It is locked by worker 'other'."), "x", LockLost),
-        (Exception("received 400 : BadUserRequestException : Cannot extend a lock that expired"), "x", LockLost),
+        # Nobody else holds it (expired, or unlocked): lock it again, the run goes on.
+        (Exception("received 400 : BadUserRequestException : Cannot extend a lock that expired"), "x", LockExpired),
+        (Exception("received 400 : RestException : The lock of the External Task x cannot be extended by worker "
+                   "'w''. It is locked by worker 'null'."), "x", LockExpired),
         # A 500 with an engine exception: the engine ran the call and failed (not "unreachable").
         (Exception("received 500 : ProcessEnginePersistenceException : An exception occurred in the persistence"
                    " layer"), "x", EngineRefused),
