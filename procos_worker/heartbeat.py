@@ -1,8 +1,9 @@
 """Keeps the locks of running tasks alive, and notices when one is lost.
 
 A generation can outlast the lock many times over. Each tick, every held task whose lock runs out
-within half a lock duration gets ``extendLock``, each in its own thread of a small pool: one slow call
-(a hung connection) does not let the other tasks' locks run out. What the engine answers decides:
+within half a lock duration gets ``extendLock``, each in a daemon thread of its own (at most one per task
+at a time): one slow call (a hung connection) does not let the other tasks' locks run out, and does not
+hold the process at exit either. What the engine answers decides:
 
 * the lock is another worker's, or the task is gone (``LockLost``): the run is marked LOST, which stops
   its work (the LLM call honours the run's ``cancel``); it will not be reported;
@@ -17,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 from structlog.stdlib import BoundLogger
@@ -30,17 +30,15 @@ __all__ = ["Heartbeat"]
 
 
 class Heartbeat:
-    """A daemon thread deciding which locks to extend, and a pool extending them in parallel."""
+    """A daemon thread deciding which locks to extend, and one short-lived daemon thread per extension."""
 
-    def __init__(self, engine: EngineClient, snapshot: Callable[[], list[TaskRun]], lock_duration_ms: int,
-                 max_parallel: int = 4) -> None:
+    def __init__(self, engine: EngineClient, snapshot: Callable[[], list[TaskRun]], lock_duration_ms: int) -> None:
         self._engine = engine
         self._snapshot = snapshot
         self._lock_duration_ms = lock_duration_ms
         self._tick_s = min(1.0, lock_duration_ms / 4000)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="procos-heartbeat", daemon=True)
-        self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="procos-extend")
         self._busy: set[str] = set()  # task ids with an extension in flight: never two at once
         self._busy_lock = threading.Lock()
         self._log = structlog.get_logger("procos_worker.heartbeat")
@@ -51,14 +49,14 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._tick_s):
             now = time.monotonic()
             for run in self._snapshot():
                 if run.state in (RunState.RUNNING, RunState.REPORTING) and self._due(run, now) and self._claim(run):
-                    self._pool.submit(self._extend_then_release, run)
+                    threading.Thread(target=self._extend_then_release, args=(run,), daemon=True,
+                                     name=f"procos-extend-{run.task.id[:8]}").start()
 
     def _due(self, run: TaskRun, now: float) -> bool:
         return run.lock_expires_at - now < self._lock_duration_ms / 2000

@@ -106,6 +106,9 @@ class WorkerSettings(BaseModel):
     max_tasks_in_flight: int = Field(default=4, ge=1, le=256)
     async_response_timeout_ms: int = Field(default=20_000, ge=0, le=_MAX_ASYNC_RESPONSE_TIMEOUT_MS)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # After the grace: unlocking, waiting for reports, sweeping, all engine calls included. Grace + this
+    # must stay below the orchestrator's kill timeout (compose's stop_grace_period is 45 s).
+    shutdown_release_s: float = Field(default=10.0, gt=0)
     retries: int = Field(default=3, ge=0, description="Camunda retries given to a task on its first failure")
     retry_timeout_ms: int = Field(default=10_000, ge=0, description="first retryTimeout; doubles per failure")
     retry_timeout_max_ms: int = Field(default=600_000, ge=0)

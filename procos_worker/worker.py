@@ -80,6 +80,11 @@ class _Reporting:
     refused: int = 0
 
 
+def _left(end: float) -> float:
+    """Seconds until the monotonic deadline ``end`` (0 once it passed)."""
+    return max(0.0, end - time.monotonic())
+
+
 class Worker:
     """Owns all runtime state of one worker process.
 
@@ -111,8 +116,7 @@ class Worker:
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._signals = 0
-        self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms,
-                                    max_parallel=w.max_tasks_in_flight)
+        self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms)
         self._exit_code = 0
         self._health_path = record_path(w.health_file, os.getpid())
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
@@ -375,23 +379,27 @@ class Worker:
 
     def _shutdown(self) -> int:
         self._write_health("stopping")
-        grace_s = self.settings.worker.shutdown_grace_s
-        deadline = time.monotonic() + grace_s
+        w = self.settings.worker
+        deadline = time.monotonic() + w.shutdown_grace_s
         with self._cond:
             # A task waiting for an unreachable Ollama/PostgreSQL can't finish: don't wait the grace out.
             while self._runs and time.monotonic() < deadline and not self._dependency_down():
                 self._cond.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
             leftover = list(self._runs.values())
+        # Everything from here on talks to the engine, which may hang: one bounded window for all of it.
+        end = time.monotonic() + w.shutdown_release_s
         released = [run for run in leftover if run.give_up(RunState.RELEASED)]
         for run in released:
-            self._unlock(run.task, self._task_log(run.task), "shutdown")
-        self._wait_for_reports(self.settings.camunda.http_timeout_s)
-        swept = self._sweep()
+            self._unlock(run.task, self._task_log(run.task), "shutdown", end=end)
+        self._wait_for_reports(min(self.settings.camunda.http_timeout_s, _left(end)))
+        swept = self._sweep(end)
         if (released or swept) and self._poll_thread.is_alive():
             # Our pending long poll re-locks what we just unlocked; once it has come back (its tasks are
             # unlocked by _dispatch), nothing of ours is left waiting in the engine and a sweep is final.
-            self._poll_thread.join(timeout=_POLL_RETURN_S)
-            self._sweep()
+            self._poll_thread.join(timeout=min(_POLL_RETURN_S, _left(end)))
+            self._sweep(end)
+        if _left(end) == 0:
+            self._log.warning("worker.release_cut_short", shutdown_release_s=w.shutdown_release_s)
         self._heartbeat.stop()
         if self.orphans is not None:
             self.orphans.stop(clean=True)
@@ -407,10 +415,12 @@ class Worker:
             while any(r.state is RunState.REPORTING for r in self._runs.values()) and time.monotonic() < deadline:
                 self._cond.wait(timeout=0.1)
 
-    def _sweep(self) -> int:
+    def _sweep(self, end: float) -> int:
         """Unlock what the engine still lists as ours (a poll answered after the stop); returns how many."""
+        if _left(end) == 0:
+            return 0
         try:
-            held = set(self.engine.locked_task_ids())
+            held = set(self.engine.locked_task_ids(timeout_s=_left(end)))
         except EngineError as exc:
             self._log.warning("worker.sweep_failed", error=str(exc))
             return 0
@@ -418,8 +428,10 @@ class Worker:
             reporting = {tid for tid, r in self._runs.items() if r.state is RunState.REPORTING}
         unlocked = 0
         for task_id in held - reporting:
+            if _left(end) == 0:
+                break
             try:
-                self.engine.unlock(task_id)
+                self.engine.unlock(task_id, timeout_s=_left(end))
             except EngineError as exc:
                 self._log.warning("task.release_failed", task_id=task_id, error=str(exc))
                 continue
@@ -427,9 +439,13 @@ class Worker:
             self._log.info("task.released", task_id=task_id, reason="sweep")
         return unlocked
 
-    def _unlock(self, task: Task, log: BoundLogger, reason: str) -> None:
+    def _unlock(self, task: Task, log: BoundLogger, reason: str, *, end: float | None = None) -> None:
+        """Hand the task back; ``end``: a deadline (monotonic) the call must not outlast."""
+        if end is not None and _left(end) == 0:
+            log.warning("task.release_failed", error="no time left (WORKER_SHUTDOWN_RELEASE_S)")
+            return
         try:
-            self.engine.unlock(task.id)
+            self.engine.unlock(task.id, timeout_s=None if end is None else _left(end))
         except EngineError as exc:
             log.warning("task.release_failed", error=str(exc))
             return

@@ -113,19 +113,20 @@ class EngineClient:
         self._post(f"/external-task/{task_id}/lock", {"workerId": self.worker_id, "lockDuration": lock_duration_ms},
                    task_id=task_id)
 
-    def unlock(self, task_id: str) -> None:
-        self._post(f"/external-task/{task_id}/unlock", None, task_id=task_id)
+    def unlock(self, task_id: str, *, timeout_s: float | None = None) -> None:
+        """``timeout_s`` shortens CAMUNDA_HTTP_TIMEOUT_S (shutdown has a deadline)."""
+        self._post(f"/external-task/{task_id}/unlock", None, task_id=task_id, timeout_s=timeout_s)
 
-    def locked_task_ids(self) -> list[str]:
+    def locked_task_ids(self, *, timeout_s: float | None = None) -> list[str]:
         """Ids of the tasks the engine says this worker id holds (used to sweep at shutdown)."""
-        return [task_id for task_id, _left_s in self.locked_tasks(self.worker_id)]
+        return [task_id for task_id, _left_s in self.locked_tasks(self.worker_id, timeout_s=timeout_s)]
 
-    def locked_tasks(self, worker_id: str) -> list[tuple[str, float | None]]:
+    def locked_tasks(self, worker_id: str, *, timeout_s: float | None = None) -> list[tuple[str, float | None]]:
         """(task id, seconds its lock has left by the engine's own clock) of every task locked by ``worker_id``."""
         def call() -> tuple[Any, str | None]:
             response = self._session.get(f"{self._base_url}/external-task",
                                          params={"workerId": worker_id, "locked": "true"},
-                                         timeout=self._timeout_s)
+                                         timeout=timeout_s or self._timeout_s)
             _raise_for(response)
             return response.json(), response.headers.get("Date")
 
@@ -243,9 +244,9 @@ class EngineClient:
         engines = self._converting(call)
         return ", ".join(str(e.get("name")) for e in engines) or "(none)"
 
-    def _post(self, path: str, body: dict[str, Any] | None, *, task_id: str) -> None:
+    def _post(self, path: str, body: dict[str, Any] | None, *, task_id: str, timeout_s: float | None = None) -> None:
         def call() -> None:
-            response = self._session.post(f"{self._base_url}{path}", json=body, timeout=self._timeout_s)
+            response = self._session.post(f"{self._base_url}{path}", json=body, timeout=timeout_s or self._timeout_s)
             _raise_for(response, task_id)
 
         self._converting(call, task_id=task_id)
