@@ -22,7 +22,8 @@ from procos_bench.common import Stack
 __all__ = ["Consumer", "FakeProc", "HelperProc", "RssSampler", "WorkerGroup", "WorkerProc", "read_status_kib"]
 
 # Log events the harness keeps (everything else is only counted).
-_KEPT_EVENTS = frozenset({"worker.started", "task.completed", "task.llm_answered", "task.fetched", "worker.stopped"})
+_KEPT_EVENTS = frozenset({"worker.started", "task.completed", "task.llm_answered", "task.fetched", "worker.stopped",
+                          "task.input_stored", "task.orphan_released"})
 
 
 class Consumer(Protocol):
@@ -37,7 +38,7 @@ class Consumer(Protocol):
 
 def _python_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAMUNDA_", "WORKER_", "OLLAMA_", "DATABASE_",
-                                                                      "TASK_", "LOG_", "BACKOFF_"))}
+                                                                      "TASK_", "LOG_", "BACKOFF_", "ORPHANS_"))}
     env.update(extra)
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -188,6 +189,13 @@ class WorkerProc:
         self._reader.join(5)
         with contextlib.suppress(OSError):
             self.health_file.unlink()
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies holding whatever it holds (no release, no lease goodbye)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait(10)
+        self._reader.join(5)
 
 
 class WorkerGroup:

@@ -19,6 +19,7 @@ TARGETS = {
     "p4_rss_ratio": "<= 4",
     "p5_scaleout_ratio": ">= 3.2",
     "p5_duplicates": "0",
+    "p8_orphan_recovery_s": "<= 15",
 }
 
 
@@ -41,7 +42,7 @@ def _m(d: dict[str, Any] | None, key: str = "median") -> float | None:
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers (the keys of the JSON last line)."""
-    p1, p2, p3, p4, p5 = (results.get(k) or {} for k in ("p1", "p2", "p3", "p4", "p5"))
+    p1, p2, p3, p4, p5, p8 = (results.get(k) or {} for k in ("p1", "p2", "p3", "p4", "p5", "p8"))
     out: dict[str, Any] = {
         "p1_ratio_vs_ceiling": _m(p1.get("ratio")),
         "p2_ratio_vs_library_worker": _m(p2.get("ratio")),
@@ -50,6 +51,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "p4_rss_ratio": _m(p4.get("rss_ratio")),
         "p5_scaleout_ratio": _m(p5.get("ratio")),
         "p5_duplicates": p5.get("duplicates"),
+        "p8_orphan_recovery_s": _m(p8.get("recovery_s")),
     }
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
@@ -72,8 +74,9 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         "| # | measure | procos-worker | baseline | ratio median (min-max) | target |",
         "|---|---|---|---|---|---|",
     ]
-    failed = {k for k in ("p1", "p2", "p3", "p4", "p5") if "error" in (results.get(k) or {})}
-    p1, p2, p3, p4, p5 = ({} if k in failed else results.get(k) or {} for k in ("p1", "p2", "p3", "p4", "p5"))
+    failed = {k for k in ("p1", "p2", "p3", "p4", "p5", "p8") if "error" in (results.get(k) or {})}
+    p1, p2, p3, p4, p5, p8 = ({} if k in failed else results.get(k) or {}
+                              for k in ("p1", "p2", "p3", "p4", "p5", "p8"))
     if p1:
         lines.append(f"| P1 | tasks/s, instant LLM, full storage, {p1['in_flight']} in flight vs raw-REST ceiling "
                      f"({p1['in_flight']} threads, keep-alive) | {_fmt(p1.get('procos'))} | {_fmt(p1.get('ceiling'))} "
@@ -104,6 +107,10 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         lines.append(f"| P5 | tasks/s, {p5['tasks']} tasks, {p5['delay_ms']} ms LLM: {p5['processes']} processes vs 1 "
                      f"| {_fmt(p5.get('many'))} | {_fmt(p5.get('one'))} | {_fmt(p5.get('ratio'), 2)}; "
                      f"duplicates {p5.get('duplicates')} | {TARGETS['p5_scaleout_ratio']}, 0 dup |")
+    if p8:
+        lines.append(f"| P8 | kill -9 of a worker holding {p8['tasks']} tasks (lock {p8['lock_ms'] // 1000} s), "
+                     f"a second worker running: seconds until all are completed | {_fmt(p8.get('recovery_s'), 2)} s | "
+                     f"{p8['lock_ms'] / 1000:.0f} s (the lock) | - | {TARGETS['p8_orphan_recovery_s']} s |")
     lines += [f"| {k.upper()} | failed: {results[k]['error']} | | | | |" for k in sorted(failed)]
     return lines
 
