@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from procos_testkit.fake_ollama import BUSY_MESSAGE, DEFAULT_MODELS, Behaviour, FakeOllama
+    from procos_testkit.npm import npm_package
     from procos_testkit.ollama_proxy import OllamaProxy, ProxyMode
 
-__all__ = ["BUSY_MESSAGE", "DEFAULT_MODELS", "Behaviour", "FakeOllama", "OllamaProxy", "ProxyMode"]
+__all__ = ["BUSY_MESSAGE", "DEFAULT_MODELS", "Behaviour", "FakeOllama", "OllamaProxy", "ProxyMode", "npm_package"]
 
 _HOME = {
     "BUSY_MESSAGE": "fake_ollama",
@@ -22,6 +23,7 @@ _HOME = {
     "Behaviour": "fake_ollama",
     "FakeOllama": "fake_ollama",
     "OllamaProxy": "ollama_proxy",
+    "npm_package": "npm",
     "ProxyMode": "ollama_proxy",
 }
 

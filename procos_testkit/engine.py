@@ -11,12 +11,15 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import requests
 
-__all__ = ["EXAMPLE_BPMN", "EngineRest", "example_bpmn", "json_variable", "wait_until"]
+__all__ = ["EXAMPLE_BPMN", "TWO_STEPS_BPMN", "EngineRest", "ai_steps_bpmn", "example_bpmn", "json_variable",
+           "own_copy", "wait_until"]
 
 EXAMPLE_BPMN = Path(__file__).resolve().parents[1] / "bpmn" / "ai-query.bpmn"
+TWO_STEPS_BPMN = Path(__file__).resolve().parents[1] / "bpmn" / "ai-two-steps.bpmn"
 
 
 def example_bpmn(topic: str, process_key: str) -> str:
@@ -24,6 +27,47 @@ def example_bpmn(topic: str, process_key: str) -> str:
     xml = EXAMPLE_BPMN.read_text(encoding="utf-8")
     return xml.replace('camunda:topic="ai-query"', f'camunda:topic="{topic}"').replace(
         'id="ai-query"', f'id="{process_key}"'
+    )
+
+
+def own_copy(path: Path, topic: str, process_key: str) -> str:
+    """A BPMN file of bpmn/ with its AI tasks on ``topic`` and its process id ``process_key``."""
+    xml = path.read_text(encoding="utf-8")
+    process_id = xml.split('<bpmn:process id="', 1)[1].split('"', 1)[0]
+    return xml.replace('camunda:topic="ai-query"', f'camunda:topic="{topic}"').replace(
+        f'<bpmn:process id="{process_id}"', f'<bpmn:process id="{process_key}"')
+
+
+def ai_steps_bpmn(process_key: str, topic: str, steps: list[tuple[str, dict[str, str]]]) -> str:
+    """A process of AI tasks in a row, each ``(activity id, procos.* properties)``, then the user task
+    ``review-answer``; AI_INPUT_INVALID from any step ends at ``rejected`` with ``ai_error_message`` set."""
+    tasks, flows = [], []
+    previous = "start"
+    for activity, properties in steps:
+        props = "".join(f"<camunda:property name={quoteattr(k)} value={quoteattr(v)} />"
+                        for k, v in properties.items())
+        tasks.append(
+            f'<bpmn:serviceTask id="{activity}" camunda:type="external" camunda:topic="{topic}">'
+            f'<bpmn:extensionElements><camunda:properties>{props}</camunda:properties></bpmn:extensionElements>'
+            f'</bpmn:serviceTask>'
+            f'<bpmn:boundaryEvent id="{activity}-invalid" attachedToRef="{activity}">'
+            f'<bpmn:errorEventDefinition errorRef="ai-input-invalid" camunda:errorMessageVariable="ai_error_message" />'
+            f'</bpmn:boundaryEvent>')
+        flows.append(f'<bpmn:sequenceFlow id="to-{activity}" sourceRef="{previous}" targetRef="{activity}" />'
+                     f'<bpmn:sequenceFlow id="{activity}-rejected" sourceRef="{activity}-invalid" '
+                     'targetRef="rejected" />')
+        previous = activity
+    flows.append(f'<bpmn:sequenceFlow id="to-review" sourceRef="{previous}" targetRef="review-answer" />'
+                 '<bpmn:sequenceFlow id="to-end" sourceRef="review-answer" targetRef="answered" />')
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" '
+        'xmlns:camunda="http://camunda.org/schema/1.0/bpmn" id="defs" targetNamespace="http://procos.example/bpmn">'
+        '<bpmn:error id="ai-input-invalid" errorCode="AI_INPUT_INVALID" />'
+        f'<bpmn:process id="{process_key}" isExecutable="true" camunda:historyTimeToLive="P1D">'
+        '<bpmn:startEvent id="start" />' + "".join(tasks) +
+        '<bpmn:userTask id="review-answer" /><bpmn:endEvent id="answered" /><bpmn:endEvent id="rejected" />'
+        + "".join(flows) + "</bpmn:process></bpmn:definitions>"
     )
 
 

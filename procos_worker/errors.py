@@ -4,7 +4,10 @@
 
     ProcosError
     ├── TaskError                  raised while handling one task; ``outcomes.outcome_for`` maps it
-    │   ├── InputError             -> BPMN error (code TASK_INPUT_ERROR_CODE), nothing stored
+    │   ├── BusinessError          -> BPMN error with the class's ``code``: the process model handles it
+    │   │   ├── InputError         inputs missing or unusable (code TASK_INPUT_ERROR_CODE, by default
+    │   │   │                      AI_INPUT_INVALID), nothing stored
+    │   │   └── PromptTooLong      the prompt does not fit the model's context (AI_PROMPT_TOO_LONG)
     │   ├── TransientError         -> Camunda failure, retries - 1, exponential retryTimeout
     │   │   ├── LlmBusy            Ollama 503/5xx/408/429 or a timeout, after the in-process tries
     │   │   └── StoreRefused       PostgreSQL is reachable but can't do it now (statement or lock timeout,
@@ -13,7 +16,11 @@
     │       │                         what to fix, errorDetails has the full story
     │       ├── ModelNotFound      Ollama answers 404 for the model
     │       ├── LlmRequestInvalid  Ollama answers 400 (invalid options, ...)
-    │       └── VariableTooLong    a variable to send would exceed Camunda's 4000-char column
+    │       ├── VariableTooLong    a variable to send would exceed Camunda's 4000-char column
+    │       ├── TaskConfigError    a procos.* extension property (or topic default) has a bad value:
+    │       │                      the message names the activity and the property
+    │       └── ModelRefused       procos_ai_models disables the model (or it is not registered
+    │                              while REGISTRY_ALLOW_UNREGISTERED=false)
     ├── RunCancelled               the run was released (shutdown) or lost (the lock) while it waited or
     │                              worked: it stops and reports nothing (the engine no longer expects it)
     ├── ServiceUnavailable         a dependency can't be reached: its ``gate`` waits with backoff while
@@ -36,13 +43,15 @@
         └── LockLost               404, or the lock is another worker's: the run is abandoned
 
 Dependencies' exceptions are converted into these in the client modules only
-(``engine.client``, ``ai.llm``, ``store.context``), with ``raise ... from``. Any other exception
-out of the handler is a bug: ``outcomes.internal_error`` makes it an incident with its traceback.
+(``engine.client``, ``ai.llm``, ``ai.template``, ``store.context``), with ``raise ... from``. Any
+other exception out of the handler is a bug: ``outcomes.internal_error`` makes it an incident with
+its traceback.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BusinessError",
     "EngineError",
     "EngineRefused",
     "EngineRejected",
@@ -54,12 +63,15 @@ __all__ = [
     "LockExpired",
     "LockLost",
     "ModelNotFound",
+    "ModelRefused",
     "PermanentError",
     "ProcosError",
+    "PromptTooLong",
     "RunCancelled",
     "ServiceUnavailable",
     "StoreRefused",
     "StoreUnavailable",
+    "TaskConfigError",
     "TaskError",
     "TransientError",
     "VariableTooLong",
@@ -79,8 +91,22 @@ class TaskError(ProcosError):
     """An error about one task, turned into its Camunda outcome by ``outcomes.outcome_for``."""
 
 
-class InputError(TaskError):
-    """The task's variables are missing or unusable: the process model must handle it (BPMN error)."""
+class BusinessError(TaskError):
+    """The process model must handle it: a BPMN error with ``code`` (catch it with a boundary event)."""
+
+    code = "AI_ERROR"
+
+
+class InputError(BusinessError):
+    """The task's variables are missing or unusable (the code is TASK_INPUT_ERROR_CODE)."""
+
+    code = "AI_INPUT_INVALID"
+
+
+class PromptTooLong(BusinessError):
+    """The prompt does not fit the model's context window, and it may not be cut."""
+
+    code = "AI_PROMPT_TOO_LONG"
 
 
 class TransientError(TaskError):
@@ -109,6 +135,15 @@ class LlmRequestInvalid(PermanentError):
 
 class VariableTooLong(PermanentError):
     """A variable the worker was about to send would not fit Camunda's varchar(4000) columns."""
+
+
+class TaskConfigError(PermanentError):
+    """A modelling mistake: a ``procos.*`` property of the task (or a topic default) is unknown or has a
+    bad value. Never replaced by a silent default."""
+
+
+class ModelRefused(PermanentError):
+    """The model registry (procos_ai_models) does not let the task use its model."""
 
 
 class RunCancelled(ProcosError):

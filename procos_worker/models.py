@@ -13,6 +13,7 @@ __all__ = [
     "Complete",
     "Failure",
     "LlmResult",
+    "ModelRow",
     "Outcome",
     "StoredContext",
     "StoredOutput",
@@ -80,11 +81,18 @@ class Task:
 
 @dataclass(frozen=True, slots=True)
 class TaskInputs:
-    """The validated inputs of one task. ``context`` keeps its JSON shape when it came as Json."""
+    """The validated inputs of one task. ``context`` keeps its JSON shape when it came as Json.
+
+    A task with a ``procos.prompt`` template has ``query`` = the rendered prompt (and no context);
+    ``templates`` then holds each template's text by property name, and ``template_variables`` the
+    values the templates were rendered with (both stored with the input row).
+    """
 
     query: str
     context: str | dict[str, Any] | list[Any] | None = None
     system_prompt: str | None = None
+    templates: Mapping[str, str] = field(default_factory=dict)
+    template_variables: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,17 @@ class LlmResult:
     prompt_eval_duration_ns: int
     eval_duration_ns: int
     wall_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    """One row of procos_ai_models, as the model registry reads it."""
+
+    name: str
+    provider: str
+    version: str | None
+    active: bool
+    config_data: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +156,12 @@ class StoredContext:
 
 @dataclass(frozen=True, slots=True)
 class Complete:
-    """Complete the task with these (small) variables, pointing at the committed output row."""
+    """Complete the task with these (small) variables, pointing at the committed output row.
+    ``local_variables`` go to the task's own scope (``procos.resultScope=local``)."""
 
     variables: Mapping[str, Any]
     context_id: UUID
+    local_variables: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

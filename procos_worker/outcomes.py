@@ -20,7 +20,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from procos_worker.errors import InputError, PermanentError, TaskError, TransientError, VariableTooLong
+from procos_worker.errors import (
+    BusinessError,
+    InputError,
+    PermanentError,
+    TaskError,
+    TransientError,
+    VariableTooLong,
+)
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
 from procos_worker.settings import Settings
 
@@ -41,9 +48,12 @@ MAX_VARIABLE_CHARS = 4000
 MAX_ERROR_MESSAGE_CHARS = 666
 
 
-def complete(variables: Mapping[str, Any], context_id: UUID) -> Complete:
-    """Complete with ``variables``; ``VariableTooLong`` (an incident) if one would not fit."""
+def complete(variables: Mapping[str, Any], context_id: UUID, *, local: bool = False) -> Complete:
+    """Complete with ``variables`` (in the task's own scope if ``local``); ``VariableTooLong`` (an
+    incident) if one would not fit."""
     _check_lengths(variables)
+    if local:
+        return Complete(variables={}, context_id=context_id, local_variables=dict(variables))
     return Complete(variables=dict(variables), context_id=context_id)
 
 
@@ -61,6 +71,8 @@ def outcome_for(error: TaskError, task: Task, settings: Settings) -> Outcome:
     """Map a handler's error to its one Camunda outcome (see the tree in ``errors``)."""
     if isinstance(error, InputError):
         return bpmn_error(settings.task.input_error_code, error.message)
+    if isinstance(error, BusinessError):
+        return bpmn_error(error.code, error.message)
     if isinstance(error, TransientError):
         # A task fetched for the first time has retries null: it starts with WORKER_RETRIES.
         left = settings.worker.retries if task.retries is None else task.retries

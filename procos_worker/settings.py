@@ -33,6 +33,7 @@ __all__ = [
     "LogSettings",
     "OllamaSettings",
     "OrphansSettings",
+    "RegistrySettings",
     "Settings",
     "TaskSettings",
     "WorkerSettings",
@@ -122,7 +123,7 @@ class WorkerSettings(BaseModel):
 
 
 class TaskSettings(BaseModel):
-    """Which process variables a task reads, and how bad input is reported."""
+    """Which process variables a task reads, how bad input is reported, and per-topic task defaults."""
 
     query_variable: str = "query"
     context_variable: str = "context"
@@ -133,6 +134,22 @@ class TaskSettings(BaseModel):
     max_input_chars: int = Field(default=20_000_000, ge=1)
     # All tasks in flight together: a task whose inputs don't fit waits (holding its lock) for others to end.
     max_input_chars_in_flight: int = Field(default=40_000_000, ge=1)
+
+    # {topic: {"procos.model": "...", "procos.options": {...}, ...}}: the task's extension properties'
+    # names and values, used where a task doesn't set them (checked by ai.taskconfig when the worker starts).
+    topic_defaults: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(
+        default_factory=dict, description="JSON object {topic: {procos.* property: value}}")
+
+    @field_validator("topic_defaults", mode="before")
+    @classmethod
+    def _parse_topic_defaults(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError("TASK_TOPIC_DEFAULTS must be a JSON object "
+                                 f"{{topic: {{\"procos.model\": ...}}}}: {exc}") from exc
+        return value
 
     @model_validator(mode="after")
     def _budget_fits_one_task(self) -> TaskSettings:
@@ -162,6 +179,15 @@ class OllamaSettings(BaseModel):
             except json.JSONDecodeError as exc:
                 raise ValueError(f"OLLAMA_OPTIONS must be a JSON object, e.g. {{\"temperature\": 0.2}}: {exc}") from exc
         return value
+
+
+class RegistrySettings(BaseModel):
+    """How the worker uses procos_ai_models: refusing disabled models, default options, performance_stats."""
+
+    allow_unregistered: bool = Field(default=True, description="serve models that have no row in procos_ai_models")
+    cache_s: float = Field(default=30.0, ge=0, description="how long a read of procos_ai_models is reused")
+    stats_interval_s: float = Field(default=60.0, ge=0, description="performance_stats refresh period; 0 = never")
+    stats_window_s: float = Field(default=86_400.0, gt=0, description="stored rows of this period make the stats")
 
 
 class DatabaseSettings(BaseModel):
@@ -246,6 +272,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     task: TaskSettings = Field(default_factory=TaskSettings)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     orphans: OrphansSettings = Field(default_factory=OrphansSettings)
     backoff: BackoffSettings = Field(default_factory=BackoffSettings)

@@ -32,6 +32,8 @@ import structlog
 from structlog.stdlib import BoundLogger
 
 from procos_worker.ai.llm import LlmClient
+from procos_worker.ai.registry import ModelRegistry, StatsRefresher
+from procos_worker.ai.taskconfig import TaskConfigs
 from procos_worker.backoff import Backoff
 from procos_worker.budget import InputBudget
 from procos_worker.engine.bpmn import BpmnCatalog
@@ -52,13 +54,13 @@ from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
 from procos_worker.health import Counters, HealthRecord, HealthState, record_path
 from procos_worker.heartbeat import Heartbeat
-from procos_worker.inputs import requested_variables
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
 from procos_worker.orphans import OrphanRecovery
 from procos_worker.outcomes import internal_error, outcome_for, report_refused, uncaught_bpmn_error
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
 from procos_worker.store.leases import LeaseStore
+from procos_worker.store.registry import ModelTable
 from procos_worker.taskrun import RunState, TaskRun
 
 __all__ = ["Worker"]
@@ -91,6 +93,12 @@ class Worker:
     Attributes:
         settings: the one Settings object.
         engine, store, llm: the clients (opened in ``run``, closed in reverse order).
+        configs: each task's settings from its procos.* properties, the topic defaults and the model
+            registry (raises ``TaskConfigError`` here when TASK_TOPIC_DEFAULTS is bad).
+        variables: reads each task's input variables, sizes first (fetchAndLock fetches none).
+        input_budget: input characters of all tasks in flight together (TASK_MAX_INPUT_CHARS_IN_FLIGHT).
+        bpmn: the process models, to throw a BPMN error only where one catches it.
+        orphans: this worker's lease and the recovery of dead workers' tasks (None if switched off).
         counters: tasks completed / failed / bpmn_errors / abandoned / released since start.
     """
 
@@ -105,8 +113,15 @@ class Worker:
         self.llm = llm or LlmClient(settings.ollama)
         self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping)
         self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping)
-        self.handler = TaskHandler(settings, self.store, self.llm, self.store_gate, self.llm_gate)
-        self.variables = VariableLoader(self.engine, settings.task, requested_variables(settings.task))
+        models = ModelTable(self.store, settings.ollama.provider)
+        self.configs = TaskConfigs(settings, ModelRegistry(settings.registry, models.load))
+        self.handler = TaskHandler(settings, self.store, self.llm, self.configs,
+                                   store_gate=self.store_gate, llm_gate=self.llm_gate)
+        # An input row with no answer after every try of the longest call is an error, not a call running.
+        self._stats = StatsRefresher(settings.registry.stats_interval_s, lambda: models.refresh_stats(
+            window_s=settings.registry.stats_window_s, min_age_s=0.9 * settings.registry.stats_interval_s,
+            unanswered_after_s=settings.ollama.timeout_s * settings.ollama.attempts, worker_id=w.id))
+        self.variables = VariableLoader(self.engine, settings.task)
         self.input_budget = InputBudget(settings.task.max_input_chars_in_flight)
         self.bpmn = BpmnCatalog(self.engine)
         self.counters = Counters()
@@ -133,6 +148,7 @@ class Worker:
         if self.orphans is not None:
             self.orphans.start()
         self._heartbeat.start()
+        self._stats.start()
         self._poll_thread.start()
         self._log.info("worker.started", topics=self.settings.worker.topics,
                        max_tasks_in_flight=self.settings.worker.max_tasks_in_flight)
@@ -168,7 +184,7 @@ class Worker:
             if free == 0 or not self._dependencies_up():
                 continue
             try:
-                # No variable values here: each task reads its own, sizes first (engine.variables).
+                # No variable values here: each task reads the ones it needs, sizes first (engine.variables).
                 tasks = self.engine.fetch_and_lock(self.settings.worker.topics, max_tasks=free, variables=[])
             except EngineError as exc:
                 delay = backoff.next_delay_s()
@@ -233,7 +249,9 @@ class Worker:
         """The task's outcome; None when the run was released or lost while it waited or worked."""
         task = run.task
         try:
-            sized = self._reading_variables(lambda: self.variables.measure(run.task), run, log)
+            # The names its templates read, or the default inputs (a bad property: TaskConfigError, an incident).
+            names = sorted(self.configs.variables_needed(run.task))
+            sized = self._reading_variables(lambda: self.variables.measure(run.task, names), run, log)
             task = sized.task
             with self.input_budget.reserve(sized.chars, run.cancel, on_wait=lambda used: log.info(
                     "task.waiting_for_memory", input_chars=sized.chars, in_flight_chars=used,
@@ -344,7 +362,7 @@ class Worker:
 
     def _send(self, task: Task, outcome: Outcome) -> None:
         if isinstance(outcome, Complete):
-            self.engine.complete(task.id, outcome.variables)
+            self.engine.complete(task.id, outcome.variables, outcome.local_variables)
         elif isinstance(outcome, Failure):
             self.engine.handle_failure(task.id, message=outcome.message, details=outcome.details,
                                        retries=outcome.retries, retry_timeout_ms=outcome.retry_timeout_ms)
@@ -401,6 +419,7 @@ class Worker:
         if _left(end) == 0:
             self._log.warning("worker.release_cut_short", shutdown_release_s=w.shutdown_release_s)
         self._heartbeat.stop()
+        self._stats.stop()
         if self.orphans is not None:
             self.orphans.stop(clean=True)
         self.store.close()

@@ -123,13 +123,15 @@ END;
 $$ LANGUAGE plpgsql;
 
 -- Default AI model configurations (inserted only when missing, so a second run adds nothing).
+-- config_data.options: the model's default Ollama options (see the README, "The model registry");
+-- smollm2:135m's num_ctx is what the stack serves (stack/ollama/smollm2.params.json).
 INSERT INTO procos_ai_models (model_name, provider, version, config_data, performance_stats)
 SELECT v.model_name, v.provider, v.version, v.config_data::jsonb, '{}'::jsonb
 FROM (VALUES
     ('smollm2:135m', 'ollama', '135m-instruct-q4_1',
-     '{"description": "SmolLM2-135M-Instruct, the local stack and test model", "num_ctx": 8192}'),
+     '{"description": "SmolLM2-135M-Instruct, the local stack and test model", "options": {"num_ctx": 4096}}'),
     ('llama3.2:1b', 'ollama', '1b',
-     '{"description": "lightweight CPU model of seed 002", "num_ctx": 8192}')
+     '{"description": "lightweight CPU model of seed 002", "options": {"num_ctx": 8192}}')
 ) AS v(model_name, provider, version, config_data)
 WHERE NOT EXISTS (
     SELECT 1 FROM procos_ai_models m
@@ -150,6 +152,24 @@ CREATE INDEX IF NOT EXISTS idx_procos_ai_context_step
     ON procos_ai_context (process_definition_key, activity_id, created_at);
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_activity_instance
     ON procos_ai_context (activity_instance_id);
+
+INSERT INTO procos_schema_migrations (version, name) VALUES
+    (1, 'bpmn_step')
+ON CONFLICT (version) DO NOTHING;
+
+-- 0010_model_options: default options in config_data.options; smollm2:135m's num_ctx is the stack's 4096.
+-- (The rows above are inserted in this shape already; this changes rows of an earlier init-db.sql.)
+UPDATE procos_ai_models
+SET config_data = (config_data - 'num_ctx') || jsonb_build_object('options', jsonb_build_object(
+        'num_ctx', CASE WHEN model_name = 'smollm2:135m' THEN 4096 ELSE (config_data->>'num_ctx')::int END))
+WHERE provider = 'ollama'
+  AND (model_name, version) IN (('smollm2:135m', '135m-instruct-q4_1'), ('llama3.2:1b', '1b'))
+  AND config_data ? 'num_ctx'
+  AND NOT config_data ? 'options';
+
+INSERT INTO procos_schema_migrations (version, name) VALUES
+    (10, 'model_options')
+ON CONFLICT (version) DO NOTHING;
 
 -- 0020_attempt_identity: a stored answer belongs to one attempt (task id + input hash), history kept.
 ALTER TABLE procos_ai_context ADD COLUMN IF NOT EXISTS input_hash VARCHAR(64);
@@ -172,7 +192,6 @@ CREATE TABLE IF NOT EXISTS procos_worker_leases (
 CREATE INDEX IF NOT EXISTS idx_procos_worker_leases_expires ON procos_worker_leases (expires_at);
 
 INSERT INTO procos_schema_migrations (version, name) VALUES
-    (1, 'bpmn_step'),
     (20, 'attempt_identity'),
     (21, 'worker_leases')
 ON CONFLICT (version) DO NOTHING;

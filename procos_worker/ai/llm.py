@@ -7,6 +7,12 @@ connection refused -> ``LlmUnavailable`` (the worker waits for Ollama, fetching 
 503/5xx, 408/429 (a timing-out or rate-limiting proxy in front of Ollama), timeouts, a dropped connection
 -> ``LlmBusy`` after ``OLLAMA_ATTEMPTS`` in-process tries; 404 (model not found) -> ``ModelNotFound``; other
 4xx -> ``LlmRequestInvalid``: both are incidents.
+
+Every request carries ``"truncate": false``: Ollama would otherwise cut a prompt longer than the
+context window silently (200 OK, only ``prompt_eval_count`` shows it); with it, Ollama 0.24 answers
+400 "the input length exceeds the context length" at once, which becomes ``PromptTooLong``. The
+``ollama`` package has no ``truncate`` argument, so the body is written here and sent through the
+package's own request layer.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from contextlib import closing
 from typing import Any, TypeVar, cast
 
@@ -23,7 +29,14 @@ import httpx
 import ollama
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from procos_worker.errors import LlmBusy, LlmRequestInvalid, LlmUnavailable, ModelNotFound, RunCancelled
+from procos_worker.errors import (
+    LlmBusy,
+    LlmRequestInvalid,
+    LlmUnavailable,
+    ModelNotFound,
+    PromptTooLong,
+    RunCancelled,
+)
 from procos_worker.models import LlmResult, TaskInputs
 from procos_worker.settings import OllamaSettings
 
@@ -31,6 +44,7 @@ __all__ = ["LlmClient", "build_messages"]
 
 _T = TypeVar("_T")
 _BAD_OPTION = re.compile(r'option "[^"]*" must be of type')
+_OVERFLOW = "exceeds the context length"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Request timeout and too many requests: said by a proxy or gateway, worth trying again later.
 _TRANSIENT_4XX = frozenset({408, 429})
@@ -64,9 +78,11 @@ class LlmClient:
         self._client = ollama.Client(host=settings.base_url, timeout=settings.timeout_s)
 
     def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
+             options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None,
              cancel: threading.Event | None = None) -> LlmResult:
-        """Ask the model; raise a project error that says what to do next (``RunCancelled`` once ``cancel``
-        is set: the answer is not wanted any more)."""
+        """Ask ``model`` (default OLLAMA_MODEL) with ``options`` (default OLLAMA_OPTIONS), constrained to
+        the JSON Schema ``format`` if given; raise a project error that says what to do next
+        (``RunCancelled`` once ``cancel`` is set: the answer is not wanted any more)."""
         stop = threading.Event() if cancel is None else cancel
         retrying = Retrying(
             retry=retry_if_exception_type(LlmBusy),
@@ -75,31 +91,34 @@ class LlmClient:
             sleep=lambda seconds: _sleep_unless(stop, seconds),
             reraise=True,
         )
-        return retrying(self._chat_once, messages, model or self._settings.model, stop)
+        return retrying(self._chat_once, messages, model or self._settings.model,
+                        self._settings.options if options is None else options, format, stop)
 
     def ping(self) -> list[str]:
         """The models the server has; raises like ``chat`` when it can't be reached."""
         listing = self._converting(self._client.list, self._settings.model)
         return [m.model for m in listing.models if m.model]
 
-    def _chat_once(self, messages: list[dict[str, str]], model: str, cancel: threading.Event) -> LlmResult:
+    def _chat_once(self, messages: list[dict[str, str]], model: str, options: Mapping[str, Any],
+                   format: Mapping[str, Any] | None, cancel: threading.Event) -> LlmResult:
         if cancel.is_set():
             raise RunCancelled("the run was given up before the model was asked")
         started = time.perf_counter()
-        return self._converting(lambda: self._stream_chat(messages, model, started, cancel), model)
+        body: dict[str, Any] = {"model": model, "messages": _wire_safe(messages), "stream": True, "truncate": False}
+        if options:
+            body["options"] = dict(options)
+        if format is not None:
+            body["format"] = dict(format)
+        if self._settings.keep_alive is not None:
+            body["keep_alive"] = self._settings.keep_alive
+        return self._converting(lambda: self._stream_chat(body, started, cancel), model)
 
-    def _stream_chat(self, messages: list[dict[str, str]], model: str, started: float,
-                     cancel: threading.Event) -> LlmResult:
+    def _stream_chat(self, body: dict[str, Any], started: float, cancel: threading.Event) -> LlmResult:
         """Streamed, so a huge answer is held about twice (its pieces, then the joined text) instead of
         four times (raw body, decoded text, parsed JSON, model), and OLLAMA_TIMEOUT_S bounds the whole
         generation rather than each read."""
-        parts = cast(Generator[ollama.ChatResponse, None, None], self._client.chat(
-            model=model,
-            messages=_wire_safe(messages),
-            options=self._settings.options or None,
-            keep_alive=self._settings.keep_alive,
-            stream=True,
-        ))
+        parts = cast(Generator[ollama.ChatResponse, None, None],
+                     self._client._request(ollama.ChatResponse, "POST", "/api/chat", json=body, stream=True))
         pieces: list[str] = []
         final: ollama.ChatResponse | None = None
         with closing(parts):
@@ -120,7 +139,7 @@ class LlmClient:
         pieces.clear()
         return LlmResult(
             content=content,
-            model=final.model or model,
+            model=final.model or str(body["model"]),
             done_reason=final.done_reason,
             prompt_eval_count=final.prompt_eval_count or 0,
             eval_count=final.eval_count or 0,
@@ -159,15 +178,20 @@ def _from_status(status: int, error: Any, model: str, where: str) -> Exception:
     details = f"Ollama at {where} answered HTTP {status}: {error}"
     if status == 404:
         return ModelNotFound(
-            f"model '{model}' is not on the Ollama server at {where}: pull or create it, or fix OLLAMA_MODEL",
+            f"model '{model}' is not on the Ollama server at {where}: pull or create it, or fix procos.model / "
+            "TASK_TOPIC_DEFAULTS / OLLAMA_MODEL",
             details=details,
         )
     if status in _TRANSIENT_4XX:
         return LlmBusy(f"Ollama busy or failing (HTTP {status})", details=details)
+    if status == 400 and _OVERFLOW in str(error):
+        return PromptTooLong(f"the prompt does not fit the context window of model '{model}' ({error})",
+                             details=details)
     if 400 <= status < 500 or _BAD_OPTION.search(str(error)):
         # Ollama 0.24 answers an option of the wrong type (OLLAMA_OPTIONS {"num_ctx": "abc"}) with a 500.
         return LlmRequestInvalid(
-            f"Ollama rejected the request ({status}: {str(error)[:200]}); check OLLAMA_OPTIONS and the model",
+            f"Ollama rejected the request ({status}: {str(error)[:200]}); check the options (procos.options, "
+            "TASK_TOPIC_DEFAULTS, config_data in procos_ai_models, OLLAMA_OPTIONS) and the model",
             details=details,
         )
     return LlmBusy(f"Ollama busy or failing (HTTP {status})", details=details)

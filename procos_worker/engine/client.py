@@ -85,8 +85,12 @@ class EngineClient:
         answer = self._converting(lambda: self._client.fetch_and_lock(",".join(topics), variables=variables))
         return [Task.from_rest(item) for item in answer or []]
 
-    def complete(self, task_id: str, variables: Mapping[str, Any]) -> None:
-        self._converting(lambda: self._client.complete(task_id, dict(variables)), task_id=task_id)
+    def complete(self, task_id: str, variables: Mapping[str, Any],
+                 local_variables: Mapping[str, Any] | None = None) -> None:
+        """``local_variables`` are set in the task's own scope (its activity instance), ``variables`` in
+        the process instance's (where they exist, else at the top)."""
+        self._converting(lambda: self._client.complete(task_id, dict(variables), dict(local_variables or {})),
+                         task_id=task_id)
 
     def handle_failure(self, task_id: str, *, message: str, details: str, retries: int,
                        retry_timeout_ms: int) -> None:

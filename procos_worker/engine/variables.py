@@ -48,14 +48,14 @@ class SizedTask:
 class VariableLoader:
     """Reads the input variables of one task at a time (called from the task's own thread)."""
 
-    def __init__(self, engine: EngineClient, settings: TaskSettings, names: list[str]) -> None:
+    def __init__(self, engine: EngineClient, settings: TaskSettings) -> None:
         self._engine = engine
         self._limit = settings.max_input_chars
-        self._names = names
 
-    def measure(self, task: Task) -> SizedTask:
-        """Metadata and lengths of the task's input variables; ``InputError`` when they are over the limit."""
-        rows = self._engine.variable_instances(task.process_instance_id, self._names,
+    def measure(self, task: Task, names: list[str]) -> SizedTask:
+        """Metadata and lengths of the task's variables ``names`` (its inputs, or what its templates read);
+        ``InputError`` when they are over the limit together."""
+        rows = self._engine.variable_instances(task.process_instance_id, names,
                                                max_bytes=_JSON_BYTES_PER_CHAR * self._limit + _ANSWER_OVERHEAD_BYTES)
         if rows is None:
             raise InputError(f"the inputs are over {self._limit:,} characters (TASK_MAX_INPUT_CHARS): "

@@ -14,7 +14,7 @@ from pydantic_settings import SettingsError
 
 from procos_worker.ai.llm import LlmClient
 from procos_worker.engine.client import EngineClient
-from procos_worker.errors import EngineError, ProcosError
+from procos_worker.errors import EngineError, ProcosError, TaskConfigError
 from procos_worker.health import check_records
 from procos_worker.ops.logs import configure_logging
 from procos_worker.settings import Settings, settings_error_text
@@ -47,7 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings)
 
     if args.command == "run":
-        return Worker(settings).run()
+        try:
+            worker = Worker(settings)
+        except TaskConfigError as exc:  # TASK_TOPIC_DEFAULTS names an unknown property or a bad value
+            print(f"procos-worker: invalid settings: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        return worker.run()
     if args.command == "init-db":
         return _init_db(settings, args.file)
     if args.command == "check":

@@ -20,7 +20,7 @@ hung database or an exclusive lock held by another session can't hold a task for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from uuid import UUID
@@ -33,8 +33,9 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from procos_worker import textcodec
 from procos_worker.errors import PermanentError, StoreRefused, StoreUnavailable
+from procos_worker.fingerprint import input_hash
 from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs
-from procos_worker.settings import DatabaseSettings
+from procos_worker.settings import MODEL_NAME_MAX_CHARS, DatabaseSettings
 from procos_worker.store import migrations
 
 __all__ = ["ContextStore"]
@@ -53,7 +54,8 @@ _INSERT_OUTPUT = f"""
          context_type, content_data, content_text, ai_provider, model_used, token_usage, input_hash)
     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s, 'output',
             jsonb_build_object('content', {{text}}) || %(meta)s::jsonb, {{text}},
-            %(provider)s, %(model)s, %(usage)s, %(hash)s)
+            %(provider)s, %(model)s, %(usage)s,
+            (SELECT input_hash FROM procos_ai_context WHERE id = %(input_id)s))
     ON CONFLICT (task_id, context_type, input_hash) DO NOTHING
     RETURNING {_OUTPUT_COLUMNS}
 """
@@ -153,23 +155,39 @@ class ContextStore:
 
     # -- worker writes ---------------------------------------------------------------------------
 
-    def save_input(self, task: Task, inputs: TaskInputs, prompt: str, *,
-                   input_hash: str) -> tuple[UUID, StoredOutput | None]:
-        """Store the task's inputs and the exact prompt (once per attempt: task id and ``input_hash``), in
-        the same round trip look for an output row the same attempt committed; return (input row id, that
-        output or None).
+    def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
+                   model: str, options: Mapping[str, Any]) -> tuple[UUID, StoredOutput | None]:
+        """Store what the model is asked (once per attempt: the task id and ``fingerprint.input_hash`` of the
+        messages, model, options and process instance): every message in order, the inputs they were made
+        from (variables, or templates and the values they used), the model and its options; in the same
+        round trip look for an output row the same attempt committed. Returns (input row id, that output or
+        None).
         """
+        if len(model) > MODEL_NAME_MAX_CHARS:
+            # Refused before the model is asked: model_used could not hold the name of what answered.
+            raise PermanentError(f"model name is {len(model)} characters; procos_ai_context.model_used holds "
+                                 f"{MODEL_NAME_MAX_CHARS} (procos.model / TASK_TOPIC_DEFAULTS / OLLAMA_MODEL)")
+        prompt = messages[-1]["content"]
         data: dict[str, Any] = {
             "query": inputs.query,
             "context": inputs.context,
             "system_prompt": inputs.system_prompt,
+            "messages": [dict(m) for m in messages],
+            "model": model,
+            "options": dict(options),
             "topic": task.topic,
             "worker_id": task.worker_id,
             "prompt_length": len(prompt),
+            "prompt_chars": sum(len(m["content"]) for m in messages),
         }
+        if inputs.templates:
+            data["templates"] = dict(inputs.templates)
+            data["variables"] = dict(inputs.template_variables)
         data, text = _storable(data, prompt)
 
-        params = {**_step(task), "data": Jsonb(data), "text": text, "hash": input_hash}
+        attempt = input_hash(task.process_instance_id, messages, model, options)
+        params = {**_step(task), "data": Jsonb(data), "text": text, "provider": self._provider, "model": model,
+                  "hash": attempt}
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
             # The outer SELECT does not see the CTE's new row, but it sees a row that conflicted, if that row
@@ -179,9 +197,10 @@ class ContextStore:
                 WITH ins AS (
                     INSERT INTO procos_ai_context
                         (process_instance_id, task_id, activity_id, process_definition_key,
-                         activity_instance_id, context_type, content_data, content_text, input_hash)
+                         activity_instance_id, context_type, content_data, content_text, ai_provider, model_used,
+                         input_hash)
                     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s,
-                            'input', %(data)s, %(text)s, %(hash)s)
+                            'input', %(data)s, %(text)s, %(provider)s, %(model)s, %(hash)s)
                     ON CONFLICT (task_id, context_type, input_hash) DO NOTHING
                     RETURNING id
                 )
@@ -210,8 +229,11 @@ class ContextStore:
         row = self._run(insert)
         return UUID(str(row["input_id"])), (None if row["id"] is None else self._to_output(row))
 
-    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *, input_hash: str) -> StoredOutput:
-        """Store the answer; if the same attempt already did, return that row instead (exactly once)."""
+    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *,
+                    prompt_chars: int | None = None) -> StoredOutput:
+        """Store the answer of the attempt whose input row is ``input_id`` (its ``input_hash`` goes with it);
+        if the same attempt already did, return that row instead (exactly once). ``prompt_chars`` (all
+        messages sent) goes with the token counts, for characters per token."""
         meta: dict[str, Any] = {
             "model": result.model,
             "done_reason": result.done_reason,
@@ -232,10 +254,17 @@ class ContextStore:
             "total_tokens": result.prompt_eval_count + result.eval_count,
             "prompt_eval_count": result.prompt_eval_count,
             "eval_count": result.eval_count,
+            # The figures of performance_stats, kept in this small JSONB so that the refresh never reads
+            # content_data (which holds the whole answer).
+            "wall_s": round(result.wall_s, 6),
+            "eval_duration_ns": result.eval_duration_ns,
+            "response_chars": len(result.content),
+            "prompt_chars": prompt_chars,
         }
 
         params = {**_step(task), "text": text, "meta": Jsonb(meta), "provider": self._provider,
-                  "model": result.model, "usage": Jsonb(usage), "hash": input_hash}
+                  "model": result.model, "usage": Jsonb(usage),
+                  "input_id": None if input_id is None else str(input_id)}
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
             if len(text) <= _COPY_ABOVE_CHARS:
@@ -250,8 +279,9 @@ class ContextStore:
             if row is None:
                 cur.execute(
                     f"SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context "
-                    "WHERE task_id = %s AND context_type = 'output' AND input_hash = %s",
-                    (task.id, input_hash),
+                    "WHERE task_id = %(task)s AND context_type = 'output' AND input_hash = "
+                    "(SELECT input_hash FROM procos_ai_context WHERE id = %(input_id)s)",
+                    params,
                 )
                 row = cur.fetchone()
             assert row is not None
@@ -277,6 +307,28 @@ class ContextStore:
         )
         return rows[0] if rows else None
 
+    def step_answers(self, process_definition_key: str, activity_id: str, *,
+                     process_instance_id: str | None = None) -> list[StoredContext]:
+        """Every answer (output row) of one BPMN step, oldest first; of one process instance if given
+        (the iterations of a multi-instance step)."""
+        return self._select(
+            f"""SELECT {_ROW_COLUMNS} FROM procos_ai_context
+                WHERE process_definition_key = %s AND activity_id = %s AND context_type = 'output'
+                  AND (%s::text IS NULL OR process_instance_id = %s)
+                ORDER BY created_at, id""",
+            (process_definition_key, activity_id, process_instance_id, process_instance_id),
+        )
+
+    def activity_instance_answer(self, activity_instance_id: str) -> StoredContext | None:
+        """The answer (output row) of one activity instance: one iteration of a multi-instance step."""
+        rows = self._select(
+            f"""SELECT {_ROW_COLUMNS} FROM procos_ai_context
+                WHERE activity_instance_id = %s AND context_type = 'output'
+                ORDER BY created_at DESC LIMIT 1""",
+            (activity_instance_id,),
+        )
+        return rows[0] if rows else None
+
     def conversation(self, process_instance_id: str) -> list[StoredContext]:
         """Every row of a process instance in the order it was written (input before output)."""
         return self._select(
@@ -287,16 +339,17 @@ class ContextStore:
 
     # -- plumbing --------------------------------------------------------------------------------
 
+    def run(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
+        """Run ``work`` on a pooled autocommit connection, with this store's error conversion (for the
+        other modules of ``store``, e.g. the model registry's table)."""
+        return self._run(work)
+
     def _select(self, sql: str, params: tuple[Any, ...]) -> list[StoredContext]:
         def query(cur: psycopg.Cursor[dict[str, Any]]) -> list[dict[str, Any]]:
             cur.execute(sql.encode(), params)
             return cur.fetchall()
 
         return [_to_context(row) for row in self._run(query)]
-
-    def run(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
-        """Run ``work`` on a pooled connection (autocommit), errors converted; for the other store modules."""
-        return self._run(work)
 
     def _run(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
         """Run ``work`` on a pooled connection; ``StoreRefused`` is tried DATABASE_ATTEMPTS times (every

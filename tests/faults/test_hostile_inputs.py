@@ -80,7 +80,7 @@ CASES: dict[str, Case] = {
     "unknown-model": Case(lambda: {"query": "hello"}, "incident", "OLLAMA_MODEL", ollama="real",
                           settings={"ollama": {"model": "nope:1b"}}),
     "invalid-ollama-options": Case(lambda: {"query": "hello"}, "incident", "OLLAMA_OPTIONS", ollama="real",
-                                   settings={"ollama": {"options": {"num_ctx": "abc"}}}),
+                                   settings={"ollama": {"options": {"num_predict": "abc"}}}),
     "ollama-503-on-every-try": Case(lambda: {"query": "hello [[fake:status=503]]"}, "retry", "busy"),
     # A rate-limiting or timing-out proxy in front of Ollama: transient, not an incident (issue 9, item 9).
     "proxy-429-on-every-try": Case(lambda: {"query": "hello [[fake:status=429]]"}, "retry", "HTTP 429"),

@@ -100,7 +100,8 @@ def test_same_input_redelivered_reuses_the_stored_answer(
 def test_two_holders_inserting_the_same_input_row_both_get_it(store: ContextStore, db: psycopg.Connection[Any]) -> None:
     task = Task(id=f"race-{uuid.uuid4()}", topic="race", worker_id="w", process_instance_id=f"pi-{uuid.uuid4()}")
     inputs = TaskInputs(query="who wins?")
-    save = lambda: store.save_input(task, inputs, "who wins?", input_hash="h" * 64)  # noqa: E731
+    asked = [{"role": "user", "content": "who wins?"}]
+    save = lambda: store.save_input(task, inputs, asked, model="smollm2:135m", options={})  # noqa: E731
     winner_id, _ = save()
     # The winner's row, uncommitted in another session: the loser's insert waits for it, then conflicts.
     db.execute("CREATE TEMP TABLE race_row AS SELECT * FROM procos_ai_context WHERE id = %s", (winner_id,))

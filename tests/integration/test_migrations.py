@@ -40,6 +40,12 @@ def _schema(url: str) -> str:
     return "\n".join(lines)
 
 
+def _models(url: str) -> list[tuple[Any, ...]]:
+    with _connect(url) as conn:
+        return conn.execute("SELECT model_name, config_data FROM procos_ai_models "
+                            "ORDER BY model_name, provider, version").fetchall()
+
+
 def _connect(url: str) -> psycopg.Connection[Any]:
     return psycopg.connect(url, autocommit=True)
 
@@ -59,6 +65,10 @@ def test_fresh_and_upgraded_databases_have_the_same_schema(settings: Settings) -
             assert steps == [f"applied migration {m.version:04d}_{m.name}" for m in migrations.known_migrations()]
             assert migrations.schema_status(conn).current
         assert _schema(fresh) == _schema(old)
+        # Data migrations too: the default model rows end the same (config_data.options, num_ctx 4096).
+        assert _models(fresh) == _models(old)
+        assert ("smollm2:135m", {"description": "SmolLM2-135M-Instruct, the local stack and test model",
+                                 "options": {"num_ctx": 4096}}) in _models(fresh)
 
 
 def test_upgrade_twice_changes_nothing_and_init_db_sql_reruns(settings: Settings) -> None:

@@ -19,7 +19,8 @@ from procos_worker.store.context import ContextStore
 
 pytestmark = pytest.mark.integration
 
-# A 220 KB prompt is cut to num_ctx tokens by Ollama (silently); 2048 keeps the test quick on 2 cores.
+# A 220 KB prompt is cut to num_ctx tokens by Ollama (silently); 2048 keeps the test quick on 2 cores. Set
+# as the topic's default options: OLLAMA_OPTIONS would lose num_ctx to the model's row in procos_ai_models.
 SMALL_ANSWER = {"num_predict": 24, "num_ctx": 2048, "seed": 7, "temperature": 0}
 
 
@@ -47,7 +48,7 @@ def test_example_process_end_to_end_with_real_model(
     # Over 4000 characters, so they travel as Json variables (a String variable can't hold them).
     pi = engine_rest.start(key, {"query": json_variable(query), "context": json_variable(context)})
 
-    run_worker(topic, ollama={"options": SMALL_ANSWER})
+    run_worker(topic, task={"topic_defaults": {topic: {"procos.options": SMALL_ANSWER}}})
     engine_rest.wait_for(lambda: engine_rest.passed_task(pi), timeout_s=300, what="instance past the AI task")
 
     rows = _rows(db, pi)
@@ -56,6 +57,10 @@ def test_example_process_end_to_end_with_real_model(
     assert inp["content_data"]["query"] == query
     assert inp["content_data"]["context"] == context
     assert query in inp["content_text"] and context in inp["content_text"]
+    # What the model saw: every message, the model and the options (topic's over the model row's).
+    assert inp["content_data"]["messages"] == [{"role": "user", "content": inp["content_text"]}]
+    assert inp["model_used"] == settings.ollama.model
+    assert inp["content_data"]["options"] == SMALL_ANSWER
     assert out["content_text"], "the model's answer is stored"
     assert out["content_data"]["content"] == out["content_text"]
     assert out["model_used"] == settings.ollama.model and out["ai_provider"] == "ollama"

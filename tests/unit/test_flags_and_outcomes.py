@@ -39,6 +39,16 @@ def test_flags_point_at_the_stored_row_and_carry_no_content() -> None:
     }
 
 
+def test_the_result_prefix_names_every_flag_and_local_scope_completes_locally() -> None:
+    out = _output()
+    flags = build_flags(out, "summary")
+    assert flags == {name.replace("ai_", "summary_", 1): value for name, value in build_flags(out).items()}
+    assert complete(flags, out.id) == Complete(variables=flags, context_id=out.id)
+    assert complete(flags, out.id, local=True) == Complete(variables={}, context_id=out.id, local_variables=flags)
+    with pytest.raises(VariableTooLong):
+        complete({"summary_model": "m" * 4001}, out.id, local=True)
+
+
 def test_a_flag_over_4000_characters_is_refused_before_sending() -> None:
     out = _output(model="m" * 4001)
     with pytest.raises(VariableTooLong) as info:
@@ -132,3 +142,10 @@ def test_only_the_handlers_errors_have_an_outcome() -> None:
 
 def test_retry_timeout_caps() -> None:
     assert [retry_timeout_ms(n, SETTINGS) for n in range(4)] == [1000, 2000, 3000, 3000]
+
+
+def test_a_prompt_too_long_is_the_bpmn_error_ai_prompt_too_long() -> None:
+    from procos_worker.errors import PromptTooLong
+
+    outcome = outcome_for(PromptTooLong("the prompt does not fit"), _task(None), SETTINGS)
+    assert outcome == BpmnError(code="AI_PROMPT_TOO_LONG", message="the prompt does not fit")

@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+from procos_worker.ai.taskconfig import TaskConfig
+from procos_worker.ai.template import compile_template
 from procos_worker.errors import InputError
-from procos_worker.inputs import parse_inputs, requested_variables
+from procos_worker.inputs import build_inputs, parse_inputs, requested_variables
 from procos_worker.models import Task, Variable
 from procos_worker.settings import TaskSettings
 
@@ -73,3 +75,62 @@ def test_bad_inputs_raise_input_error_with_a_clear_message(variables: dict[str, 
     with pytest.raises(InputError) as info:
         parse_inputs(_task(**variables), SETTINGS)
     assert message in info.value.message
+
+
+# -- templates (procos.prompt / procos.systemPrompt) ---------------------------------------------
+
+def _templated(prompt: str | None = None, system: str | None = None) -> TaskConfig:
+    return TaskConfig(activity="summarise", model="m",
+                      prompt=compile_template(prompt) if prompt else None,
+                      system_prompt=compile_template(system) if system else None)
+
+
+def test_a_template_renders_over_typed_variables_and_keeps_what_it_used() -> None:
+    config = _templated("Doc {{ n + 1 }} ({{ doc.title }}, urgent={{ urgent }}): {{ body }} {{ text }}",
+                        "You are {{ persona }}.")
+    task = _task(n=Variable(value=2, type="Integer"), urgent=Variable(value=True, type="Boolean"),
+                 doc=Variable(value=json.dumps({"title": "T"}), type="Json"),
+                 body=Variable(value=base64.b64encode("grüß".encode()).decode(), type="Bytes"),
+                 text=Variable(value=json.dumps("long text"), type="Json"),
+                 persona=_s("an editor"), unrelated=_s("not read"))
+    inputs = build_inputs(task, config, SETTINGS)
+    assert inputs.query == "Doc 3 (T, urgent=true): grüß long text"
+    assert inputs.system_prompt == "You are an editor."
+    assert inputs.context is None
+    assert inputs.templates == {"procos.prompt": config.prompt.source,  # type: ignore[union-attr]
+                                "procos.systemPrompt": config.system_prompt.source}  # type: ignore[union-attr]
+    assert inputs.template_variables == {"n": 2, "urgent": True, "doc": {"title": "T"}, "body": "grüß",
+                                         "text": "long text", "persona": "an editor"}
+
+
+def test_without_a_template_the_variables_fill_in_as_before() -> None:
+    only_system = build_inputs(_task(query=_s("Q"), context=_s("C"), who=_s("a poet")),
+                               _templated(system="You are {{ who }}."), SETTINGS)
+    assert (only_system.query, only_system.context, only_system.system_prompt) == ("Q", "C", "You are a poet.")
+    only_prompt = build_inputs(_task(x=_s("X"), system_prompt=_s("S")), _templated(prompt="{{ x }}"), SETTINGS)
+    assert (only_prompt.query, only_prompt.system_prompt) == ("X", "S")
+    plain = build_inputs(_task(query=_s("Q")), TaskConfig(activity="a", model="m"), SETTINGS)
+    assert plain == parse_inputs(_task(query=_s("Q")), SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({}, "activity 'summarise', property procos.prompt: variable 'doc' is missing"),
+        ({"doc": Variable(value=None, type="Null")}, "variable 'doc' is missing"),
+        ({"doc": _s("   ")}, "procos.prompt: the template rendered to empty text"),
+        ({"doc": Variable(value="rO0AB", type="Object")}, "variable 'doc' has type Object"),
+        ({"doc": Variable(value="{bad", type="Json")}, "variable 'doc' is a Json variable that does not parse"),
+        ({"doc": _s("x" * 1001)}, "the limit is 1,000 (TASK_MAX_INPUT_CHARS)"),
+    ],
+)
+def test_bad_template_input_is_a_bpmn_error_naming_the_variable(variables: dict[str, Variable], message: str) -> None:
+    with pytest.raises(InputError) as info:
+        build_inputs(_task(**variables), _templated("{{ doc }}"), SETTINGS)
+    assert message in info.value.message
+
+
+def test_a_system_template_rendering_to_nothing_sends_no_system_message() -> None:
+    config = _templated("{{ q }}", "{% if persona is defined %}{{ persona }}{% endif %}")
+    inputs = build_inputs(_task(q=_s("Q")), config, SETTINGS)
+    assert inputs.system_prompt is None

@@ -1,0 +1,211 @@
+"""A task's settings, resolved from its BPMN (``procos.*`` extension properties) and the defaults.
+
+First found wins, per setting:
+
+1. the service task's extension properties (``<camunda:property name="procos.model" .../>``);
+2. the per-topic defaults ``TASK_TOPIC_DEFAULTS`` (the same property names and parsers);
+3. the model's row in procos_ai_models (``config_data.options``), for options only;
+4. the global settings (``OLLAMA_MODEL``, ``OLLAMA_OPTIONS``).
+
+Options are merged key by key in that order (a task's ``{"temperature": 0}`` keeps the topic's
+``num_predict``). Properties without the ``procos.`` prefix are not ours and are ignored; an empty
+value means "not set" (Camunda Modeler writes empty fields). An unknown ``procos.*`` name or a bad
+value is a modelling mistake: ``TaskConfigError`` (an incident) naming the activity and property.
+
+Adding a property (``procos.outputSchema``, ``procos.memory``, ...): one parser in ``_PARSERS`` (it
+raises ``ValueError`` with what is wrong) and one field of ``TaskConfig`` filled in ``_spec``.
+
+The parsed properties are cached by their text (per topic), so a task costs a dictionary lookup,
+the registry's cached row and a merge of small dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+import ollama
+import pydantic
+
+from procos_worker.ai.registry import ModelRegistry
+from procos_worker.ai.template import PromptTemplate, compile_template
+from procos_worker.errors import TaskConfigError
+from procos_worker.models import Task
+from procos_worker.settings import Settings, TaskSettings
+
+__all__ = ["KNOWN_PROPERTIES", "PROPERTY_PREFIX", "ResultScope", "TaskConfig", "TaskConfigs", "parse_properties"]
+
+PROPERTY_PREFIX = "procos."
+ResultScope = Literal["process", "local"]
+
+_PREFIX_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# procos_ai_context.model_used is VARCHAR(100).
+_MAX_MODEL_CHARS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConfig:
+    """Everything the pipeline needs to know about one task's step (immutable)."""
+
+    activity: str
+    model: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    prompt: PromptTemplate | None = None
+    system_prompt: PromptTemplate | None = None
+    result_prefix: str = "ai"
+    result_scope: ResultScope = "process"
+
+    def variables_needed(self, settings: TaskSettings) -> frozenset[str]:
+        """The process variables this task reads: its templates' names, or the default inputs."""
+        user = self.prompt.names if self.prompt else {settings.query_variable, settings.context_variable}
+        system = self.system_prompt.names if self.system_prompt else {settings.system_prompt_variable}
+        return frozenset(user | system)
+
+    def where(self, prop: str) -> str:
+        """How errors name a property of this task."""
+        return f"activity '{self.activity}', property {prop}"
+
+
+# -- one parser per property: raw value (text, or JSON for a topic default) -> parsed, or ValueError --
+
+def _text(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"must be text, got {type(raw).__name__}")
+    return raw
+
+
+def _model(raw: Any) -> str:
+    name = _text(raw).strip()
+    if len(name) > _MAX_MODEL_CHARS or any(ch.isspace() for ch in name):
+        raise ValueError(f"{name[:120]!r} is not an Ollama model name (no spaces, at most {_MAX_MODEL_CHARS} chars)")
+    return name
+
+
+def _options(raw: Any) -> dict[str, Any]:
+    value = raw
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"is not valid JSON ({exc}); write a JSON object such as "
+                             '{"temperature": 0.2, "num_predict": 256}') from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a JSON object of Ollama options, got {type(value).__name__}")
+    try:
+        # Type-checks the options the ollama client knows (num_ctx must be an integer, ...); names it
+        # doesn't know are passed on as written (Ollama ignores names it doesn't know, with a log line).
+        ollama.Options.model_validate(value, strict=True)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"has an option of the wrong type: {problems}") from exc
+    return value
+
+
+def _template(raw: Any) -> PromptTemplate:
+    return compile_template(_text(raw))
+
+
+def _result_prefix(raw: Any) -> str:
+    prefix = _text(raw).strip()
+    if not _PREFIX_NAME.match(prefix):
+        raise ValueError(f"{prefix[:80]!r} is not a variable name prefix (a letter or _, then letters, digits "
+                         "or _, at most 64 characters)")
+    return prefix
+
+
+def _result_scope(raw: Any) -> ResultScope:
+    scope = _text(raw).strip()
+    if scope == "process":
+        return "process"
+    if scope == "local":
+        return "local"
+    raise ValueError(f"must be 'process' or 'local', got {scope[:80]!r}")
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "procos.model": _model,
+    "procos.options": _options,
+    "procos.prompt": _template,
+    "procos.systemPrompt": _template,
+    "procos.resultPrefix": _result_prefix,
+    "procos.resultScope": _result_scope,
+    # Free text for the people reading the model (the element template's "Description"); not used.
+    "procos.description": _text,
+}
+
+
+KNOWN_PROPERTIES = frozenset(_PARSERS)
+
+
+def parse_properties(properties: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Parse the ``procos.*`` entries of ``properties``; ``TaskConfigError`` naming ``where`` and the
+    property for an unknown name or a bad value."""
+    parsed: dict[str, Any] = {}
+    for name, raw in properties.items():
+        if not name.startswith(PROPERTY_PREFIX) or raw is None or raw == "":
+            continue
+        parser = _PARSERS.get(name)
+        if parser is None:
+            close = difflib.get_close_matches(name, _PARSERS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise TaskConfigError(f"{where}: unknown property {name}; {hint}known: {', '.join(sorted(_PARSERS))}")
+        try:
+            parsed[name] = parser(raw)
+        except ValueError as exc:
+            raise TaskConfigError(f"{where}, property {name}: {exc}") from exc
+    return parsed
+
+
+class TaskConfigs:
+    """Resolves the ``TaskConfig`` of each task (thread-safe; shared by the poll loop and task threads)."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+        """Raises ``TaskConfigError`` when ``TASK_TOPIC_DEFAULTS`` holds a bad property."""
+        self._settings = settings
+        self._registry = registry
+        self._topics = {
+            topic: parse_properties(values, f"TASK_TOPIC_DEFAULTS topic '{topic}'")
+            for topic, values in settings.task.topic_defaults.items()
+        }
+        self._spec = lru_cache(maxsize=1024)(self._build_spec)
+
+    def resolve(self, task: Task) -> TaskConfig:
+        """The task's settings; ``TaskConfigError`` / ``ModelRefused`` (incidents), ``StoreUnavailable``
+        when the registry must be read and PostgreSQL can't be reached."""
+        spec = self._spec_of(task)
+        defaults = self._registry.options_for(spec.model)
+        options = {**self._settings.ollama.options, **defaults, **spec.options}
+        return dataclasses.replace(spec, options=options)
+
+    def variables_needed(self, task: Task) -> frozenset[str]:
+        """The variables the task reads (no database access); ``TaskConfigError`` like ``resolve``."""
+        return self._spec_of(task).variables_needed(self._settings.task)
+
+    def _spec_of(self, task: Task) -> TaskConfig:
+        ours = tuple(sorted((k, v) for k, v in task.extension_properties.items() if k.startswith(PROPERTY_PREFIX)))
+        return self._spec(task.topic, _activity(task), ours)
+
+    def _build_spec(self, topic: str, activity: str, properties: tuple[tuple[str, str], ...]) -> TaskConfig:
+        """The task's own properties over its topic's defaults (options merged), without the registry."""
+        own = parse_properties(dict(properties), f"activity '{activity}'")
+        topic_defaults = self._topics.get(topic, {})
+        merged = {**topic_defaults, **own}
+        return TaskConfig(
+            activity=activity,
+            model=merged.get("procos.model", self._settings.ollama.model),
+            options={**topic_defaults.get("procos.options", {}), **own.get("procos.options", {})},
+            prompt=merged.get("procos.prompt"),
+            system_prompt=merged.get("procos.systemPrompt"),
+            result_prefix=merged.get("procos.resultPrefix", "ai"),
+            result_scope=merged.get("procos.resultScope", "process"),
+        )
+
+
+def _activity(task: Task) -> str:
+    return task.activity_id or "?"
