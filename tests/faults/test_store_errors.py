@@ -21,11 +21,14 @@ from typing import Any
 import psycopg
 import pytest
 from faultkit import DB_URL, WorkerProcess, completed, wait_until
+from pydantic import SecretStr
 
 from procos_testkit.engine import EngineRest
 from procos_testkit.fake_ollama import FakeOllama
 from procos_testkit.pg import as_superuser, scratch_database
+from procos_worker.settings import DatabaseSettings
 from procos_worker.store import migrations
+from procos_worker.store.context import ContextStore
 
 pytestmark = pytest.mark.faults
 
@@ -131,3 +134,16 @@ def test_database_fault_spends_one_retry_then_the_task_completes(
                             "GROUP BY 1 ORDER BY 1", (pi,)).fetchall()
     assert rows == [("input", 1), ("output", 1)]
     wait_until(lambda: worker.alive, 1, "the worker still serving")
+
+
+def test_worker_connections_carry_timeouts_and_keepalives(scratch: Scratch) -> None:
+    """What makes the faults above end: every pooled connection has the session limits and keepalives."""
+    settings = DatabaseSettings(url=SecretStr(scratch.url), statement_timeout_ms=1234, lock_timeout_ms=567,
+                                keepalives_idle_s=11, keepalives_interval_s=7, keepalives_count=2)
+    with ContextStore(settings) as store:
+        shown = store.run(lambda cur: cur.execute("SELECT current_setting('statement_timeout') AS st, "
+                                                  "current_setting('lock_timeout') AS lt").fetchone())
+        params = store.run(lambda cur: cur.connection.info.get_parameters())
+    assert shown == {"st": "1234ms", "lt": "567ms"}
+    assert (params["keepalives"], params["keepalives_idle"], params["keepalives_interval"],
+            params["keepalives_count"]) == ("1", "11", "7", "2")

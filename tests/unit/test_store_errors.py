@@ -11,12 +11,6 @@ from procos_worker.errors import PermanentError, StoreRefused, StoreUnavailable
 from procos_worker.store.context import _classify
 
 
-def _error(cls: type[psycopg.Error], sqlstate: str | None, message: str = "boom") -> psycopg.Error:
-    exc = cls(message)
-    exc.sqlstate = sqlstate  # type: ignore[misc]  # set as the server would
-    return exc
-
-
 @pytest.mark.parametrize(
     ("exc", "expected", "words"),
     [
