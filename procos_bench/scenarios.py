@@ -457,7 +457,9 @@ class Bench:
                          FROM procos_ai_context WHERE content_data->>'topic' = %s) t""", (batch.topic,)) or (0, 0)
             if outputs != cfg.p8_tasks or worst != 1:
                 raise RuntimeError(f"p8: {outputs} output rows, at most {worst} per task and type")
-            released = len(survivor.events_named("task.orphan_released"))
+            # (The survivor may sweep dead workers of other runs too; count the doomed one's.)
+            released = len([e for e in survivor.events_named("task.orphan_released")
+                            if e.get("dead_worker_id") == doomed.worker_id])
             return seconds, {"output_rows": outputs, "max_rows_per_task_and_type": worst,
                              "orphan_released_events": released}
         finally:
