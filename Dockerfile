@@ -1,30 +1,44 @@
 # procos-worker container image.
 #
-# Stage 1 builds the worker's wheel and the wheel of every dependency, then installs them into a
-# virtual environment. Stage 2 copies only that environment onto a fresh slim image and runs as an
-# unprivileged user. No configuration and no secret is baked in: every setting comes from the
-# environment at run time (see .env.example and docker-compose.yml).
+# Stage 1 installs the pinned, hash-checked runtime dependencies (requirements.lock, made by
+# scripts/lock from pyproject.toml) into a virtual environment, then the worker itself on top
+# (built with the pinned setuptools of requirements-build.lock). Stage 2 copies only that environment
+# onto a fresh image and runs as an unprivileged user. No configuration and no secret is baked in:
+# every setting comes from the environment at run time (see .env.example and docker-compose.yml).
 #
-# Both stages use the same pinned base image, so the venv's python symlink is valid in stage 2.
+# BASE_IMAGE: both stages use it, so the venv's python symlink is valid in stage 2. The default is the
+# pinned public image; tests/container builds the same file on a local Debian 12 (python3 3.11) image.
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 
-FROM python:3.11.14-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-# The build context is filtered by .dockerignore down to pyproject.toml, README.md, procos_worker/
-# and sql/ (an allowlist), so nothing from a developer's tree (.env, .venv, .git) can slip in.
-COPY . .
 
-# Wheels for the worker and all its dependencies, then an isolated venv installed from them only.
-RUN pip wheel --wheel-dir /wheels . \
-    && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-index --find-links=/wheels /wheels/procos_worker-*.whl
+# Dependencies first: this layer is rebuilt only when a lock file changes, not on every source edit.
+# --require-hashes: every file pip installs must match a hash in the lock; --only-binary: wheels only.
+COPY requirements.lock requirements-build.lock ./
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --require-hashes --only-binary :all: --no-deps -r requirements.lock \
+    && python3 -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes --only-binary :all: --no-deps -r requirements-build.lock
+
+# The build context is filtered by .dockerignore (an allowlist), so nothing from a developer's tree
+# (.env, .venv, .git) can slip in.
+COPY pyproject.toml README.md ./
+COPY sql/ sql/
+COPY procos_worker/ procos_worker/
+# The worker's own wheel, built with the pinned setuptools (no build isolation: nothing unpinned is
+# fetched), installed without dependencies: they all came from the lock above.
+RUN /opt/build/bin/pip wheel --no-build-isolation --no-deps --wheel-dir /wheels . \
+    && /opt/venv/bin/pip install --no-index --no-deps /wheels/procos_worker-*.whl \
+    && /opt/venv/bin/pip check
 
 
-FROM python:3.11.14-slim-bookworm AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="procos-worker" \
       org.opencontainers.image.description="Camunda 7 external-task worker: asks Ollama, stores every prompt and answer in PostgreSQL" \
@@ -41,7 +55,7 @@ RUN groupadd --system --gid 10001 procos \
 COPY --from=build /opt/venv /opt/venv
 
 # sql/init-db.sql travels inside the wheel (procos_worker/store/sql/init-db.sql), so
-# `docker compose run --rm worker procos-worker init-db` can re-apply it from the container.
+# `docker compose run --rm init-db` can apply it and the migrations from the container.
 WORKDIR /app
 
 USER 10001:10001

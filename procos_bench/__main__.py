@@ -2,8 +2,8 @@
 
 Prints progress on stderr, the table on stdout, and as its last stdout line one JSON object with
 the keys p1_ratio_vs_ceiling, p2_ratio_vs_library_worker, p3_overhead_ratio, p4_seconds,
-p4_rss_ratio, p5_scaleout_ratio, p5_duplicates, p8_orphan_recovery_s (null for a scenario not run) and
-"details".
+p4_rss_ratio, p5_scaleout_ratio, p5_duplicates, p5_worker_cpu_ratio (from the P1 runs), p8_orphan_recovery_s
+(null for a scenario not run) and "details".
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ TARGETS = {
     "p4_rss_ratio": "<= 4",
     "p5_scaleout_ratio": ">= 3.2",
     "p5_duplicates": "0",
+    "p5_worker_cpu_ratio": "<= 0.15",
     "p8_orphan_recovery_s": "<= 15",
 }
 
@@ -51,6 +52,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "p4_rss_ratio": _m(p4.get("rss_ratio")),
         "p5_scaleout_ratio": _m(p5.get("ratio")),
         "p5_duplicates": p5.get("duplicates"),
+        # Measured in the P1 runs: worker CPU ms per task / (Camunda + PostgreSQL CPU ms per task).
+        "p5_worker_cpu_ratio": _m(p1.get("worker_cpu_ratio")),
         "p8_orphan_recovery_s": _m(p8.get("recovery_s")),
     }
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
@@ -81,6 +84,11 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         lines.append(f"| P1 | tasks/s, instant LLM, full storage, {p1['in_flight']} in flight vs raw-REST ceiling "
                      f"({p1['in_flight']} threads, keep-alive) | {_fmt(p1.get('procos'))} | {_fmt(p1.get('ceiling'))} "
                      f"| {_fmt(p1.get('ratio'), 2)} | {TARGETS['p1_ratio_vs_ceiling']} |")
+    if p1.get("worker_cpu_ratio"):
+        ms = p1["cpu_ms_per_task"]
+        lines.append(f"| P5' | CPU ms per task in P1: worker / (Camunda + PostgreSQL) | {_fmt(ms['worker'], 2)} ms "
+                     f"| {_fmt(ms['camunda'], 2)} + {_fmt(ms['postgres'], 2)} ms "
+                     f"| {_fmt(p1['worker_cpu_ratio'], 3)} | {TARGETS['p5_worker_cpu_ratio']} |")
     if p2:
         lines.append(f"| P2 | tasks/s, {p2['delay_ms']} ms LLM, WORKER_MAX_TASKS_IN_FLIGHT={p2['in_flight']} "
                      f"vs library ExternalTaskWorker | {_fmt(p2.get('procos'))} | {_fmt(p2.get('library'))} "

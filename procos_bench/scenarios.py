@@ -227,7 +227,7 @@ class Bench:
         self.results["curve"] = {"levels": list(cfg.levels), "tasks_per_run": cfg.curve_tasks, "points": curve,
                                  "library_flat": spread(r.rate for r in library).as_dict()}
         p1 = cfg.p1_in_flight if cfg.p1_in_flight in rows else min(rows, key=lambda k: abs(k - cfg.p1_in_flight))
-        self.results["p1"] = {"in_flight": p1, **curve[str(p1)]}
+        self.results["p1"] = {"in_flight": p1, **curve[str(p1)], **_cpu_per_task(rows[p1]["procos"])}
 
     # -- P2 ----------------------------------------------------------------------------------------
 
@@ -286,7 +286,9 @@ class Bench:
         rest = EngineRest(self.stack.camunda_url)
         topic, key = rest.deploy_example()
         self.topics.append(topic)
-        worker = WorkerProc(self.stack, topic, self.stack.ollama_url, env={"OLLAMA_OPTIONS": json.dumps(options)})
+        # DEBUG: the worker's task.llm_answered event (llm_s, eval_count) is logged at DEBUG.
+        worker = WorkerProc(self.stack, topic, self.stack.ollama_url,
+                            env={"OLLAMA_OPTIONS": json.dumps(options), "LOG_LEVEL": "DEBUG"})
         bare_s: list[float] = []
         task_s: list[float] = []
         start_to_done_s: list[float] = []
@@ -435,7 +437,9 @@ class Bench:
         cfg = self.config
         batch = Batch(self.stack, cfg.p8_tasks, label="p8").prepare()
         self.topics.append(batch.topic)
-        doomed = WorkerProc(self.stack, batch.topic, hung.url, in_flight=cfg.p8_tasks, env=env).wait_started()
+        # DEBUG: its task.input_stored events say when all its tasks are in flight.
+        doomed = WorkerProc(self.stack, batch.topic, hung.url, in_flight=cfg.p8_tasks,
+                            env={**env, "LOG_LEVEL": "DEBUG"}).wait_started()
         survivor: WorkerProc | None = None
         try:
             batch.release()
@@ -480,6 +484,16 @@ class Bench:
         extra_rows = max(0, outputs - batch.n) + max(0, inputs - batch.n)
         return {"chat_calls": calls, "output_rows": outputs, "input_rows": inputs, "task_ids": tasks,
                 "max_rows_per_task_and_type": worst, "duplicates": extra_calls + extra_rows}
+
+
+def _cpu_per_task(runs: list[Run]) -> dict[str, Any]:
+    """CPU ms per task of the worker, Camunda and PostgreSQL, and the worker's share: worker / (engine + db)."""
+    per_task = {group: spread(1000 * r.cpu.seconds.get(group, 0.0) / r.n for r in runs).as_dict()
+                for group in ("consumer", "camunda", "postgres")}
+    ratios = [r.cpu.seconds.get("consumer", 0.0) / max(1e-9, r.cpu.seconds.get("camunda", 0.0)
+                                                         + r.cpu.seconds.get("postgres", 0.0)) for r in runs]
+    return {"cpu_ms_per_task": {("worker" if g == "consumer" else g): v for g, v in per_task.items()},
+            "worker_cpu_ratio": spread(ratios).as_dict()}
 
 
 def _median_cpu(runs: list[Run]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from xml.sax.saxutils import quoteattr
 import requests
 
 __all__ = ["EXAMPLE_BPMN", "TWO_STEPS_BPMN", "EngineRest", "ai_steps_bpmn", "example_bpmn", "json_variable",
-           "own_copy", "wait_until"]
+           "one_task_bpmn", "own_copy", "wait_until"]
 
 EXAMPLE_BPMN = Path(__file__).resolve().parents[1] / "bpmn" / "ai-query.bpmn"
 TWO_STEPS_BPMN = Path(__file__).resolve().parents[1] / "bpmn" / "ai-two-steps.bpmn"
@@ -71,6 +71,28 @@ def ai_steps_bpmn(process_key: str, topic: str, steps: list[tuple[str, dict[str,
     )
 
 
+def one_task_bpmn(process_key: str, topic: str, *, version_tag: str | None = None,
+                  priority: str | None = None) -> str:
+    """start -> one external task on ``topic`` -> end; ``priority`` is a camunda:taskPriority (e.g. "${prio}")."""
+    tag = f' camunda:versionTag="{version_tag}"' if version_tag else ""
+    prio = f' camunda:taskPriority="{priority}"' if priority else ""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
+                  xmlns:camunda="http://camunda.org/schema/1.0/bpmn" id="d-{process_key}"
+                  targetNamespace="http://procos.example/bpmn">
+  <bpmn:process id="{process_key}" isExecutable="true" camunda:historyTimeToLive="P1D"{tag}>
+    <bpmn:startEvent id="start"><bpmn:outgoing>f1</bpmn:outgoing></bpmn:startEvent>
+    <bpmn:serviceTask id="ask-ai" camunda:type="external" camunda:topic="{topic}"{prio}>
+      <bpmn:incoming>f1</bpmn:incoming><bpmn:outgoing>f2</bpmn:outgoing>
+    </bpmn:serviceTask>
+    <bpmn:endEvent id="answered"><bpmn:incoming>f2</bpmn:incoming></bpmn:endEvent>
+    <bpmn:sequenceFlow id="f1" sourceRef="start" targetRef="ask-ai" />
+    <bpmn:sequenceFlow id="f2" sourceRef="ask-ai" targetRef="answered" />
+  </bpmn:process>
+</bpmn:definitions>
+"""
+
+
 class EngineRest:
     """Plain REST calls against one engine."""
 
@@ -88,10 +110,13 @@ class EngineRest:
     def post(self, path: str, body: Any = None) -> requests.Response:
         return self.session.post(f"{self.base_url}{path}", json=body, timeout=self.timeout_s)
 
-    def deploy(self, xml: str, name: str) -> dict[str, Any]:
+    def deploy(self, xml: str, name: str, tenant_id: str | None = None) -> dict[str, Any]:
+        data = {"deployment-name": name, "deploy-changed-only": "true"}
+        if tenant_id is not None:
+            data["tenant-id"] = tenant_id
         response = self.session.post(
             f"{self.base_url}/deployment/create",
-            data={"deployment-name": name, "deploy-changed-only": "true"},
+            data=data,
             files={f"{name}.bpmn": (f"{name}.bpmn", xml.encode("utf-8"), "application/xml")},
             timeout=self.timeout_s,
         )
@@ -107,11 +132,13 @@ class EngineRest:
         self.deploy(example_bpmn(topic, key), key)
         return topic, key
 
-    def start(self, process_key: str, variables: dict[str, Any] | None = None, business_key: str | None = None) -> str:
+    def start(self, process_key: str, variables: dict[str, Any] | None = None, business_key: str | None = None,
+              tenant_id: str | None = None) -> str:
         body: dict[str, Any] = {"variables": {k: _typed(v) for k, v in (variables or {}).items()}}
         if business_key:
             body["businessKey"] = business_key
-        response = self.post(f"/process-definition/key/{process_key}/start", body)
+        path = f"/process-definition/key/{process_key}" + (f"/tenant-id/{tenant_id}" if tenant_id else "")
+        response = self.post(f"{path}/start", body)
         response.raise_for_status()
         return str(response.json()["id"])
 

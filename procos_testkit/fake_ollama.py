@@ -250,6 +250,8 @@ class BackgroundServer:
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self.accepted = 0
+        """TCP connections accepted since start (a keep-alive client reuses one)."""
         self.stopping = threading.Event()
         """Set by :meth:`stop`; wakes handlers that wait (delays, hangs)."""
 
@@ -341,6 +343,8 @@ class TrackedHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        with self.owner._connections_lock:
+            self.owner.accepted += 1  # an incoming connection (a proxy also tracks its upstream ones)
         self.owner._track(self.connection, True)
 
     def finish(self) -> None:

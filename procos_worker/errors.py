@@ -38,6 +38,8 @@
         │                          is tried WORKER_REPORT_ATTEMPTS times, then the task gets an incident
         ├── EngineRejected         Camunda refused the call (4xx): the report is dropped and logged; for
         │                          extendLock (401/403 too) the heartbeat tries again next tick
+        ├── EngineAuthFailed       the login was refused (the token endpoint refused the client, or a
+        │                          401 even with a fresh token): like EngineRejected, with the reason
         ├── LockExpired            the lock ran out or was released and nobody else holds the task: lock
         │                          it again and go on (a stored answer is never thrown away for it)
         └── LockLost               404, or the lock is another worker's: the run is abandoned
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 __all__ = [
     "BusinessError",
+    "EngineAuthFailed",
     "EngineError",
     "EngineRefused",
     "EngineRejected",
@@ -183,6 +186,10 @@ class EngineRejected(EngineError):
         super().__init__(f"Camunda answered {status} {error_type}: {message}")
         self.status = status
         self.error_type = error_type
+
+
+class EngineAuthFailed(EngineError):
+    """The engine's login was refused: the token endpoint refused the client credentials."""
 
 
 class LockExpired(EngineError):

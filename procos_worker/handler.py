@@ -54,24 +54,24 @@ class TaskHandler:
             log.info("task.redelivered", ai_context_id=str(stored.id))
             return _complete(stored, config)
         t1 = time.perf_counter()
-        log.info("task.input_stored", prompt_length=len(messages[-1]["content"]), model=config.model,
-                 store_s=round(t1 - t0, 4))
+        log.debug("task.input_stored", prompt_length=len(messages[-1]["content"]), model=config.model,
+                  store_s=round(t1 - t0, 4))
 
         prompt_chars = sum(len(m["content"]) for m in messages)
         try:
             result = self._llm_gate.call(
                 lambda: self._llm.chat(messages, model=config.model, options=config.options, cancel=cancel), cancel)
             t2 = time.perf_counter()
-            log.info("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
-                     eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,
-                     done_reason=result.done_reason)
+            log.debug("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
+                      eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,
+                      done_reason=result.done_reason)
             output = self._store_gate.call(
                 lambda: self._store.save_output(task, result, input_id, prompt_chars=prompt_chars), cancel)
         except TaskError as exc:
             # errorDetails names where the prompt is, never the prompt itself.
             exc.details = f"{exc.details}\nThe task's prompt is stored in procos_ai_context, input row {input_id}."
             raise
-        log.info("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
+        log.debug("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
         return _complete(output, config)
 
 

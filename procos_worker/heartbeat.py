@@ -1,9 +1,10 @@
 """Keeps the locks of running tasks alive, and notices when one is lost.
 
 A generation can outlast the lock many times over. Each tick, every held task whose lock runs out
-within half a lock duration gets ``extendLock``, each in a daemon thread of its own (at most one per task
-at a time): one slow call (a hung connection) does not let the other tasks' locks run out, and does not
-hold the process at exit either. What the engine answers decides:
+within half its lock duration (the topic's: ``TaskRun.lock_duration_ms``) gets ``extendLock``, each in
+a daemon thread of its own (at most one per task at a time): one slow call (a hung connection) does not
+let the other tasks' locks run out, and does not hold the process at exit either. What the engine
+answers decides:
 
 * the lock is another worker's, or the task is gone (``LockLost``): the run is marked LOST, which stops
   its work (the LLM call honours the run's ``cancel``); it will not be reported;
@@ -32,11 +33,12 @@ __all__ = ["Heartbeat"]
 class Heartbeat:
     """A daemon thread deciding which locks to extend, and one short-lived daemon thread per extension."""
 
-    def __init__(self, engine: EngineClient, snapshot: Callable[[], list[TaskRun]], lock_duration_ms: int) -> None:
+    def __init__(self, engine: EngineClient, snapshot: Callable[[], list[TaskRun]],
+                 shortest_lock_duration_ms: int) -> None:
+        """``shortest_lock_duration_ms``: the shortest lock of any topic (it sets how often to look)."""
         self._engine = engine
         self._snapshot = snapshot
-        self._lock_duration_ms = lock_duration_ms
-        self._tick_s = min(1.0, lock_duration_ms / 4000)
+        self._tick_s = min(1.0, shortest_lock_duration_ms / 4000)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="procos-heartbeat", daemon=True)
         self._busy: set[str] = set()  # task ids with an extension in flight: never two at once
@@ -59,7 +61,7 @@ class Heartbeat:
                                      name=f"procos-extend-{run.task.id[:8]}").start()
 
     def _due(self, run: TaskRun, now: float) -> bool:
-        return run.lock_expires_at - now < self._lock_duration_ms / 2000
+        return run.lock_expires_at - now < run.lock_duration_ms / 2000
 
     def _claim(self, run: TaskRun) -> bool:
         with self._busy_lock:
@@ -79,7 +81,7 @@ class Heartbeat:
         log = self._log.bind(task_id=run.task.id, process_instance_id=run.task.process_instance_id,
                              topic=run.task.topic)
         try:
-            self._engine.extend_lock(run.task.id, self._lock_duration_ms)
+            self._engine.extend_lock(run.task.id, run.lock_duration_ms)
         except LockExpired as exc:
             if not self._relock(run, exc, log):
                 return
@@ -91,13 +93,13 @@ class Heartbeat:
             level = log.debug if isinstance(exc, EngineUnavailable) else log.warning
             level("task.lock_extend_failed", error=exc.message)
             return
-        run.lock_expires_at = time.monotonic() + self._lock_duration_ms / 1000
+        run.lock_expires_at = time.monotonic() + run.lock_duration_ms / 1000
         log.debug("task.lock_extended", elapsed_s=run.elapsed_s())
 
     def _relock(self, run: TaskRun, expired: LockExpired, log: BoundLogger) -> bool:
         """The lock ran out and nobody holds the task: take it again. False if that did not work."""
         try:
-            self._engine.lock(run.task.id, self._lock_duration_ms)
+            self._engine.lock(run.task.id, run.lock_duration_ms)
         except LockLost as exc:
             self._lost(run, exc, log)
             return False

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "RegistrySettings",
     "Settings",
     "TaskSettings",
+    "TopicFetch",
     "WorkerSettings",
     "default_worker_id",
     "env_var_names",
@@ -64,12 +66,32 @@ def _split_csv(value: Any) -> Any:
     return value
 
 
+def _parse_json_object(name: str, example: str) -> Any:
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{name} must be a JSON object, e.g. {example}: {exc}") from exc
+        return value
+
+    return parse
+
+
 class CamundaSettings(BaseModel):
-    """Where the Camunda 7 REST API is and how to log in."""
+    """Where the Camunda 7 REST API is and how to log in: basic auth, a static bearer token, or an
+    OAuth2 client-credentials grant (a token fetched from ``oauth_token_url`` and refreshed before expiry)."""
 
     base_url: str = "http://127.0.0.1:8080/engine-rest"
     username: str | None = None
     password: SecretStr | None = None
+    token: SecretStr | None = Field(default=None, description="static bearer token sent on every call")
+    oauth_token_url: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    oauth_scope: str | None = None
+    oauth_refresh_margin_s: float = Field(
+        default=30.0, ge=0, description="refresh a token this long before it expires (at most half its lifetime)")
     http_timeout_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="before")
@@ -97,6 +119,49 @@ class CamundaSettings(BaseModel):
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _one_way_to_log_in(self) -> CamundaSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("CAMUNDA_USERNAME and CAMUNDA_PASSWORD must be set together")
+        oauth = (self.oauth_token_url, self.oauth_client_id, self.oauth_client_secret)
+        if any(v is not None for v in oauth) and any(v is None for v in oauth):
+            raise ValueError("CAMUNDA_OAUTH_TOKEN_URL, CAMUNDA_OAUTH_CLIENT_ID and CAMUNDA_OAUTH_CLIENT_SECRET "
+                             "must be set together")
+        ways = [name for name, on in (("CAMUNDA_USERNAME/PASSWORD", self.username is not None),
+                                      ("CAMUNDA_TOKEN", self.token is not None),
+                                      ("CAMUNDA_OAUTH_*", self.oauth_token_url is not None)) if on]
+        if len(ways) > 1:
+            raise ValueError(f"set only one way to log in to Camunda, not {' and '.join(ways)}")
+        return self
+
+
+class TopicFetch(BaseModel):
+    """How one topic is fetched: lock duration, extra variables and the engine's filters (all optional).
+
+    Keys may be written snake_case or as Camunda's REST names (``processDefinitionKeyIn``...).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    lock_duration_ms: int | None = Field(default=None, ge=1_000, description="default WORKER_LOCK_DURATION_MS")
+    variables: list[str] = Field(default_factory=list, description="fetched besides the task's input variables")
+    process_definition_key: str | None = None
+    process_definition_key_in: list[str] | None = None
+    process_definition_version_tag: str | None = None
+    tenant_id_in: list[str] | None = None
+    without_tenant_id: bool = False
+    business_key: str | None = None
+    # Camunda 7.24 ORs the entries (a task matches when ANY variable has its value), and a JSON number
+    # matches Integer variables only, never Long ones (tests/integration/test_fetch_filters.py shows both).
+    process_variables: dict[str, str | bool | int | float] | None = Field(
+        default=None, description="tasks whose process has any of these variables with this value")
+
+    @model_validator(mode="after")
+    def _tenants(self) -> TopicFetch:
+        if self.without_tenant_id and self.tenant_id_in:
+            raise ValueError("use tenant_id_in or without_tenant_id, not both")
+        return self
+
 
 class WorkerSettings(BaseModel):
     """How the poll loop fetches, locks and holds tasks."""
@@ -104,6 +169,11 @@ class WorkerSettings(BaseModel):
     id: str = Field(default_factory=default_worker_id, min_length=1)
     topics: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["ai-query"], min_length=1)
     lock_duration_ms: int = Field(default=60_000, ge=1_000)
+    topic_fetch: Annotated[dict[str, TopicFetch], NoDecode] = Field(
+        default_factory=dict, description="JSON object {topic: {filters, lock_duration_ms, variables}}")
+    use_priority: bool = Field(default=True, description="fetch higher-priority tasks first")
+    create_time_order: Literal["none", "asc", "desc"] = Field(
+        default="none", description="then order by creation time (oldest first: asc)")
     max_tasks_in_flight: int = Field(default=4, ge=1, le=256)
     async_response_timeout_ms: int = Field(default=20_000, ge=0, le=_MAX_ASYNC_RESPONSE_TIMEOUT_MS)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
@@ -120,6 +190,21 @@ class WorkerSettings(BaseModel):
     health_max_age_s: float = Field(default=60.0, gt=0)
 
     _split_topics = field_validator("topics", mode="before")(_split_csv)
+    _parse_topic_fetch = field_validator("topic_fetch", mode="before")(
+        _parse_json_object("WORKER_TOPIC_FETCH", '{"ai-query": {"tenant_id_in": ["acme"]}}'))
+
+    @model_validator(mode="after")
+    def _fetch_names_known_topics(self) -> WorkerSettings:
+        unknown = sorted(set(self.topic_fetch) - set(self.topics))
+        if unknown:
+            raise ValueError(f"WORKER_TOPIC_FETCH names topics that are not in WORKER_TOPICS: {', '.join(unknown)}")
+        return self
+
+    def fetch_for(self, topic: str) -> TopicFetch:
+        return self.topic_fetch.get(topic) or TopicFetch()
+
+    def lock_duration_for(self, topic: str) -> int:
+        return self.fetch_for(topic).lock_duration_ms or self.lock_duration_ms
 
 
 class TaskSettings(BaseModel):
@@ -170,15 +255,8 @@ class OllamaSettings(BaseModel):
     attempts: int = Field(default=3, ge=1, description="in-process tries on a transient Ollama error")
     provider: str = Field(default="ollama", min_length=1, max_length=PROVIDER_NAME_MAX_CHARS)
 
-    @field_validator("options", mode="before")
-    @classmethod
-    def _parse_options(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value) if value.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"OLLAMA_OPTIONS must be a JSON object, e.g. {{\"temperature\": 0.2}}: {exc}") from exc
-        return value
+    _parse_options = field_validator("options", mode="before")(
+        _parse_json_object("OLLAMA_OPTIONS", '{"temperature": 0.2}'))
 
 
 class RegistrySettings(BaseModel):
@@ -280,8 +358,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
-        if (self.camunda.username is None) != (self.camunda.password is None):
-            raise ValueError("CAMUNDA_USERNAME and CAMUNDA_PASSWORD must be set together")
         if self.worker.retry_timeout_max_ms < self.worker.retry_timeout_ms:
             raise ValueError("WORKER_RETRY_TIMEOUT_MAX_MS must be >= WORKER_RETRY_TIMEOUT_MS")
         needed = self.worker.max_tasks_in_flight + POOL_RESERVE

@@ -19,6 +19,7 @@ a task whose output row is not committed: completion is only ever built from a s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -38,6 +39,7 @@ from procos_worker.backoff import Backoff
 from procos_worker.budget import InputBudget
 from procos_worker.engine.bpmn import BpmnCatalog
 from procos_worker.engine.client import EngineClient
+from procos_worker.engine.fetch import fetch_order, subscriptions
 from procos_worker.engine.variables import VariableLoader
 from procos_worker.errors import (
     EngineError,
@@ -106,8 +108,12 @@ class Worker:
                  store: ContextStore | None = None, llm: LlmClient | None = None) -> None:
         self.settings = settings
         w = settings.worker
-        self.engine = engine or EngineClient(settings.camunda, w.id, lock_duration_ms=w.lock_duration_ms,
-                                             async_response_timeout_ms=w.async_response_timeout_ms)
+        # Threads that may call the engine at once: the poll loop, the heartbeat, shutdown, one per task.
+        self.engine = engine or EngineClient(settings.camunda, w.id,
+                                             async_response_timeout_ms=w.async_response_timeout_ms,
+                                             order=fetch_order(w), pool_size=w.max_tasks_in_flight + 3)
+        # No variable values in fetchAndLock: each task reads the ones it needs, sizes first (engine.variables).
+        self._subscriptions = [dataclasses.replace(sub, variables=()) for sub in subscriptions(w, [])]
         self.store = store or ContextStore(settings.database, provider=settings.ollama.provider,
                                            pool_size=settings.pool_size)
         self.llm = llm or LlmClient(settings.ollama)
@@ -131,7 +137,8 @@ class Worker:
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._signals = 0
-        self._heartbeat = Heartbeat(self.engine, self._snapshot, w.lock_duration_ms)
+        self._heartbeat = Heartbeat(self.engine, self._snapshot,
+                                    min(sub.lock_duration_ms for sub in self._subscriptions))
         self._exit_code = 0
         self._health_path = record_path(w.health_file, os.getpid())
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
@@ -184,8 +191,7 @@ class Worker:
             if free == 0 or not self._dependencies_up():
                 continue
             try:
-                # No variable values here: each task reads the ones it needs, sizes first (engine.variables).
-                tasks = self.engine.fetch_and_lock(self.settings.worker.topics, max_tasks=free, variables=[])
+                tasks = self.engine.fetch_and_lock(self._subscriptions, max_tasks=free)
             except EngineError as exc:
                 delay = backoff.next_delay_s()
                 self._log.warning("engine.fetch_failed", error=str(exc), retry_in_s=round(delay, 2))
@@ -213,7 +219,7 @@ class Worker:
             # Locked by a poll that returned after the stop: hand it straight back.
             self._unlock(task, log, "shutdown")
             return
-        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_ms)
+        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_for(task.topic))
         with self._cond:
             current = self._runs.get(task.id)
             if current is not None and current.state in (RunState.RUNNING, RunState.REPORTING):
@@ -230,7 +236,7 @@ class Worker:
             # only wait here holding its lock; hand it back (no retry spent) for after the recovery.
             self._unlock(task, log, f"{' and '.join(down)} down")
             return
-        log.info("task.fetched", retries=task.retries)
+        log.debug("task.fetched", retries=task.retries)
         threading.Thread(target=self._run_task, args=(run,), name=f"procos-task-{task.id[:8]}", daemon=True).start()
 
     # -- one task --------------------------------------------------------------------------------
@@ -249,8 +255,10 @@ class Worker:
         """The task's outcome; None when the run was released or lost while it waited or worked."""
         task = run.task
         try:
-            # The names its templates read, or the default inputs (a bad property: TaskConfigError, an incident).
-            names = sorted(self.configs.variables_needed(run.task))
+            # The names its templates read (or the default inputs), and its topic's WORKER_TOPIC_FETCH variables;
+            # a bad property: TaskConfigError, an incident.
+            names = sorted(self.configs.variables_needed(run.task)
+                           | set(self.settings.worker.fetch_for(run.task.topic).variables))
             sized = self._reading_variables(lambda: self.variables.measure(run.task, names), run, log)
             task = sized.task
             with self.input_budget.reserve(sized.chars, run.cancel, on_wait=lambda used: log.info(
@@ -338,7 +346,7 @@ class Worker:
     def _relock_to_report(self, run: TaskRun, state: _Reporting, exc: LockExpired, log: BoundLogger) -> float | None:
         """complete checks only the worker id: nobody holds the task now, so take it again and send."""
         try:
-            self.engine.lock(run.task.id, self.settings.worker.lock_duration_ms)
+            self.engine.lock(run.task.id, run.lock_duration_ms)
         except LockLost:
             return None
         except EngineError as again:

@@ -1,9 +1,11 @@
 """The Camunda 7 external-task REST API, named after its calls.
 
 ``fetch_and_lock``, ``complete``, ``handle_failure`` and ``handle_bpmn_error`` go through
-camunda-external-task-client-python3's ``ExternalTaskClient``; it lacks ``extendLock``, ``unlock``,
-the task query and the variable-instance calls (sizes before values, see ``engine.variables``), which
-are added here on a ``requests.Session``.
+camunda-external-task-client-python3's ``ExternalTaskClient`` (``engine.library``: per-topic fetch
+bodies, its requests sent through our session); it lacks ``extendLock``, ``lock``, ``unlock``, the task
+query and the variable-instance calls (sizes before values, see ``engine.variables``), which are added
+here. Every call shares one keep-alive ``requests.Session`` (``engine.session``) that carries the login
+(``engine.auth``).
 
 It sends what it is given: every limit of the engine is checked where outcomes are built
 (``procos_worker.outcomes``). Errors are converted here and nowhere else: connection errors, timeouts,
@@ -19,14 +21,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import requests
-from camunda.client.external_task_client import ExternalTaskClient
 
+from procos_worker.engine.fetch import FetchOrder, Subscription
+from procos_worker.engine.library import LibraryClient
+from procos_worker.engine.session import engine_session
 from procos_worker.errors import (
     EngineError,
     EngineRefused,
@@ -53,36 +57,37 @@ _UNREACHABLE = frozenset({0, 408, 429, 502, 503, 504})
 class EngineClient:
     """One worker's view of the engine: a worker id plus the REST calls it makes."""
 
-    def __init__(self, settings: CamundaSettings, worker_id: str, *, lock_duration_ms: int,
-                 async_response_timeout_ms: int) -> None:
+    def __init__(self, settings: CamundaSettings, worker_id: str, *, async_response_timeout_ms: int,
+                 order: FetchOrder | None = None, pool_size: int = 10) -> None:
+        """``pool_size``: connections kept open to the engine (threads that may call at once)."""
         self.worker_id = worker_id
         self._base_url = settings.base_url
         self._timeout_s = settings.http_timeout_s
+        self._session = engine_session(settings, pool_size=pool_size)
         config: dict[str, Any] = {
-            "lockDuration": lock_duration_ms,
             "asyncResponseTimeout": async_response_timeout_ms,
             "httpTimeoutMillis": int(settings.http_timeout_s * 1000),
             "includeExtensionProperties": True,
             "deserializeValues": False,
         }
-        self._auth: tuple[str, str] | None = None
-        if settings.username is not None and settings.password is not None:
-            self._auth = (settings.username, settings.password.get_secret_value())
-            config["auth_basic"] = {"username": self._auth[0], "password": self._auth[1]}
-        self._client = ExternalTaskClient(worker_id, engine_base_url=settings.base_url, config=config)
-        self._session = requests.Session()
-        self._session.auth = self._auth
+        self._client = LibraryClient(worker_id, settings.base_url, self._session, order=order or FetchOrder(),
+                                     config=config)
+
+    @property
+    def session(self) -> requests.Session:
+        return self._session
 
     def close(self) -> None:
         self._session.close()
+        close_auth = getattr(self._session.auth, "close", None)
+        if callable(close_auth):
+            close_auth()
 
     # -- the library's calls ---------------------------------------------------------------------
 
-    def fetch_and_lock(self, topics: list[str], *, max_tasks: int, variables: list[str]) -> list[Task]:
-        """Long-poll for up to ``max_tasks`` tasks on ``topics``, fetching only ``variables``."""
-        # The library reads maxTasks from its config; only the poll thread calls this.
-        self._client.config["maxTasks"] = max_tasks
-        answer = self._converting(lambda: self._client.fetch_and_lock(",".join(topics), variables=variables))
+    def fetch_and_lock(self, topics: Sequence[Subscription], *, max_tasks: int) -> list[Task]:
+        """Long-poll for up to ``max_tasks`` tasks on ``topics`` (each with its lock, variables, filters)."""
+        answer = self._converting(lambda: self._client.fetch_subscriptions(topics, max_tasks))
         return [Task.from_rest(item) for item in answer or []]
 
     def complete(self, task_id: str, variables: Mapping[str, Any],

@@ -77,8 +77,7 @@ def _init_db(settings: Settings, path: Path | None) -> int:
 def _check(settings: Settings) -> int:
     """One line per dependency; the exit code names the first that failed."""
     results: list[tuple[str, int, str]] = []
-    engine = EngineClient(settings.camunda, settings.worker.id, lock_duration_ms=settings.worker.lock_duration_ms,
-                          async_response_timeout_ms=0)
+    engine = EngineClient(settings.camunda, settings.worker.id, async_response_timeout_ms=0, pool_size=1)
     try:
         results.append(("camunda", 0, f"ok: engines {engine.engine_name()} at {settings.camunda.base_url}"))
     except EngineError as exc:

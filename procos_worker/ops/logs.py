@@ -1,8 +1,8 @@
 """structlog set-up: JSON lines when not on a terminal, readable console on one.
 
 Prompts and answers are never logged (only lengths). As a last line of defence, every configured
-secret (database URL and its password, Camunda password) is masked in every log line, including
-the lines that libraries write through the standard logging module.
+secret (database URL and its password, Camunda password, token and OAuth client secret) is masked in
+every log line, including the lines that libraries write through the standard logging module.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ def secrets_of(settings: Settings) -> list[str]:
     password = urlsplit(url).password
     if password:
         found += [url, password]
-    if settings.camunda.password is not None:
-        found.append(settings.camunda.password.get_secret_value())
+    for secret in (settings.camunda.password, settings.camunda.token, settings.camunda.oauth_client_secret):
+        if secret is not None:
+            found.append(secret.get_secret_value())
     return [s for s in found if len(s) >= 3]
 
 
@@ -67,7 +68,8 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     ]
     redact = _Redact(secrets_of(settings))
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # filter_by_level first: a line below LOG_LEVEL costs one level check, not the whole chain.
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,

@@ -19,7 +19,8 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["Migration", "SchemaStatus", "init_db_sql", "known_migrations", "schema_status", "upgrade"]
+__all__ = ["Migration", "SchemaStatus", "grants_sql", "init_db_sql", "known_migrations", "schema_status",
+           "upgrade"]
 
 # pg_advisory_lock key: any constant both the worker and the CLI agree on ("procos" in ASCII).
 _LOCK_KEY = 0x70726F636F73
@@ -76,6 +77,12 @@ def init_db_sql() -> str:
     return text
 
 
+def grants_sql() -> str:
+    """The text of sql/grants.sql: DML on the ProcOS tables for procos_dml, when that role exists."""
+    text: str = _sql_dir().joinpath("grants.sql").read_text(encoding="utf-8")
+    return text
+
+
 def known_migrations() -> list[Migration]:
     """Every file of sql/migrations/, in version order."""
     found: list[Migration] = []
@@ -118,6 +125,8 @@ def upgrade(conn: psycopg.Connection[Any], *, init_sql: str | None = None) -> li
             if migration.version not in applied:
                 _apply(conn, migration)
                 done.append(f"applied migration {migration.version:04d}_{migration.name}")
+        # Every time (idempotent, not recorded): tables added by any migration are granted as well.
+        conn.execute(grants_sql().encode())
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return done

@@ -17,7 +17,7 @@ import requests
 from procos_worker.settings import Settings
 
 KEYS = {"p1_ratio_vs_ceiling", "p2_ratio_vs_library_worker", "p3_overhead_ratio", "p4_seconds", "p4_rss_ratio",
-        "p5_scaleout_ratio", "p5_duplicates", "p8_orphan_recovery_s"}
+        "p5_scaleout_ratio", "p5_duplicates", "p5_worker_cpu_ratio", "p8_orphan_recovery_s"}
 
 pytestmark = pytest.mark.integration
 

@@ -99,7 +99,8 @@ def test_the_schema_rejects_a_broken_file(compose: dict[str, Any], tmp_path: Pat
     assert "service_ready" in result.stdout
 
 
-@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "ENGINE_ADMIN_PASSWORD"])
+@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "ENGINE_ADMIN_PASSWORD",
+                                     "POSTGRES_WORKER_USER", "POSTGRES_WORKER_PASSWORD"])
 def test_credentials_are_required_from_env(
     compose_raw: dict[str, Any], env_example: dict[str, str], missing: str
 ) -> None:
@@ -111,7 +112,7 @@ def test_credentials_are_required_from_env(
 
 
 def test_no_credential_is_written_into_the_deployment_files(env_example: dict[str, str]) -> None:
-    secrets = {env_example[key] for key in ("POSTGRES_PASSWORD", "ENGINE_ADMIN_PASSWORD")}
+    secrets = {env_example[key] for key in ("POSTGRES_PASSWORD", "ENGINE_ADMIN_PASSWORD", "POSTGRES_WORKER_PASSWORD")}
     for path in (COMPOSE_FILE, CAMUNDA_DEFAULT_YML, DOCKERFILE):
         text = path.read_text(encoding="utf-8")
         for secret in secrets:
@@ -168,6 +169,7 @@ def test_worker_starts_after_everything_it_needs(services: dict[str, dict[str, A
         "camunda": "service_healthy",
         "ollama": "service_healthy",
         "ollama-pull": "service_completed_successfully",
+        "init-db": "service_completed_successfully",
     }
     assert services["camunda"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert services["ollama-pull"]["depends_on"] == {"ollama": {"condition": "service_healthy"}}
@@ -182,9 +184,10 @@ def test_every_service_waited_on_as_healthy_has_a_healthcheck(services: dict[str
 
 def test_postgres_runs_the_schema_file_of_the_test_suite(services: dict[str, dict[str, Any]]) -> None:
     postgres = services["postgres"]
-    init = [(src, dst) for src, dst in _volumes(postgres) if dst.startswith("/docker-entrypoint-initdb.d/")]
-    assert len(init) == 1
-    source, target = init[0]
+    init = sorted((dst, src) for src, dst in _volumes(postgres) if dst.startswith("/docker-entrypoint-initdb.d/"))
+    assert [Path(dst).name for dst, _ in init] == ["05-procos-roles.sh", "10-procos-init-db.sql",
+                                                   "20-procos-grants.sql"]  # run in name order
+    target, source = init[1]
     assert Path(source) == INIT_SQL.resolve()
     assert target.endswith(".sql")
     assert INIT_SQL.is_file(), "sql/init-db.sql (the lead's schema file) is missing"
@@ -262,8 +265,8 @@ def test_worker_reaches_the_services_by_their_compose_names(
     env = services["worker"]["environment"]
     assert env["CAMUNDA_BASE_URL"] == "http://camunda:8080/engine-rest"
     assert env["OLLAMA_BASE_URL"] == "http://ollama:11434"
-    user, password, db = (env_example[k] for k in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"))
-    assert env["DATABASE_URL"] == f"postgresql://{user}:{password}@postgres:5432/{db}"
+    user, password, db = (env_example[k] for k in ("POSTGRES_WORKER_USER", "POSTGRES_WORKER_PASSWORD", "POSTGRES_DB"))
+    assert env["DATABASE_URL"] == f"postgresql://{user}:{password}@postgres:5432/{db}"  # its own login
 
 
 def test_an_explicit_database_url_wins(compose_raw: dict[str, Any], env_example: dict[str, str]) -> None:

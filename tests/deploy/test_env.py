@@ -121,7 +121,7 @@ def test_the_worker_accepts_the_environment_compose_gives_it(
     assert first.camunda.base_url == "http://camunda:8080/engine-rest"
     assert first.ollama.base_url == "http://ollama:11434"
     assert first.ollama.model == env_example["OLLAMA_MODEL"]
-    user, password, db = (env_example[k] for k in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"))
+    user, password, db = (env_example[k] for k in ("POSTGRES_WORKER_USER", "POSTGRES_WORKER_PASSWORD", "POSTGRES_DB"))
     assert first.database.url.get_secret_value() == f"postgresql://{user}:{password}@postgres:5432/{db}"
     assert first.camunda.username is None and first.camunda.password is None
     assert first.ollama.keep_alive is None

@@ -150,7 +150,7 @@ def worker_env(tmp: Path, topic: str, **overrides: str) -> dict[str, str]:
         "WORKER_ASYNC_RESPONSE_TIMEOUT_MS": "5000",
         "WORKER_HEALTH_FILE": str(tmp / f"health-{topic}.json"),
         "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
+        "LOG_LEVEL": "DEBUG",  # the tests wait for each step's event (task.fetched, task.stored...)
         # Short backoffs keep recovery inside the CI budget; the schedule's shape is what is tested.
         "BACKOFF_INITIAL_S": "0.2",
         "BACKOFF_MAX_S": "2",

@@ -7,13 +7,13 @@ import pytest
 import requests
 
 from procos_worker.engine.client import EngineClient
+from procos_worker.engine.fetch import Subscription
 from procos_worker.errors import EngineRefused, EngineRejected, EngineUnavailable, LockExpired, LockLost
 from procos_worker.settings import CamundaSettings
 
 
 def _client() -> EngineClient:
-    return EngineClient(CamundaSettings(base_url="http://127.0.0.1:9"), "w", lock_duration_ms=1000,
-                        async_response_timeout_ms=0)
+    return EngineClient(CamundaSettings(base_url="http://127.0.0.1:9"), "w", async_response_timeout_ms=0)
 
 
 def _raise(exc: BaseException) -> None:
@@ -62,5 +62,5 @@ def test_unknown_exceptions_are_not_swallowed() -> None:
 def test_unreachable_engine_is_engine_unavailable() -> None:
     client = _client()
     with pytest.raises(EngineUnavailable) as info:
-        client.fetch_and_lock(["t"], max_tasks=1, variables=["query"])
+        client.fetch_and_lock([Subscription("t", 1000, ("query",))], max_tasks=1)
     assert "127.0.0.1:9" in info.value.message
