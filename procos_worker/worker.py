@@ -1,22 +1,29 @@
 """The worker: the poll loop, capacity, heartbeat, shutdown; it sends each outcome to Camunda.
 
 Threads: the main thread waits for a stop and then shuts down; one poll thread long-polls
-``fetchAndLock`` for as many tasks as there is free capacity; one thread per task in flight runs the
-handler and reports its outcome; the heartbeat thread extends locks. Task threads are daemons so that
-an LLM call still running at the end of the grace period does not hold the process.
+``fetchAndLock`` (no variable values) for as many tasks as there is free capacity; one thread per task
+in flight reads its variables (sizes first, ``engine.variables``), takes its share of the input budget,
+runs the handler and reports its outcome; the heartbeat extends locks; the lease thread keeps this
+worker's lease and recovers dead workers' tasks (``orphans``). Task threads are daemons so that an LLM
+call still running at the end of the grace period does not hold the process.
+
+Reports: a stored answer is sent until it lands (engine unreachable: backoff); a 500 with an engine
+exception is tried WORKER_REPORT_ATTEMPTS times, then the task gets an incident naming the stored row;
+an expired lock nobody else took is locked again; a BPMN error nothing in the model catches becomes an
+incident instead.
 
 Shutdown (SIGTERM/SIGINT, or ``stop()``): stop fetching at once (the long poll in progress is
 abandoned, not awaited), let tasks in flight finish within WORKER_SHUTDOWN_GRACE_S (not waited out
 while Ollama or PostgreSQL is unreachable: those tasks can't finish), unlock the
 rest (no retry is consumed), sweep any task the engine still lists as locked by this worker id, close
-clients in reverse order, exit 0. Camunda's unlock wakes long polls still pending in the engine, our own
+clients in reverse order, exit 0; everything after the grace shares one WORKER_SHUTDOWN_RELEASE_S window
+(a hung engine can't stretch it). Camunda's unlock wakes long polls still pending in the engine, our own
 included, so after any unlock the poll in progress is given _POLL_RETURN_S to come back with what it
 re-locked (it unlocks that at once) before the final sweep. A long poll still pending when the process
-exits can lock a task created in its last WORKER_ASYNC_RESPONSE_TIMEOUT_MS; that task waits out its lock.
-A second signal exits at once with status 130. No path completes
-a task whose output row is not committed: completion is only ever built from a stored row.
+exits can lock a task created in its last WORKER_ASYNC_RESPONSE_TIMEOUT_MS: the lease, marked expired at
+the end, lets another live worker unlock it. A second signal exits at once with status 130. No path
+completes a task whose output row is not committed: completion is only ever built from a stored row.
 """
-
 from __future__ import annotations
 
 import dataclasses
