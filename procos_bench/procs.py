@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -18,8 +17,9 @@ from typing import IO, Any, Protocol
 import requests
 
 from procos_bench.common import Stack
+from procos_testkit.worker_process import WorkerProcess
 
-__all__ = ["Consumer", "FakeProc", "HelperProc", "RssSampler", "WorkerGroup", "WorkerProc", "read_status_kib"]
+__all__ = ["Consumer", "FakeProc", "HelperProc", "RssSampler", "WorkerGroup", "read_status_kib", "start_worker"]
 
 # Log events the harness keeps (everything else is only counted).
 _KEPT_EVENTS = frozenset({"worker.started", "task.completed", "task.llm_answered", "task.fetched", "worker.stopped",
@@ -29,6 +29,7 @@ _KEPT_EVENTS = frozenset({"worker.started", "task.completed", "task.llm_answered
 class Consumer(Protocol):
     """Something that works off a topic: started ready to poll, stopped after the run."""
 
+    @property
     def alive(self) -> bool: ...
 
     def pids(self) -> list[int]: ...
@@ -101,114 +102,41 @@ class FakeProc:
         _terminate(self._proc)
 
 
-class WorkerProc:
-    """``python -m procos_worker run`` on one topic, JSON logs read by a thread.
-
-    ``env`` adds or overrides settings (e.g. ``{"OLLAMA_OPTIONS": "..."}``).
-    """
-
-    def __init__(self, stack: Stack, topic: str, ollama_url: str, *, in_flight: int | None = None,
-                 env: dict[str, str] | None = None, health_dir: Path | None = None) -> None:
-        self.worker_id = f"bench-{uuid.uuid4().hex[:12]}"
-        health_dir = health_dir or Path(tempfile.gettempdir())
-        settings = {
-            "CAMUNDA_BASE_URL": stack.camunda_url,
-            "DATABASE_URL": stack.database_url,
-            "OLLAMA_BASE_URL": ollama_url,
-            "OLLAMA_MODEL": stack.model,
-            "WORKER_ID": self.worker_id,
-            "WORKER_TOPICS": topic,
-            "WORKER_HEALTH_FILE": str(health_dir / f"procos-bench-{self.worker_id}.json"),
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "INFO",
-        }
-        if in_flight is not None:
-            settings["WORKER_MAX_TASKS_IN_FLIGHT"] = str(in_flight)
-        settings.update(env or {})
-        self.health_file = Path(settings["WORKER_HEALTH_FILE"])
-        self.events: list[dict[str, Any]] = []
-        self.lines = 0
-        self._started = threading.Event()
-        self._cond = threading.Condition()
-        self._proc = subprocess.Popen([sys.executable, "-m", "procos_worker", "run"], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True, env=_python_env(settings))
-        self._reader = threading.Thread(target=self._read, name=f"log-{self.worker_id}", daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def pids(self) -> list[int]:
-        return [self._proc.pid]
-
-    def alive(self) -> bool:
-        return self._proc.poll() is None
-
-    def wait_started(self, timeout_s: float = 60.0) -> WorkerProc:
-        if not self._started.wait(timeout_s):
-            self.stop()
-            raise TimeoutError(f"worker {self.worker_id} did not log worker.started within {timeout_s}s")
-        return self
-
-    def _read(self) -> None:
-        assert self._proc.stderr is not None
-        for line in self._proc.stderr:
-            self.lines += 1
-            if not any(f'"{e}"' in line for e in _KEPT_EVENTS):
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            with self._cond:
-                self.events.append(event)
-                self._cond.notify_all()
-            if event.get("event") == "worker.started":
-                self._started.set()
-
-    def events_named(self, name: str) -> list[dict[str, Any]]:
-        with self._cond:
-            return [e for e in self.events if e.get("event") == name]
-
-    def wait_event(self, name: str, count: int, timeout_s: float = 120.0) -> list[dict[str, Any]]:
-        """Block until ``count`` events called ``name`` have been logged."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                found = [e for e in self.events if e.get("event") == name]
-                if len(found) >= count:
-                    return found
-                left = deadline - time.monotonic()
-                if left <= 0 or self._proc.poll() is not None:
-                    raise TimeoutError(f"worker {self.worker_id}: {len(found)} of {count} {name} events")
-                self._cond.wait(min(left, 0.5))
-
-    def stop(self) -> None:
-        _terminate(self._proc)
-        self._reader.join(5)
-        with contextlib.suppress(OSError):
-            self.health_file.unlink()
-
-    def kill(self) -> None:
-        """SIGKILL: the worker dies holding whatever it holds (no release, no lease goodbye)."""
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait(10)
-        self._reader.join(5)
+def start_worker(stack: Stack, topic: str, ollama_url: str, *, in_flight: int | None = None,
+                 env: dict[str, str] | None = None, health_dir: Path | None = None) -> WorkerProcess:
+    """``python -m procos_worker run`` on one topic with its own worker id; ``env`` adds or overrides
+    settings (e.g. ``{"OLLAMA_OPTIONS": "..."}``). Only the events the scenarios read are parsed."""
+    worker_id = f"bench-{uuid.uuid4().hex[:12]}"
+    health_dir = health_dir or Path(tempfile.gettempdir())
+    settings = {
+        "CAMUNDA_BASE_URL": stack.camunda_url,
+        "DATABASE_URL": stack.database_url,
+        "OLLAMA_BASE_URL": ollama_url,
+        "OLLAMA_MODEL": stack.model,
+        "WORKER_ID": worker_id,
+        "WORKER_TOPICS": topic,
+        "WORKER_HEALTH_FILE": str(health_dir / f"procos-bench-{worker_id}.json"),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+    }
+    if in_flight is not None:
+        settings["WORKER_MAX_TASKS_IN_FLIGHT"] = str(in_flight)
+    settings.update(env or {})
+    return WorkerProcess(_python_env(settings), name=worker_id, keep=_KEPT_EVENTS).start()
 
 
 class WorkerGroup:
     """Several procos-worker processes on one topic, each with its own worker id."""
 
-    def __init__(self, workers: list[WorkerProc]) -> None:
+    def __init__(self, workers: list[WorkerProcess]) -> None:
         self.workers = workers
 
     def pids(self) -> list[int]:
         return [w.pid for w in self.workers]
 
+    @property
     def alive(self) -> bool:
-        return all(w.alive() for w in self.workers)
+        return all(w.alive for w in self.workers)
 
     def stop(self) -> None:
         for w in self.workers:
@@ -235,6 +163,7 @@ class HelperProc:
     def pids(self) -> list[int]:
         return [self._proc.pid]
 
+    @property
     def alive(self) -> bool:
         return self._proc.poll() is None
 

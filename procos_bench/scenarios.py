@@ -27,10 +27,11 @@ from procos_bench.procs import (
     HelperProc,
     RssSampler,
     WorkerGroup,
-    WorkerProc,
     read_status_kib,
+    start_worker,
 )
 from procos_testkit.engine import EngineRest
+from procos_testkit.worker_process import WorkerProcess
 from procos_worker.settings import DatabaseSettings
 from procos_worker.store.context import ContextStore
 
@@ -159,7 +160,7 @@ class Bench:
             })
             meter.start()
             batch.release()
-            elapsed = batch.wait_done(alive=consumer.alive)
+            elapsed = batch.wait_done(alive=lambda: consumer.alive)
             cpu = meter.stop()
             batch.check_all_completed()
             extra = on_done(batch, consumer) if on_done else {}
@@ -186,7 +187,8 @@ class Bench:
     def worker(self, fake_url: str, in_flight: int | None, processes: int = 1,
                env: dict[str, str] | None = None) -> Callable[[str], Consumer]:
         def start(topic: str) -> Consumer:
-            workers = [WorkerProc(self.stack, topic, fake_url, in_flight=in_flight, env=env) for _ in range(processes)]
+            workers = [start_worker(self.stack, topic, fake_url, in_flight=in_flight, env=env)
+                       for _ in range(processes)]
             for w in workers:
                 w.wait_started()
             return workers[0] if processes == 1 else WorkerGroup(workers)
@@ -287,8 +289,8 @@ class Bench:
         topic, key = rest.deploy_example()
         self.topics.append(topic)
         # DEBUG: the worker's task.llm_answered event (llm_s, eval_count) is logged at DEBUG.
-        worker = WorkerProc(self.stack, topic, self.stack.ollama_url,
-                            env={"OLLAMA_OPTIONS": json.dumps(options), "LOG_LEVEL": "DEBUG"})
+        worker = start_worker(self.stack, topic, self.stack.ollama_url,
+                              env={"OLLAMA_OPTIONS": json.dumps(options), "LOG_LEVEL": "DEBUG"})
         bare_s: list[float] = []
         task_s: list[float] = []
         start_to_done_s: list[float] = []
@@ -298,17 +300,17 @@ class Bench:
             worker.wait_started()
             bare()  # warm the model (load, caches) for both sides
             rest.start(key, {"query": P3_PROMPT})
-            worker.wait_event("task.completed", 1, timeout_s=300)
+            worker.wait_for("task.completed", timeout_s=300)
             for i in range(cfg.p3_reps):
                 seconds, count = bare()
                 bare_s.append(seconds)
                 tokens.add(("bare", count))
                 t0 = time.perf_counter()
                 rest.start(key, {"query": P3_PROMPT})
-                done = worker.wait_event("task.completed", i + 2, timeout_s=300)
+                done = worker.wait_for("task.completed", timeout_s=300, count=i + 2)
                 start_to_done_s.append(time.perf_counter() - t0)
-                task_s.append(float(done[-1]["elapsed_s"]))
-                answered = worker.events_named("task.llm_answered")[-1]
+                task_s.append(float(done["elapsed_s"]))
+                answered = worker.find("task.llm_answered")[-1]
                 llm_s.append(float(answered["llm_s"]))
                 tokens.add(("worker", int(answered.get("eval_count") or 0)))
                 _log(f"p3 rep {i + 1}: bare {seconds:.3f} s, worker fetched->completed {task_s[-1]:.3f} s "
@@ -343,7 +345,7 @@ class Bench:
                 state: dict[str, Any] = {}
 
                 def start(topic: str, state: dict[str, Any] = state) -> Consumer:
-                    w = WorkerProc(self.stack, topic, fake.url).wait_started()
+                    w = start_worker(self.stack, topic, fake.url).wait_started()
                     time.sleep(1.0)
                     state["idle"] = read_status_kib(w.pid, "VmRSS")
                     state["sampler"] = RssSampler(w.pid).start()
@@ -352,7 +354,7 @@ class Bench:
 
                 def done(batch: Batch, _c: Consumer, state: dict[str, Any] = state) -> dict[str, Any]:
                     peak = state["sampler"].stop()
-                    event = state["worker"].wait_event("task.completed", 1)[0]
+                    event = state["worker"].wait_for("task.completed", timeout_s=120)
                     row = self._query(
                         "SELECT (content_data->>'response_length')::bigint, octet_length(content_text) "
                         "FROM procos_ai_context WHERE content_data->>'topic' = %s AND context_type = 'output'",
@@ -438,13 +440,13 @@ class Bench:
         batch = Batch(self.stack, cfg.p8_tasks, label="p8").prepare()
         self.topics.append(batch.topic)
         # DEBUG: its task.input_stored events say when all its tasks are in flight.
-        doomed = WorkerProc(self.stack, batch.topic, hung.url, in_flight=cfg.p8_tasks,
-                            env={**env, "LOG_LEVEL": "DEBUG"}).wait_started()
-        survivor: WorkerProc | None = None
+        doomed = start_worker(self.stack, batch.topic, hung.url, in_flight=cfg.p8_tasks,
+                              env={**env, "LOG_LEVEL": "DEBUG"}).wait_started()
+        survivor: WorkerProcess | None = None
         try:
             batch.release()
-            doomed.wait_event("task.input_stored", cfg.p8_tasks, timeout_s=120)
-            survivor = WorkerProc(self.stack, batch.topic, fast.url, in_flight=cfg.p8_tasks, env=env).wait_started()
+            doomed.wait_for("task.input_stored", timeout_s=120, count=cfg.p8_tasks)
+            survivor = start_worker(self.stack, batch.topic, fast.url, in_flight=cfg.p8_tasks, env=env).wait_started()
             time.sleep(1.0)  # the survivor's long poll waits at the engine; the doomed worker's locks have ~58 s left
             doomed.kill()
             killed = time.perf_counter()
@@ -462,8 +464,7 @@ class Bench:
             if outputs != cfg.p8_tasks or worst != 1:
                 raise RuntimeError(f"p8: {outputs} output rows, at most {worst} per task and type")
             # (The survivor may sweep dead workers of other runs too; count the doomed one's.)
-            released = len([e for e in survivor.events_named("task.orphan_released")
-                            if e.get("dead_worker_id") == doomed.worker_id])
+            released = len(survivor.find("task.orphan_released", dead_worker_id=doomed.name))
             return seconds, {"output_rows": outputs, "max_rows_per_task_and_type": worst,
                              "orphan_released_events": released}
         finally:

@@ -27,41 +27,44 @@ boolean keys; ``answer`` values cannot contain ``,`` or ``]``). Control endpoint
 as its own process: ``GET /_fake/counts``, ``POST /_fake/behaviour`` (fields to change),
 ``POST /_fake/reset``.
 
-Run as a process: ``python -m procos_testkit.fake_ollama --port 11435 --delay-ms 50``.
+Run as a process: ``python -m procos_testkit.fake_ollama --port 11435 --delay-ms 50``. The server
+machinery and Go's wire conventions (JSON escaping, chunking) are in ``procos_testkit.httpkit``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
 import re
 import select
-import signal
 import socket
-import socketserver
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, ClassVar, Self, cast
+from typing import Any, cast
+
+from procos_testkit.httpkit import (
+    JSON_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    BackgroundServer,
+    TrackedHandler,
+    chunk,
+    go_json,
+    go_time,
+)
 
 __all__ = [
     "BUSY_MESSAGE",
     "DEFAULT_MODELS",
     "OLLAMA_VERSION",
-    "BackgroundServer",
     "Behaviour",
     "FakeOllama",
-    "TrackedHandler",
     "generated_answer_chunks",
-    "go_json",
     "main",
 ]
 
@@ -70,38 +73,13 @@ BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceede
 DEFAULT_MODELS: tuple[str, ...] = ("smollm2:135m", "fake:latest")
 # A realistic 500 from Ollama: the runner died under the request.
 _SERVER_ERROR_MESSAGE = "llama runner process has terminated: exit status 2"
-_LOOPBACK = "127.0.0.1"
-# Go's net/http adds Content-Length only when a handler's whole output fits this buffer.
-_GO_CHUNKING_THRESHOLD = 2048
 _GENERATED_PIECE_BYTES = 64 * 1024
 _TEXT_STREAM_PIECE_CHARS = 64
 _MARKER_RE = re.compile(r"\[\[fake:([^\]]*)\]\]")
-_JSON_CT = "application/json; charset=utf-8"
 _NDJSON_CT = "application/x-ndjson"
-_TEXT_CT = "text/plain; charset=utf-8"
-# What Go's encoding/json escapes that Python's json.dumps(ensure_ascii=False) leaves raw.
-_GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 _FILLER = (b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor " * 1000)[
     :_GENERATED_PIECE_BYTES
 ]
-
-
-def go_json(obj: Any) -> bytes:
-    """Encode ``obj`` compactly, escaping strings as Go's ``encoding/json`` does.
-
-    Lone surrogates come out as ``\\udXXX`` escapes (``backslashreplace``), which is valid JSON.
-    """
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    return text.translate(_GO_ESCAPES).encode("utf-8", "backslashreplace")
-
-
-def _go_time(ns: int) -> str:
-    """Go's ``time.Time`` JSON form (RFC 3339 with nanoseconds, zeros trimmed) for a UTC time."""
-    secs, frac = divmod(ns, 1_000_000_000)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-    if frac:
-        stamp += "." + f"{frac:09d}".rstrip("0")
-    return stamp + "Z"
 
 
 def generated_answer_chunks(total_bytes: int, piece_bytes: int = _GENERATED_PIECE_BYTES) -> Iterator[bytes]:
@@ -211,202 +189,6 @@ def _parse_value(key: str, value: str) -> Any:
     raise ValueError(f"fake: bad value {value!r} for {key!r}")
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that knows its owner and its open connections."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128  # benchmarks open many connections at once
-
-    def __init__(self, owner: BackgroundServer, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.owner = owner
-        super().__init__((_LOOPBACK, port), handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client hanging up mid-response is routine here (timeouts, drop tests): stay quiet.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls getfqdn(), a DNS lookup that can stall on an offline machine.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-
-class BackgroundServer:
-    """A ``ThreadingHTTPServer`` on 127.0.0.1 run by a daemon thread; a context manager.
-
-    Subclasses give the handler class. Port 0 picks a free port; the port is kept across
-    :meth:`_unlisten`/:meth:`_listen` so a paused server comes back on the same address.
-    """
-
-    handler_class: ClassVar[type[BaseHTTPRequestHandler]]
-
-    def __init__(self, port: int = 0) -> None:
-        self._port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        self.accepted = 0
-        """TCP connections accepted since start (a keep-alive client reuses one)."""
-        self.stopping = threading.Event()
-        """Set by :meth:`stop`; wakes handlers that wait (delays, hangs)."""
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{_LOOPBACK}:{self._port}"
-
-    def start(self) -> Self:
-        self.stopping.clear()
-        self._listen()
-        return self
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self._unlisten()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def serve_until_signal(self) -> None:
-        """Block until SIGINT or SIGTERM, then stop (for ``python -m``)."""
-        done = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: done.set())
-        print(f"listening on {self.base_url}", flush=True)  # a parent using --port 0 reads this
-        while not done.wait(1.0):
-            pass
-        self.stop()
-
-    def _listen(self) -> None:
-        if self._server is not None:
-            return
-        server = _Server(self, self._port, self.handler_class)
-        self._port = int(server.server_address[1])
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            daemon=True,
-            name=f"{type(self).__name__}:{self._port}",
-        )
-        self._thread.start()
-
-    def _unlisten(self) -> None:
-        """Stop accepting, close the listening socket and cut every open connection."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        self._cut_connections()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def _cut_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):  # already closed by the other side
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._connections_lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
-
-
-class TrackedHandler(BaseHTTPRequestHandler):
-    """HTTP/1.1 keep-alive handler that registers its connection with its server and stays quiet."""
-
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # streamed chunks must not wait for the client's delayed ACK
-
-    @property
-    def owner(self) -> BackgroundServer:
-        return cast(_Server, self.server).owner
-
-    def setup(self) -> None:
-        super().setup()
-        with self.owner._connections_lock:
-            self.owner.accepted += 1  # an incoming connection (a proxy also tracks its upstream ones)
-        self.owner._track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.owner._track(self.connection, False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per request on stderr would cost more than the request itself
-
-    def read_body(self) -> bytes:
-        """The request body, by Content-Length or chunked transfer encoding."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts: list[bytes] = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def head_bytes(self, status: int, headers: Sequence[tuple[str, str]], add_date: bool = True) -> bytes:
-        """Status line and headers as Go's net/http would send them (no Server header)."""
-        reason = self.responses.get(status, ("",))[0]
-        lines = [f"HTTP/1.1 {status} {reason}"]
-        lines += [f"{k}: {v}" for k, v in headers]
-        if add_date:
-            lines.append(f"Date: {self.date_time_string()}")
-        if self.close_connection:
-            lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    def send_body(self, status: int, body: bytes, content_type: str, head_only: bool = False) -> None:
-        """A whole response in one write; chunked above 2 KiB like Go's net/http."""
-        if len(body) <= _GO_CHUNKING_THRESHOLD or head_only:
-            head = self.head_bytes(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
-            self.wfile.write(head if head_only else head + body)
-        else:
-            head = self.head_bytes(status, [("Content-Type", content_type), ("Transfer-Encoding", "chunked")])
-            self.wfile.write(head + _chunk(body) + b"0\r\n\r\n")
-
-    def send_error_json(self, status: int, message: str) -> None:
-        self.send_body(status, go_json({"error": message}), _JSON_CT)
-
-    def abort(self) -> None:
-        """Cut the connection now (a crash half-way through a response)."""
-        self.close_connection = True
-        try:
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
 
 class _Aborted(Exception):
     """The response was cut on purpose or the client went away."""
@@ -496,7 +278,7 @@ class FakeOllama(BackgroundServer):
             self._in_flight -= 1
 
     def _tags_body(self) -> bytes:
-        modified = _go_time(self._started_ns)
+        modified = go_time(self._started_ns)
         return go_json(
             {
                 "models": [
@@ -528,7 +310,7 @@ class FakeOllama(BackgroundServer):
                 },
                 "tensors": [{"name": "token_embd.weight", "type": "Q8_0", "shape": [576, 49152]}],
                 "capabilities": ["completion"],
-                "modified_at": _go_time(self._started_ns),
+                "modified_at": go_time(self._started_ns),
             }
         )
 
@@ -584,25 +366,25 @@ class _FakeHandler(TrackedHandler):
         path = self.path.split("?", 1)[0]
         if path in ("/", "/api/version", "/api/tags"):
             self.fake._record(path)
-            self.send_body(200, b"", _TEXT_CT if path == "/" else _JSON_CT, head_only=True)
+            self.send_body(200, b"", TEXT_CONTENT_TYPE if path == "/" else JSON_CONTENT_TYPE, head_only=True)
         else:
-            self.send_body(404, b"404 page not found", _TEXT_CT)
+            self.send_body(404, b"404 page not found", TEXT_CONTENT_TYPE)
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         fake = self.fake
         if path == "/_fake/counts":
-            self.send_body(200, go_json(fake.counts()), _JSON_CT)
+            self.send_body(200, go_json(fake.counts()), JSON_CONTENT_TYPE)
             return
         fake._record(path)
         if path == "/":
-            self.send_body(200, b"Ollama is running", _TEXT_CT)
+            self.send_body(200, b"Ollama is running", TEXT_CONTENT_TYPE)
         elif path == "/api/version":
-            self.send_body(200, go_json({"version": OLLAMA_VERSION}), _JSON_CT)
+            self.send_body(200, go_json({"version": OLLAMA_VERSION}), JSON_CONTENT_TYPE)
         elif path == "/api/tags":
-            self.send_body(200, fake._tags_body(), _JSON_CT)
+            self.send_body(200, fake._tags_body(), JSON_CONTENT_TYPE)
         else:
-            self.send_body(404, b"404 page not found", _TEXT_CT)
+            self.send_body(404, b"404 page not found", TEXT_CONTENT_TYPE)
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -616,7 +398,7 @@ class _FakeHandler(TrackedHandler):
         elif path == "/api/show":
             self._show(body)
         else:
-            self.send_body(404, b"404 page not found", _TEXT_CT)
+            self.send_body(404, b"404 page not found", TEXT_CONTENT_TYPE)
 
     def _json_object(self, body: bytes, go_type: str) -> dict[str, Any] | None:
         """The body as a JSON object, or None after answering 400 as Ollama would."""
@@ -641,7 +423,7 @@ class _FakeHandler(TrackedHandler):
         elif _full_name(name) not in self.fake.models:
             self.send_error_json(404, f"model '{name}' not found")
         else:
-            self.send_body(200, self.fake._show_body(), _JSON_CT)
+            self.send_body(200, self.fake._show_body(), JSON_CONTENT_TYPE)
 
     def _control(self, path: str, body: bytes) -> None:
         fake = self.fake
@@ -649,12 +431,12 @@ class _FakeHandler(TrackedHandler):
             if path == "/_fake/behaviour":
                 fields = json.loads(body or b"{}")
                 new = fake.set_behaviour(**fields)
-                self.send_body(200, go_json(dataclasses.asdict(new)), _JSON_CT)
+                self.send_body(200, go_json(dataclasses.asdict(new)), JSON_CONTENT_TYPE)
             elif path == "/_fake/reset":
                 fake.reset_counts()
-                self.send_body(200, b"{}", _JSON_CT)
+                self.send_body(200, b"{}", JSON_CONTENT_TYPE)
             else:
-                self.send_body(404, b"404 page not found", _TEXT_CT)
+                self.send_body(404, b"404 page not found", TEXT_CONTENT_TYPE)
         except (ValueError, TypeError) as exc:
             self.send_error_json(400, str(exc))
 
@@ -701,12 +483,12 @@ class _FakeHandler(TrackedHandler):
             # No messages: Ollama only loads the model and says so, in one object even when streaming.
             loaded = {
                 "model": chat.model,
-                "created_at": _go_time(time.time_ns()),
+                "created_at": go_time(time.time_ns()),
                 "message": {"role": "assistant", "content": ""},
                 "done": True,
                 "done_reason": "load",
             }
-            self.send_body(200, go_json(loaded), _JSON_CT)
+            self.send_body(200, go_json(loaded), JSON_CONTENT_TYPE)
             return
         # Ollama's queue limit counts waiting requests too, so in-flight covers the delay.
         if not self.fake._enter():
@@ -745,7 +527,7 @@ class _FakeHandler(TrackedHandler):
 
     def _answer(self, chat: _Chat) -> None:
         b = chat.behaviour
-        created = _go_time(time.time_ns())
+        created = go_time(time.time_ns())
         load_ns = max(1, time.monotonic_ns() - chat.started_ns)
         head: dict[str, Any] = {
             "model": chat.model,
@@ -770,7 +552,7 @@ class _FakeHandler(TrackedHandler):
             # The common case in one piece: Content-Length when small, as Go sends it.
             content = b"".join(pieces)
             tail = self._final(chat, head, answer_len, load_ns, eval_start)
-            self.send_body(200, open_part + content + tail, _JSON_CT)
+            self.send_body(200, open_part + content + tail, JSON_CONTENT_TYPE)
             return
         if chat.stream:
             self._stream(chat, open_part, close_part, pieces)
@@ -778,9 +560,9 @@ class _FakeHandler(TrackedHandler):
             self._single(chat, open_part, pieces)
         tail = self._final(chat, head, answer_len, load_ns, eval_start)
         if chat.stream:
-            self.wfile.write(_chunk(tail + b"\n") + b"0\r\n\r\n")
+            self.wfile.write(chunk(tail + b"\n") + b"0\r\n\r\n")
         else:
-            self.wfile.write(_chunk(tail) + b"0\r\n\r\n")
+            self.wfile.write(chunk(tail) + b"0\r\n\r\n")
 
     def _final(self, chat: _Chat, head: dict[str, Any], answer_len: int, load_ns: int, eval_start: int) -> bytes:
         """The final object (stream) or the part after the content (non-stream)."""
@@ -810,7 +592,7 @@ class _FakeHandler(TrackedHandler):
             if b.drop and n >= 1:
                 self.wfile.write(b"".join(batch))
                 raise _Aborted
-            batch.append(_chunk(open_part + piece + close_part + b"\n"))
+            batch.append(chunk(open_part + piece + close_part + b"\n"))
             # Small answers go out in one write; big or slow ones chunk by chunk, as Ollama flushes.
             if b.chunk_delay_ms or len(batch) >= 16 or len(piece) > 4096:
                 self.wfile.write(b"".join(batch))
@@ -825,13 +607,12 @@ class _FakeHandler(TrackedHandler):
 
     def _single(self, chat: _Chat, open_part: bytes, pieces: Iterator[bytes]) -> None:
         b = chat.behaviour
-        self.wfile.write(
-            self.head_bytes(200, [("Content-Type", _JSON_CT), ("Transfer-Encoding", "chunked")]) + _chunk(open_part)
-        )
+        head = self.head_bytes(200, [("Content-Type", JSON_CONTENT_TYPE), ("Transfer-Encoding", "chunked")])
+        self.wfile.write(head + chunk(open_part))
         for n, piece in enumerate(pieces):
             if b.drop and n >= 1:
                 raise _Aborted
-            self.wfile.write(_chunk(piece))
+            self.wfile.write(chunk(piece))
             if b.chunk_delay_ms and self.fake.stopping.wait(b.chunk_delay_ms / 1000):
                 raise _Aborted
         if b.drop:

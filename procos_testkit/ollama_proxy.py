@@ -32,13 +32,13 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Literal, cast, get_args
 
-from procos_testkit.fake_ollama import BUSY_MESSAGE, BackgroundServer, TrackedHandler, go_json
+from procos_testkit.fake_ollama import BUSY_MESSAGE
+from procos_testkit.httpkit import JSON_CONTENT_TYPE, TEXT_CONTENT_TYPE, BackgroundServer, TrackedHandler, go_json
 
-__all__ = ["OllamaProxy", "ProxyMode", "main"]
+__all__ = ["OllamaProxy", "ProxyHandler", "ProxyMode", "UpstreamError", "main"]
 
 ProxyMode = Literal["pass", "503", "refuse"]
 
-_JSON_CT = "application/json; charset=utf-8"
 _COPY_BYTES = 64 * 1024
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are not forwarded.
 _HOP_BY_HOP = frozenset(
@@ -142,11 +142,11 @@ class OllamaProxy(BackgroundServer):
                 self._forwarded[path] += 1
 
 
-class _UpstreamError(Exception):
+class UpstreamError(Exception):
     """The upstream could not be reached or broke before answering."""
 
 
-class _ProxyHandler(TrackedHandler):
+class ProxyHandler(TrackedHandler):
     """Forwards each request over one upstream connection kept per client connection."""
 
     _upstream: http.client.HTTPConnection | None = None
@@ -195,10 +195,10 @@ class _ProxyHandler(TrackedHandler):
     def _control(self, path: str, body: bytes) -> None:
         proxy = self.proxy
         if path == "/_proxy/counts":
-            self.send_body(200, go_json({**proxy.counts(), "mode": proxy.mode}), _JSON_CT)
+            self.send_body(200, go_json({**proxy.counts(), "mode": proxy.mode}), JSON_CONTENT_TYPE)
         elif path == "/_proxy/reset" and self.command == "POST":
             proxy.reset_counts()
-            self.send_body(200, b"{}", _JSON_CT)
+            self.send_body(200, b"{}", JSON_CONTENT_TYPE)
         elif path == "/_proxy/mode" and self.command == "POST":
             try:
                 mode = json.loads(body)["mode"]
@@ -211,14 +211,14 @@ class _ProxyHandler(TrackedHandler):
                 proxy.resume()
             else:
                 proxy.pause("503")
-            self.send_body(200, go_json({"mode": mode}), _JSON_CT)
+            self.send_body(200, go_json({"mode": mode}), JSON_CONTENT_TYPE)
         else:
-            self.send_body(404, b"404 page not found", "text/plain; charset=utf-8")
+            self.send_body(404, b"404 page not found", TEXT_CONTENT_TYPE)
 
     def _forward(self, body: bytes) -> None:
         try:
             resp = self._send_upstream(body)
-        except _UpstreamError as exc:
+        except UpstreamError as exc:
             self.send_error_json(502, f"proxy: upstream {self.proxy.upstream} failed: {exc.__cause__}")
             return
         try:
@@ -246,10 +246,10 @@ class _ProxyHandler(TrackedHandler):
                 self._drop_upstream()
                 # A kept-alive upstream connection may have been closed while idle: retry once fresh.
                 if not (reused and attempt == 1):
-                    raise _UpstreamError from exc
+                    raise UpstreamError from exc
             except (OSError, http.client.HTTPException) as exc:
                 self._drop_upstream()
-                raise _UpstreamError from exc
+                raise UpstreamError from exc
         raise AssertionError("unreachable")
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -293,7 +293,7 @@ class _ProxyHandler(TrackedHandler):
         self.wfile.write(b"0\r\n\r\n")
 
 
-OllamaProxy.handler_class = _ProxyHandler
+OllamaProxy.handler_class = ProxyHandler
 
 
 def main(argv: Sequence[str] | None = None) -> int:

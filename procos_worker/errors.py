@@ -4,16 +4,17 @@
 
     ProcosError
     ├── TaskError                  raised while handling one task; ``outcomes.outcome_for`` maps it
-    │   ├── BusinessError          -> BPMN error with the class's ``code``: the process model handles it
+    │   ├── BusinessError          -> BPMN error: with the class's ``code``; the process model handles it
     │   │   ├── InputError         inputs missing or unusable (code TASK_INPUT_ERROR_CODE, by default
     │   │   │                      AI_INPUT_INVALID), nothing stored
     │   │   └── PromptTooLong      the prompt does not fit the model's context (AI_PROMPT_TOO_LONG)
-    │   ├── TransientError         -> Camunda failure, retries - 1, exponential retryTimeout
+    │   ├── TransientError         -> failure: retries - 1, exponential retryTimeout
     │   │   ├── LlmBusy            Ollama 503/5xx/408/429 or a timeout, after the in-process tries
-    │   │   └── StoreRefused       PostgreSQL is reachable but can't do it now (statement or lock timeout,
-    │   │                          too many connections, disk full, read-only), after DATABASE_ATTEMPTS
-    │   └── PermanentError         -> Camunda failure with retries 0 = an incident; the message says
-    │       │                         what to fix, errorDetails has the full story
+    │   │   └── StoreRefused       PostgreSQL is reachable but can't do it now (statement or lock
+    │   │                          timeout, too many connections, disk full, read-only), after
+    │   │                          DATABASE_ATTEMPTS in-process tries
+    │   └── PermanentError         -> incident: a failure with retries 0; the message says what to
+    │       │                         fix, errorDetails has the full story
     │       ├── ModelNotFound      Ollama answers 404 for the model
     │       ├── LlmRequestInvalid  Ollama answers 400 (invalid options, ...)
     │       ├── VariableTooLong    a variable to send would exceed Camunda's 4000-char column
@@ -21,29 +22,38 @@
     │       │                      the message names the activity and the property
     │       └── ModelRefused       procos_ai_models disables the model (or it is not registered
     │                              while REGISTRY_ALLOW_UNREGISTERED=false)
-    ├── RunCancelled               the run was released (shutdown) or lost (the lock) while it waited or
-    │                              worked: it stops and reports nothing (the engine no longer expects it)
-    ├── ServiceUnavailable         a dependency can't be reached: its ``gate`` waits with backoff while
-    │   │                          the task keeps its lock, and the poll loop fetches nothing new. It
-    │   │                          leaves the handler only when the run was released or lost while
-    │   │                          waiting: then nothing is reported (the engine no longer expects it)
+    ├── RunCancelled               -> abandon: the run was released (shutdown) or lost (the lock)
+    │                              while it waited or worked; it stops and reports nothing (the
+    │                              engine no longer expects it)
+    ├── ServiceUnavailable         -> wait: its ``gate`` waits with backoff while the task keeps its
+    │   │                          lock, and the poll loop fetches nothing new; it leaves the handler
+    │   │                          only when the run was released or lost meanwhile, and then
+    │   │                          nothing is reported (the engine no longer expects it)
     │   ├── LlmUnavailable         Ollama refuses connections
     │   └── StoreUnavailable       PostgreSQL can't be reached
     └── EngineError                raised only by the engine client (``engine.client``)
-        ├── EngineUnavailable      the REST API can't be reached (refused, timeout, 502/503/504, 408/429, a
-        │                          5xx without an engine exception): the poll loop backs off; a report is
-        │                          retried until it lands
-        ├── EngineRefused          500 with an engine exception: the call reached the engine and failed in
-        │                          its transaction (a listener that throws, a persistence error): a report
-        │                          is tried WORKER_REPORT_ATTEMPTS times, then the task gets an incident
-        ├── EngineRejected         Camunda refused the call (4xx): the report is dropped and logged; for
-        │                          extendLock (401/403 too) the heartbeat tries again next tick
-        ├── EngineAuthFailed       the login was refused (the token endpoint refused the client, or a
-        │                          401 even with a fresh token): like EngineRejected, with the reason
-        ├── LockExpired            the lock ran out or was released and nobody else holds the task: lock
-        │                          it again and go on (a stored answer is never thrown away for it)
-        └── LockLost               404, or the lock is another worker's: the run is abandoned
+        ├── EngineUnavailable      -> retry: the poll loop backs off; a report is tried again until
+        │                          it lands; an extension next tick (refused or timed-out
+        │                          connection, 502/503/504, 408/429, a 5xx without an engine
+        │                          exception in its body)
+        ├── EngineRefused          -> retry, then incident: a 500 with an engine exception (the call
+        │                          reached the engine and its transaction failed: a listener that
+        │                          throws, a persistence error); a report is tried
+        │                          WORKER_REPORT_ATTEMPTS times, then the task gets an incident
+        │                          naming the stored row
+        ├── EngineRejected         -> abandon: Camunda refused the call (4xx); a refused report is
+        │                          dropped and logged, a refused poll backs off; a refused
+        │                          extendLock (401/403 too) is tried again next tick
+        ├── EngineAuthFailed       -> abandon: the login was refused (the token endpoint refused the
+        │                          client, or a 401 even with a fresh token): like EngineRejected
+        ├── LockExpired            -> relock: the lock ran out or was released and nobody else holds
+        │                          the task: it is locked again and the run goes on (a stored
+        │                          answer is never thrown away for it)
+        └── LockLost               -> abandon: 404, or the lock is another worker's; the run is
+                                   marked lost (its LLM call stops), nothing more is sent about it
 
+The word after ``->`` is the outcome, inherited by the classes below; the README's "Outcomes and
+errors" table names every class with the same word (``tests/unit/test_errors.py`` checks both).
 Dependencies' exceptions are converted into these in the client modules only
 (``engine.client``, ``ai.llm``, ``ai.template``, ``store.context``), with ``raise ... from``. Any
 other exception out of the handler is a bug: ``outcomes.internal_error`` makes it an incident with
@@ -154,17 +164,15 @@ class RunCancelled(ProcosError):
 
 
 class ServiceUnavailable(ProcosError):
-    """A dependency can't be reached. ``service`` names it for logs and the health record."""
-
-    service = "service"
+    """A dependency can't be reached (the ``gate`` that waits for it names it in logs and health)."""
 
 
 class LlmUnavailable(ServiceUnavailable):
-    service = "ollama"
+    """Ollama refuses connections."""
 
 
 class StoreUnavailable(ServiceUnavailable):
-    service = "postgresql"
+    """PostgreSQL can't be reached."""
 
 
 class EngineError(ProcosError):
@@ -184,8 +192,6 @@ class EngineRejected(EngineError):
 
     def __init__(self, status: int, error_type: str, message: str) -> None:
         super().__init__(f"Camunda answered {status} {error_type}: {message}")
-        self.status = status
-        self.error_type = error_type
 
 
 class EngineAuthFailed(EngineError):

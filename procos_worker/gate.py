@@ -8,6 +8,7 @@ opens it again, so work resumes within one backoff delay of the service coming b
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -25,12 +26,17 @@ _T = TypeVar("_T")
 
 
 class ServiceGate:
-    """Up/down state and backoff of one dependency, shared by every thread that uses it."""
+    """Up/down state and backoff of one dependency, shared by every thread that uses it.
 
-    def __init__(self, name: str, settings: BackoffSettings, probe: Callable[[], object]) -> None:
+    ``clock`` (monotonic seconds) times an outage for the log; ``draw`` is the backoff's jitter source.
+    """
+
+    def __init__(self, name: str, settings: BackoffSettings, probe: Callable[[], object], *,
+                 clock: Callable[[], float] = time.monotonic, draw: Callable[[], float] = random.random) -> None:
         self.name = name
         self._probe = probe
-        self._backoff = Backoff(settings)
+        self._clock = clock
+        self._backoff = Backoff(settings, draw=draw)
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._log = structlog.get_logger("procos_worker.gate").bind(service=name)
@@ -71,7 +77,7 @@ class ServiceGate:
     def _mark_down(self, exc: ServiceUnavailable) -> float:
         with self._lock:
             if self._down_since is None:
-                self._down_since = time.monotonic()
+                self._down_since = self._clock()
                 self._log.warning("service.down", error=exc.message)
             return self._backoff.next_delay_s()
 
@@ -79,7 +85,7 @@ class ServiceGate:
         with self._lock:
             if self._down_since is None:
                 return
-            down_s = time.monotonic() - self._down_since
+            down_s = self._clock() - self._down_since
             self._down_since = None
             self._backoff.reset()
         self._log.info("service.up", down_s=round(down_s, 3))

@@ -12,7 +12,8 @@ import time
 
 from structlog.stdlib import BoundLogger
 
-from procos_worker.ai.llm import LlmClient, build_messages
+from procos_worker.ai.api import LlmApi
+from procos_worker.ai.llm import build_messages
 from procos_worker.ai.taskconfig import TaskConfig, TaskConfigs
 from procos_worker.errors import TaskError
 from procos_worker.flags import build_flags
@@ -21,7 +22,7 @@ from procos_worker.inputs import build_inputs
 from procos_worker.models import Complete, StoredOutput, Task
 from procos_worker.outcomes import complete
 from procos_worker.settings import Settings
-from procos_worker.store.context import ContextStore
+from procos_worker.store.api import StoreApi
 
 __all__ = ["TaskHandler"]
 
@@ -29,7 +30,7 @@ __all__ = ["TaskHandler"]
 class TaskHandler:
     """Runs the pipeline for one task at a time per call (many calls run in parallel threads)."""
 
-    def __init__(self, settings: Settings, store: ContextStore, llm: LlmClient, configs: TaskConfigs, *,
+    def __init__(self, settings: Settings, store: StoreApi, llm: LlmApi, configs: TaskConfigs, *,
                  store_gate: ServiceGate, llm_gate: ServiceGate) -> None:
         self._settings = settings
         self._store = store

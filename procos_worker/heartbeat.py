@@ -16,6 +16,7 @@ answers decides:
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from collections.abc import Callable
 import structlog
 from structlog.stdlib import BoundLogger
 
-from procos_worker.engine.client import EngineClient
+from procos_worker.engine.api import EngineApi
 from procos_worker.errors import EngineError, EngineUnavailable, LockExpired, LockLost
 from procos_worker.taskrun import RunState, TaskRun
 
@@ -31,13 +32,21 @@ __all__ = ["Heartbeat"]
 
 
 class Heartbeat:
-    """A daemon thread deciding which locks to extend, and one short-lived daemon thread per extension."""
+    """A daemon thread deciding which locks of the runs ``snapshot()`` returns to extend, and one
+    short-lived daemon thread per extension; ``clock`` is the monotonic time the runs' lock expiry is
+    measured in."""
 
-    def __init__(self, engine: EngineClient, snapshot: Callable[[], list[TaskRun]],
-                 shortest_lock_duration_ms: int) -> None:
-        """``shortest_lock_duration_ms``: the shortest lock of any topic (it sets how often to look)."""
+    def __init__(self, engine: EngineApi, snapshot: Callable[[], list[TaskRun]], shortest_lock_duration_ms: int, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 start_extension: Callable[[Callable[[], None], str], object] | None = None) -> None:
+        """``shortest_lock_duration_ms``: the shortest lock of any topic (it sets how often to look);
+        each task's lock is extended by its own topic's duration (``TaskRun.lock_duration_ms``).
+        ``start_extension(call, name)`` runs one extension: by default in a daemon thread of its own
+        (tests may run it in place)."""
         self._engine = engine
         self._snapshot = snapshot
+        self._clock = clock
+        self._start_extension = start_extension or _in_daemon_thread
         self._tick_s = min(1.0, shortest_lock_duration_ms / 4000)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="procos-heartbeat", daemon=True)
@@ -52,13 +61,18 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def tick(self) -> None:
+        """One pass: start an extension of every held lock that is due and has none in flight (the
+        thread calls this every tick)."""
+        now = self._clock()
+        for run in self._snapshot():
+            if run.state in (RunState.RUNNING, RunState.REPORTING) and self._due(run, now) and self._claim(run):
+                self._start_extension(functools.partial(self._extend_then_release, run),
+                                      f"procos-extend-{run.task.id[:8]}")
+
     def _loop(self) -> None:
         while not self._stop.wait(self._tick_s):
-            now = time.monotonic()
-            for run in self._snapshot():
-                if run.state in (RunState.RUNNING, RunState.REPORTING) and self._due(run, now) and self._claim(run):
-                    threading.Thread(target=self._extend_then_release, args=(run,), daemon=True,
-                                     name=f"procos-extend-{run.task.id[:8]}").start()
+            self.tick()
 
     def _due(self, run: TaskRun, now: float) -> bool:
         return run.lock_expires_at - now < run.lock_duration_ms / 2000
@@ -93,7 +107,7 @@ class Heartbeat:
             level = log.debug if isinstance(exc, EngineUnavailable) else log.warning
             level("task.lock_extend_failed", error=exc.message)
             return
-        run.lock_expires_at = time.monotonic() + run.lock_duration_ms / 1000
+        run.lock_expires_at = self._clock() + run.lock_duration_ms / 1000
         log.debug("task.lock_extended", elapsed_s=run.elapsed_s())
 
     def _relock(self, run: TaskRun, expired: LockExpired, log: BoundLogger) -> bool:
@@ -112,3 +126,8 @@ class Heartbeat:
     def _lost(self, run: TaskRun, exc: LockLost, log: BoundLogger) -> None:
         if run.give_up(RunState.LOST):
             log.warning("task.lock_lost", error=str(exc), elapsed_s=run.elapsed_s())
+
+
+def _in_daemon_thread(call: Callable[[], None], name: str) -> None:
+    # A daemon: an extension hanging on a dead connection must not hold the process at exit.
+    threading.Thread(target=call, name=name, daemon=True).start()

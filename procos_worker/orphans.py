@@ -25,14 +25,15 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import structlog
 
-from procos_worker.engine.client import EngineClient
+from procos_worker.engine.api import EngineApi
 from procos_worker.errors import EngineError, PermanentError, ProcosError
 from procos_worker.health import Counters
 from procos_worker.settings import Settings
-from procos_worker.store.leases import LeaseStore
+from procos_worker.store.api import LeaseApi
 
 __all__ = ["OrphanRecovery"]
 
@@ -42,9 +43,11 @@ _MIN_LOCK_LEFT_S = 3.0
 
 
 class OrphanRecovery:
-    """This worker's lease, and the sweep of dead workers' tasks (one daemon thread)."""
+    """This worker's lease, and the sweep of dead workers' tasks (one daemon thread). ``clock`` (monotonic
+    seconds) times how long this worker has been healthy; the leases' own times are the database's."""
 
-    def __init__(self, settings: Settings, engine: EngineClient, leases: LeaseStore, counters: Counters) -> None:
+    def __init__(self, settings: Settings, engine: EngineApi, leases: LeaseApi, counters: Counters, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._id = settings.worker.id
         self._topics = settings.worker.topics
         self._lease_s = settings.orphans.lease_s
@@ -54,6 +57,7 @@ class OrphanRecovery:
         self._engine = engine
         self._leases = leases
         self._counters = counters
+        self._clock = clock
         self._healthy_since: float | None = None
         self._had_lease = False
         self._disabled = False
@@ -81,7 +85,7 @@ class OrphanRecovery:
         self._beat()
         if self._disabled or self._healthy_since is None:
             return
-        if time.monotonic() - self._healthy_since < self._lease_s:
+        if self._clock() - self._healthy_since < self._lease_s:
             return
         try:
             self._leases.reap(self._id, self._sweep)
@@ -108,7 +112,7 @@ class OrphanRecovery:
             self._log.warning("worker.lease_beat_failed", error=exc.message)
             return
         if self._healthy_since is None:
-            self._healthy_since = time.monotonic()
+            self._healthy_since = self._clock()
         if expired or (expired is None and self._had_lease):
             # Others took us for dead meanwhile and may have unlocked our tasks (the heartbeat locks them again
             # where nobody else took them).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -23,19 +24,23 @@ class RunState(Enum):
 
 @dataclass(eq=False)
 class TaskRun:
+    """``clock`` is the monotonic time source (tests pass a fake one); ``started`` is read from it."""
+
     task: Task
     lock_duration_ms: int
-    started: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    started: float = field(init=False)
     state: RunState = RunState.RUNNING
     lock: threading.Lock = field(default_factory=threading.Lock)
     cancel: threading.Event = field(default_factory=threading.Event)
     lock_expires_at: float = 0.0
 
     def __post_init__(self) -> None:
+        self.started = self.clock()
         self.lock_expires_at = self.started + self.lock_duration_ms / 1000
 
     def elapsed_s(self) -> float:
-        return round(time.monotonic() - self.started, 3)
+        return round(self.clock() - self.started, 3)
 
     def begin_report(self) -> bool:
         """Claim the right to report; False if the task was released or lost first."""

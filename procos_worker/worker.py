@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import signal
 import threading
 import time
@@ -39,11 +40,13 @@ from typing import TypeVar
 import structlog
 from structlog.stdlib import BoundLogger
 
+from procos_worker.ai.api import LlmApi
 from procos_worker.ai.llm import LlmClient
 from procos_worker.ai.registry import ModelRegistry, StatsRefresher
 from procos_worker.ai.taskconfig import TaskConfigs
 from procos_worker.backoff import Backoff
 from procos_worker.budget import InputBudget
+from procos_worker.engine.api import EngineApi
 from procos_worker.engine.bpmn import BpmnCatalog
 from procos_worker.engine.client import EngineClient
 from procos_worker.engine.fetch import fetch_order, subscriptions
@@ -67,6 +70,7 @@ from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
 from procos_worker.orphans import OrphanRecovery
 from procos_worker.outcomes import internal_error, outcome_for, report_refused, uncaught_bpmn_error
 from procos_worker.settings import Settings
+from procos_worker.store.api import LeaseApi, ModelTableApi, StoreApi
 from procos_worker.store.context import ContextStore
 from procos_worker.store.leases import LeaseStore
 from procos_worker.store.registry import ModelTable
@@ -91,11 +95,6 @@ class _Reporting:
     refused: int = 0
 
 
-def _left(end: float) -> float:
-    """Seconds until the monotonic deadline ``end`` (0 once it passed)."""
-    return max(0.0, end - time.monotonic())
-
-
 class Worker:
     """Owns all runtime state of one worker process.
 
@@ -109,43 +108,66 @@ class Worker:
         bpmn: the process models, to throw a BPMN error only where one catches it.
         orphans: this worker's lease and the recovery of dead workers' tasks (None if switched off).
         counters: tasks completed / failed / bpmn_errors / abandoned / released since start.
+
+    ``models`` is procos_ai_models (read by the model registry) and ``leases`` procos_worker_leases (orphan
+    recovery); by default the ContextStore's tables.
+    The keyword arguments after the clients exist for tests: ``clock`` (monotonic seconds: run
+    times, lock expiry, the shutdown deadline, the registry's cache), ``draw`` (backoff jitter),
+    ``sleep`` (between retries of a report), ``exit_process`` (the second signal) and
+    ``health_interval_s``.
     """
 
-    def __init__(self, settings: Settings, *, engine: EngineClient | None = None,
-                 store: ContextStore | None = None, llm: LlmClient | None = None) -> None:
+    def __init__(self, settings: Settings, *, engine: EngineApi | None = None,
+                 store: StoreApi | None = None, llm: LlmApi | None = None, models: ModelTableApi | None = None,
+                 leases: LeaseApi | None = None,
+                 clock: Callable[[], float] = time.monotonic, draw: Callable[[], float] = random.random,
+                 sleep: Callable[[float], None] = time.sleep, exit_process: Callable[[int], object] = os._exit,
+                 health_interval_s: float = _HEALTH_INTERVAL_S) -> None:
         self.settings = settings
         w = settings.worker
         # Threads that may call the engine at once: the poll loop, the heartbeat, shutdown, one per task.
-        self.engine = engine or EngineClient(settings.camunda, w.id,
-                                             async_response_timeout_ms=w.async_response_timeout_ms,
-                                             order=fetch_order(w), pool_size=w.max_tasks_in_flight + 3)
+        self.engine: EngineApi = engine or EngineClient(
+            settings.camunda, w.id, async_response_timeout_ms=w.async_response_timeout_ms,
+            order=fetch_order(w), pool_size=w.max_tasks_in_flight + 3)
         # No variable values in fetchAndLock: each task reads the ones it needs, sizes first (engine.variables).
         self._subscriptions = [dataclasses.replace(sub, variables=()) for sub in subscriptions(w, [])]
-        self.store = store or ContextStore(settings.database, provider=settings.ollama.provider,
-                                           pool_size=settings.pool_size)
-        self.llm = llm or LlmClient(settings.ollama)
-        self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping)
-        self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping)
-        models = ModelTable(self.store, settings.ollama.provider)
-        self.configs = TaskConfigs(settings, ModelRegistry(settings.registry, models.load))
+        context = store or ContextStore(settings.database, provider=settings.ollama.provider,
+                                        pool_size=settings.pool_size)
+        self.store: StoreApi = context
+        self.llm: LlmApi = llm or LlmClient(settings.ollama)
+        if models is None or (leases is None and settings.orphans.recovery):
+            if not isinstance(context, ContextStore):
+                raise TypeError("a store that is not a ContextStore comes with its models and leases tables "
+                                "(models=..., leases=...)")
+            models = models or ModelTable(context, settings.ollama.provider)
+            leases = leases or LeaseStore(context)
+        self._clock = clock
+        self._draw = draw
+        self._sleep = sleep
+        self._exit_process = exit_process
+        self._health_interval_s = health_interval_s
+        self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping, clock=clock, draw=draw)
+        self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping, clock=clock, draw=draw)
+        self.configs = TaskConfigs(settings, ModelRegistry(settings.registry, models.load, clock=clock))
         self.handler = TaskHandler(settings, self.store, self.llm, self.configs,
                                    store_gate=self.store_gate, llm_gate=self.llm_gate)
         # An input row with no answer after every try of the longest call is an error, not a call running.
-        self._stats = StatsRefresher(settings.registry.stats_interval_s, lambda: models.refresh_stats(
+        table = models
+        self._stats = StatsRefresher(settings.registry.stats_interval_s, lambda: table.refresh_stats(
             window_s=settings.registry.stats_window_s, min_age_s=0.9 * settings.registry.stats_interval_s,
             unanswered_after_s=settings.ollama.timeout_s * settings.ollama.attempts, worker_id=w.id))
         self.variables = VariableLoader(self.engine, settings.task)
         self.input_budget = InputBudget(settings.task.max_input_chars_in_flight)
         self.bpmn = BpmnCatalog(self.engine)
         self.counters = Counters()
-        self.orphans = (OrphanRecovery(settings, self.engine, LeaseStore(self.store), self.counters)
-                        if settings.orphans.recovery else None)
+        self.orphans = (OrphanRecovery(settings, self.engine, leases, self.counters, clock=clock)
+                        if settings.orphans.recovery and leases is not None else None)
         self._runs: dict[str, TaskRun] = {}
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._signals = 0
         self._heartbeat = Heartbeat(self.engine, self._snapshot,
-                                    min(sub.lock_duration_ms for sub in self._subscriptions))
+                                    min(sub.lock_duration_ms for sub in self._subscriptions), clock=clock)
         self._exit_code = 0
         self._health_path = record_path(w.health_file, os.getpid())
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
@@ -166,7 +188,7 @@ class Worker:
         self._poll_thread.start()
         self._log.info("worker.started", topics=self.settings.worker.topics,
                        max_tasks_in_flight=self.settings.worker.max_tasks_in_flight)
-        while not self._stopping.wait(_HEALTH_INTERVAL_S):
+        while not self._stopping.wait(self._health_interval_s):
             self._write_health("running")
         return self._shutdown()
 
@@ -192,7 +214,7 @@ class Worker:
             self.stop()
 
     def _poll_loop(self) -> None:
-        backoff = Backoff(self.settings.backoff)
+        backoff = Backoff(self.settings.backoff, draw=self._draw)
         while not self._stopping.is_set():
             free = self._wait_for_capacity()
             if free == 0 or not self._dependencies_up():
@@ -226,7 +248,7 @@ class Worker:
             # Locked by a poll that returned after the stop: hand it straight back.
             self._unlock(task, log, "shutdown")
             return
-        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_for(task.topic))
+        run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_for(task.topic), clock=self._clock)
         with self._cond:
             current = self._runs.get(task.id)
             if current is not None and current.state in (RunState.RUNNING, RunState.REPORTING):
@@ -300,7 +322,7 @@ class Worker:
     def _reading_variables(self, read: Callable[[], _T], run: TaskRun, log: BoundLogger) -> _T:
         """``read`` with the engine reachable: retried with backoff while it is not (the lock is kept);
         ``RunCancelled`` once the run is given up or the engine says the task is not ours any more."""
-        backoff = Backoff(self.settings.backoff)
+        backoff = Backoff(self.settings.backoff, draw=self._draw)
         while True:
             try:
                 return read()
@@ -322,7 +344,7 @@ class Worker:
             self.counters.add("abandoned" if run.state is RunState.LOST else "released")
             log.info("task.not_reported", state=run.state.value, elapsed_s=run.elapsed_s())
             return
-        state = _Reporting(outcome, Backoff(self.settings.backoff))
+        state = _Reporting(outcome, Backoff(self.settings.backoff, draw=self._draw))
         while True:
             try:
                 self._send(run.task, state.outcome)
@@ -332,7 +354,7 @@ class Worker:
                     self.counters.add("abandoned")
                     log.warning("task.abandoned", reason=str(exc), elapsed_s=run.elapsed_s())
                     return
-                time.sleep(delay)
+                self._sleep(delay)
                 continue
             self._log_outcome(run, state.outcome, log)
             return
@@ -406,32 +428,33 @@ class Worker:
         if self._signals > 1:
             # Second signal: leave now. Unreported tasks stay locked until their lock expires, and
             # nothing unstored was completed (completion is only built from a stored row).
-            os._exit(130)
+            self._exit_process(130)
+            return
         self._log.info("worker.stopping", signal=signal.Signals(signum).name)
         self.stop()
 
     def _shutdown(self) -> int:
         self._write_health("stopping")
         w = self.settings.worker
-        deadline = time.monotonic() + w.shutdown_grace_s
+        deadline = self._clock() + w.shutdown_grace_s
         with self._cond:
             # A task waiting for an unreachable Ollama/PostgreSQL can't finish: don't wait the grace out.
-            while self._runs and time.monotonic() < deadline and not self._dependency_down():
-                self._cond.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            while self._runs and self._clock() < deadline and not self._dependency_down():
+                self._cond.wait(timeout=min(0.2, max(0.0, deadline - self._clock())))
             leftover = list(self._runs.values())
         # Everything from here on talks to the engine, which may hang: one bounded window for all of it.
-        end = time.monotonic() + w.shutdown_release_s
+        end = self._clock() + w.shutdown_release_s
         released = [run for run in leftover if run.give_up(RunState.RELEASED)]
         for run in released:
             self._unlock(run.task, self._task_log(run.task), "shutdown", end=end)
-        self._wait_for_reports(min(self.settings.camunda.http_timeout_s, _left(end)))
+        self._wait_for_reports(min(self.settings.camunda.http_timeout_s, self._left(end)))
         swept = self._sweep(end)
         if (released or swept) and self._poll_thread.is_alive():
             # Our pending long poll re-locks what we just unlocked; once it has come back (its tasks are
             # unlocked by _dispatch), nothing of ours is left waiting in the engine and a sweep is final.
-            self._poll_thread.join(timeout=min(_POLL_RETURN_S, _left(end)))
+            self._poll_thread.join(timeout=min(_POLL_RETURN_S, self._left(end)))
             self._sweep(end)
-        if _left(end) == 0:
+        if self._left(end) == 0:
             self._log.warning("worker.release_cut_short", shutdown_release_s=w.shutdown_release_s)
         self._heartbeat.stop()
         self._stats.stop()
@@ -444,17 +467,17 @@ class Worker:
         return self._exit_code
 
     def _wait_for_reports(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+        deadline = self._clock() + timeout_s
         with self._cond:
-            while any(r.state is RunState.REPORTING for r in self._runs.values()) and time.monotonic() < deadline:
+            while any(r.state is RunState.REPORTING for r in self._runs.values()) and self._clock() < deadline:
                 self._cond.wait(timeout=0.1)
 
     def _sweep(self, end: float) -> int:
         """Unlock what the engine still lists as ours (a poll answered after the stop); returns how many."""
-        if _left(end) == 0:
+        if self._left(end) == 0:
             return 0
         try:
-            held = set(self.engine.locked_task_ids(timeout_s=_left(end)))
+            held = set(self.engine.locked_task_ids(timeout_s=self._left(end)))
         except EngineError as exc:
             self._log.warning("worker.sweep_failed", error=str(exc))
             return 0
@@ -462,10 +485,10 @@ class Worker:
             reporting = {tid for tid, r in self._runs.items() if r.state is RunState.REPORTING}
         unlocked = 0
         for task_id in held - reporting:
-            if _left(end) == 0:
+            if self._left(end) == 0:
                 break
             try:
-                self.engine.unlock(task_id, timeout_s=_left(end))
+                self.engine.unlock(task_id, timeout_s=self._left(end))
             except EngineError as exc:
                 self._log.warning("task.release_failed", task_id=task_id, error=str(exc))
                 continue
@@ -475,11 +498,11 @@ class Worker:
 
     def _unlock(self, task: Task, log: BoundLogger, reason: str, *, end: float | None = None) -> None:
         """Hand the task back; ``end``: a deadline (monotonic) the call must not outlast."""
-        if end is not None and _left(end) == 0:
+        if end is not None and self._left(end) == 0:
             log.warning("task.release_failed", error="no time left (WORKER_SHUTDOWN_RELEASE_S)")
             return
         try:
-            self.engine.unlock(task.id, timeout_s=None if end is None else _left(end))
+            self.engine.unlock(task.id, timeout_s=None if end is None else self._left(end))
         except EngineError as exc:
             log.warning("task.release_failed", error=str(exc))
             return
@@ -487,6 +510,10 @@ class Worker:
         log.info("task.released", reason=reason)
 
     # -- small helpers ---------------------------------------------------------------------------
+
+    def _left(self, end: float) -> float:
+        """Seconds until the deadline ``end`` on the worker's clock (0 once it passed)."""
+        return max(0.0, end - self._clock())
 
     def _dependency_down(self) -> bool:
         return self.store_gate.is_down or self.llm_gate.is_down

@@ -1,4 +1,4 @@
--- ProcOS PostgreSQL schema for AI context storage (seed 001, "Database Management Guide").
+-- ProcOS PostgreSQL schema for AI context storage (the ProcOS "Database Management Guide").
 --
 -- This file builds a fresh database: docker compose runs it as PostgreSQL's init script, and
 -- `procos-worker init-db` runs it on a database without the ProcOS tables. A database made by an
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS procos_ai_models (
 -- uq_procos_ai_context_attempt (migration 0020, at the end of this file). It is not created here any
 -- more: rerunning this file on a database that keeps history rows must not fail on it.
 
--- AI context table indexes (seed 001), plus the conversation order and analytics ones of seed 002.
+-- AI context table indexes (the guide's), plus the conversation order and analytics ones.
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_proc_inst ON procos_ai_context (process_instance_id);
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_content_search
     ON procos_ai_context USING gin (content_text gin_trgm_ops);
@@ -56,7 +56,7 @@ CREATE INDEX IF NOT EXISTS idx_procos_ai_context_usage_jsonb ON procos_ai_contex
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_provider_model ON procos_ai_context (ai_provider, model_used);
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_created_at ON procos_ai_context (created_at);
 
--- EASY QUERY INTERFACE FOR AI CONVERSATIONS (seed 001)
+-- EASY QUERY INTERFACE FOR AI CONVERSATIONS (the guide's view)
 CREATE OR REPLACE VIEW procos_ai_conversations AS
 SELECT
     process_instance_id,

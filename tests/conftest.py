@@ -1,11 +1,13 @@
-"""Fixtures shared by every suite: the one Settings object, and the real local stack (scripts/stack up):
-Camunda, PostgreSQL, Ollama. A missing service fails the test that needs it, naming the service;
-nothing is skipped or mocked.
+"""Fixtures shared by every suite: the one Settings object, the real local stack (scripts/stack up):
+Camunda, PostgreSQL, Ollama, and the test doubles and proxies several suites use. A missing service
+fails the test that needs it, naming the service; nothing is skipped or mocked.
+
+Suite-only helpers are modules of the ``tests`` package (``tests.faults.faultkit``,
+``tests.deploy.deploykit``); doubles and proxies shared with the benchmarks are in ``procos_testkit``.
 """
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,9 +18,15 @@ import pytest
 import requests
 
 from procos_testkit.engine import EngineRest
-from procos_worker.settings import Settings, default_worker_id
+from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.holding_proxy import HoldingProxy
+from procos_testkit.in_process import Doubles, RunningWorker
+from procos_testkit.tcp_proxy import TcpProxy
+from procos_testkit.worker_process import WorkerProcess
+from procos_worker.settings import BackoffSettings, CamundaSettings, Settings, WorkerSettings, default_worker_id
 from procos_worker.store.context import ContextStore
 from procos_worker.worker import Worker
+from tests.faults.faultkit import CAMUNDA_ROOT, WORKER_COMMAND, worker_env
 
 STACK_HINT = "start the local stack with: scripts/stack up"
 
@@ -83,32 +91,6 @@ def deployed(engine_rest: EngineRest) -> tuple[str, str]:
     return engine_rest.deploy_example()
 
 
-class RunningWorker:
-    """A Worker serving in a background thread of the test process."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.exit_code: int | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.exit_code = self.worker.run(install_signal_handlers=False)
-
-    def start(self) -> RunningWorker:
-        self._thread.start()
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self, timeout_s: float = 60.0) -> int | None:
-        self.worker.stop()
-        self._thread.join(timeout_s)
-        assert not self._thread.is_alive(), "worker did not stop"
-        return self.exit_code
-
-
 @pytest.fixture()
 def run_worker(settings: Settings, store: ContextStore, tmp_path: Path) -> Iterator[Callable[..., RunningWorker]]:
     """In-process workers: ``run_worker(topic, worker={...}, ollama={...})``; all stopped at teardown."""
@@ -126,3 +108,89 @@ def run_worker(settings: Settings, store: ContextStore, tmp_path: Path) -> Itera
     yield start
     for running in started:
         running.stop()
+
+
+# -- the worker on in-memory doubles (unit tests) ---------------------------------------------------
+
+
+@pytest.fixture()
+def doubles() -> Iterator[Doubles]:
+    """In-memory engine, store and scripted LLM sharing a fake clock (``procos_testkit.in_process``).
+    At the end, held chats are let go and pending long polls end."""
+    made = Doubles()
+    yield made
+    made.llm.release()
+    made.engine.close()
+
+
+@pytest.fixture()
+def unit_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for the worker on doubles: ``unit_settings(max_tasks_in_flight=1, ...)`` sets worker fields.
+    Backoff delays are 1-4 ms so that waiting out an outage costs the test nothing."""
+
+    def make(**worker: Any) -> Settings:
+        fields: dict[str, Any] = {"id": "unit-worker", "topics": ["ai-query"], "lock_duration_ms": 10_000,
+                                  "max_tasks_in_flight": 2, "health_file": tmp_path / "health.json", **worker}
+        return Settings(worker=WorkerSettings(**fields), backoff=BackoffSettings(initial_s=0.001, max_s=0.004),
+                        camunda=CamundaSettings(http_timeout_s=2.0))
+
+    return make
+
+
+# -- doubles and proxies -----------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def real_ollama(ollama_up: str) -> str:
+    """The real Ollama (the shared ``ollama_up`` check: reachable and serving the model)."""
+    return ollama_up
+
+
+@pytest.fixture()
+def fake() -> Iterator[FakeOllama]:
+    """The fake Ollama: only for what the real one can't do on demand (slow, 503, NUL, surrogates, huge)."""
+    with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture()
+def camunda_proxy() -> Iterator[HoldingProxy]:
+    """A counting proxy in front of Camunda that can hold calls (e.g. ``/complete``) or refuse."""
+    proxy = HoldingProxy(CAMUNDA_ROOT, upstream_timeout_s=120).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture()
+def ollama_proxy(real_ollama: str) -> Iterator[HoldingProxy]:
+    """A counting proxy in front of the real Ollama that can hold chats or play dead."""
+    proxy = HoldingProxy(real_ollama).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture()
+def pg_proxy() -> Iterator[TcpProxy]:
+    """A TCP proxy in front of PostgreSQL that can refuse and cut connections."""
+    with TcpProxy(5432) as proxy:
+        yield proxy
+
+
+# -- workers as subprocesses -------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def spawn(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``procos-worker run`` subprocesses: ``spawn(topic, ENV=value, ...)``; killed at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(topic: str, **env: str) -> WorkerProcess:
+        process = WorkerProcess(worker_env(tmp_path, topic, **env), tmp_path, name=f"worker-{len(started)}",
+                                command=WORKER_COMMAND)
+        started.append(process.start())
+        return process
+
+    yield start
+    for process in started:
+        if process.alive:
+            process.kill()

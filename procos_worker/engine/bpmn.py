@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from defusedxml.ElementTree import fromstring
 
-from procos_worker.engine.client import EngineClient
+from procos_worker.engine.api import EngineApi
 
 __all__ = ["BpmnCatalog", "ProcessModel"]
 
@@ -108,7 +108,7 @@ def _is_event_subprocess(element: ET.Element) -> bool:
 class BpmnCatalog:
     """Process models by definition id, fetched once each; the catch check across call activities."""
 
-    def __init__(self, engine: EngineClient) -> None:
+    def __init__(self, engine: EngineApi) -> None:
         self._engine = engine
         self._models: dict[str, ProcessModel] = {}
         self._lock = threading.Lock()

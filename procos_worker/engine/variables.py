@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from procos_worker.engine.client import EngineClient
+from procos_worker.engine.api import EngineApi
 from procos_worker.errors import InputError
 from procos_worker.models import Task, Variable
 from procos_worker.settings import TaskSettings
@@ -48,7 +48,7 @@ class SizedTask:
 class VariableLoader:
     """Reads the input variables of one task at a time (called from the task's own thread)."""
 
-    def __init__(self, engine: EngineClient, settings: TaskSettings) -> None:
+    def __init__(self, engine: EngineApi, settings: TaskSettings) -> None:
         self._engine = engine
         self._limit = settings.max_input_chars
 

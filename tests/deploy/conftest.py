@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-# The helpers live beside this file; test modules import them as ``deploykit``.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from deploykit import (
-    COMPOSE_FILE,
-    ENV_EXAMPLE,
-    EnvEntry,
-    interpolate_tree,
-    load_yaml,
-    parse_env_file,
-)
+from tests.deploy.deploykit import COMPOSE_FILE, ENV_EXAMPLE, EnvEntry, interpolate_tree, load_yaml, parse_env_file
 
 
 @pytest.fixture(scope="session")

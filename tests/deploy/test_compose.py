@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploykit import (
+
+from procos_worker.settings import WorkerSettings
+from tests.deploy.deploykit import (
     BPMN_DIR,
     CAMUNDA_DEFAULT_YML,
     COMPOSE_FILE,
@@ -22,8 +24,6 @@ from deploykit import (
     interpolate_tree,
     load_yaml,
 )
-
-from procos_worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.deploy
 

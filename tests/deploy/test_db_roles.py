@@ -16,13 +16,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from deploykit import INIT_SQL, REPO
 from pydantic import SecretStr
 
 from procos_worker.models import LlmResult, Task, TaskInputs
 from procos_worker.settings import DatabaseSettings
 from procos_worker.store.context import ContextStore
 from procos_worker.store.leases import LeaseStore
+from tests.deploy.deploykit import INIT_SQL, REPO
 
 pytestmark = pytest.mark.deploy
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploykit import DOCKERFILE, DOCKERIGNORE, INIT_SQL, REPO
+
+from tests.deploy.deploykit import DOCKERFILE, DOCKERIGNORE, INIT_SQL, REPO
 
 pytestmark = pytest.mark.deploy
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from deploykit import COMPOSE_BLOCK, WORKER_BLOCK, EnvEntry, referenced_names
 
 from procos_worker.settings import Settings, env_var_names
+from tests.deploy.deploykit import COMPOSE_BLOCK, WORKER_BLOCK, EnvEntry, referenced_names
 
 pytestmark = pytest.mark.deploy
 

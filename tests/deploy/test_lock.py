@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploykit import DOCKERFILE, REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from tests.deploy.deploykit import DOCKERFILE, REPO
 
 pytestmark = pytest.mark.deploy
 

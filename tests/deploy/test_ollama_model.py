@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import requests
-from deploykit import REPO
 
 from procos_worker.settings import WorkerSettings
+from tests.deploy.deploykit import REPO
 
 pytestmark = pytest.mark.deploy
 

@@ -15,9 +15,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from faultkit import REPO
 
 from procos_testkit.fake_ollama import FakeOllama
+from tests.faults.faultkit import REPO
 
 pytestmark = pytest.mark.faults
 

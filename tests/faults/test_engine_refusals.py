@@ -16,10 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from faultkit import WorkerProcess, task_of
 
 from procos_testkit.engine import EngineRest, example_bpmn
 from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import task_of
 
 pytestmark = pytest.mark.faults
 

@@ -15,9 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from faultkit import WORKER_BIN, WorkerProcess, wait_until, worker_env
 
+from procos_testkit.engine import wait_until
 from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import WORKER_COMMAND, worker_env
 
 pytestmark = pytest.mark.faults
 
@@ -25,7 +27,7 @@ MAX_AGE_S = 3
 
 
 def _health(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(WORKER_BIN), "health"], env=env, capture_output=True, text=True, timeout=30,
+    return subprocess.run([WORKER_COMMAND[0], "health"], env=env, capture_output=True, text=True, timeout=30,
                           check=False)
 
 

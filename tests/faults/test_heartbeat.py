@@ -1,4 +1,4 @@
-"""Fault 1: a generation that outlasts the lock; a lock that is lost while the task runs."""
+"""A generation that outlasts the lock; a lock that is lost while the task runs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any
 import psycopg
 import pytest
 import requests
-from faultkit import HoldingProxy, completed, output_rows, success_count, task_of, wait_until
 
-from procos_testkit.engine import EngineRest
+from procos_testkit.engine import EngineRest, wait_until
 from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.holding_proxy import HoldingProxy
+from tests.faults.faultkit import completed, output_rows, success_count, task_of
 
 pytestmark = pytest.mark.faults
 

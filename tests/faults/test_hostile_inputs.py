@@ -1,4 +1,4 @@
-"""Fault 4: hostile inputs and hostile answers, each with the outcome it must have.
+"""Hostile inputs and hostile answers, each with the outcome it must have.
 
 Camunda String variables live in varchar(4000) columns and PostgreSQL text can't hold NUL, so big
 or odd inputs travel as Json or Bytes variables (as a real process would send them). The fake
@@ -16,12 +16,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from faultkit import REAL_OLLAMA, completed, ended_at, wait_until
 
-from procos_testkit.engine import EngineRest, example_bpmn, json_variable
+from procos_testkit.engine import EngineRest, example_bpmn, json_variable, wait_until
 from procos_testkit.fake_ollama import FakeOllama
 from procos_worker.outcomes import MAX_ERROR_MESSAGE_CHARS
 from procos_worker.store.context import ContextStore
+from tests.faults.faultkit import REAL_OLLAMA, completed, ended_at
 
 pytestmark = pytest.mark.faults
 

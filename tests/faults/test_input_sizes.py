@@ -22,12 +22,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from faultkit import WorkerProcess, ended_at
 
 from procos_bench.procs import RssSampler, read_status_kib
 from procos_testkit.engine import EngineRest, example_bpmn
 from procos_testkit.fake_ollama import FakeOllama
 from procos_testkit.private_engine import PrivateEngine
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import ended_at
 
 pytestmark = pytest.mark.faults
 

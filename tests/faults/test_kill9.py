@@ -1,4 +1,4 @@
-"""Fault 2: SIGKILL the worker process at each step of a task, restart it: the task ends completed
+"""SIGKILL the worker process at each step of a task, restart it: the task ends completed
 exactly once, with exactly one output row, and Ollama is not asked again once the answer was stored.
 
 The worker runs as ``procos-worker run`` against the real Camunda, PostgreSQL and Ollama; proxies in
@@ -8,40 +8,23 @@ front of them (counting, able to hold one call) make each kill point determinist
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
-from faultkit import (
-    HoldingProxy,
-    TcpProxy,
-    WorkerProcess,
-    completed,
-    db_url_via,
-    rows_by_type,
-    success_count,
-    task_of,
-)
 
 from procos_testkit.engine import EngineRest
+from procos_testkit.holding_proxy import HoldingProxy
+from procos_testkit.tcp_proxy import TcpProxy
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import completed, db_url_via, rows_by_type, success_count, task_of
 
 pytestmark = pytest.mark.faults
 
 SMALL_ANSWER = json.dumps({"num_predict": 12, "seed": 7, "temperature": 0})
 
 
-@pytest.fixture()
-def ollama_proxy(real_ollama: str) -> Iterator[HoldingProxy]:
-    proxy = HoldingProxy(real_ollama).start()
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture()
-def pg_proxy() -> Iterator[TcpProxy]:
-    with TcpProxy(5432) as proxy:
-        yield proxy
 
 
 # kill point -> /api/chat calls Ollama really answered in the end (1: never asked again after storing).

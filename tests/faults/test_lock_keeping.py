@@ -16,10 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from faultkit import HoldingProxy, WorkerProcess, success_count, task_of, wait_until
 
-from procos_testkit.engine import EngineRest
+from procos_testkit.engine import EngineRest, wait_until
 from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.holding_proxy import HoldingProxy
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import success_count, task_of
 
 pytestmark = pytest.mark.faults
 

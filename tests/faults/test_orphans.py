@@ -17,10 +17,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from faultkit import WorkerProcess, all_completed, rows_by_type, success_count, task_ids, wait_until
 
-from procos_testkit.engine import EngineRest
+from procos_testkit.engine import EngineRest, wait_until
 from procos_testkit.fake_ollama import Behaviour, FakeOllama
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import all_completed, rows_by_type, success_count, task_ids
 
 pytestmark = pytest.mark.faults
 

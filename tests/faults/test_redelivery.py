@@ -20,12 +20,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from faultkit import HoldingProxy, WorkerProcess, completed, rows_by_type, success_count, task_of
 
 from procos_testkit.engine import EngineRest
 from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.holding_proxy import HoldingProxy
+from procos_testkit.worker_process import WorkerProcess
 from procos_worker.models import Task, TaskInputs
 from procos_worker.store.context import ContextStore
+from tests.faults.faultkit import completed, rows_by_type, success_count, task_of
 
 pytestmark = pytest.mark.faults
 

@@ -1,4 +1,4 @@
-"""Fault 3: each service restarted (scripts/stack restart <service>) while 50 instances are in flight.
+"""Each service restarted (scripts/stack restart <service>) while 50 instances are in flight.
 
 The worker process stays up, all 50 complete, every completion's ai_context_id is an output row of
 its instance, no incidents. PostgreSQL and Camunda restarts run with the fake Ollama (100-300 ms
@@ -16,18 +16,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from faultkit import (
-    REPO,
-    WorkerProcess,
-    all_completed,
-    completed,
-    completed_ids_joined,
-    success_count,
-    task_ids,
-)
 
 from procos_testkit.engine import EngineRest
 from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import REPO, all_completed, completed, completed_ids_joined, success_count, task_ids
 
 pytestmark = pytest.mark.faults
 

@@ -1,4 +1,4 @@
-"""Fault 6: at LOG_LEVEL=DEBUG, with errors provoked, no password reaches stdout or stderr.
+"""At LOG_LEVEL=DEBUG, with errors provoked, no password reaches stdout or stderr.
 
 The Camunda password is a real one: a user created for this test on the auth-enabled engine
 (scripts/stack service camunda-auth, HTTP basic auth on /engine-rest/*).
@@ -21,12 +21,14 @@ from pathlib import Path
 import psycopg
 import pytest
 import requests
-from faultkit import DB_PASSWORD, DB_URL, WORKER_BIN, TcpProxy, WorkerProcess, db_url_via, wait_until, worker_env
 
-from procos_testkit.engine import EngineRest
+from procos_testkit.engine import EngineRest, wait_until
 from procos_testkit.fake_ollama import FakeOllama
 from procos_testkit.pg import scratch_database
+from procos_testkit.tcp_proxy import TcpProxy
+from procos_testkit.worker_process import WorkerProcess
 from procos_worker.store import migrations
+from tests.faults.faultkit import DB_PASSWORD, DB_URL, WORKER_COMMAND, db_url_via, worker_env
 
 pytestmark = pytest.mark.faults
 
@@ -49,11 +51,6 @@ def camunda_user() -> Iterator[tuple[str, str]]:
     yield user, password
     requests.delete(f"{AUTH_REST}/user/{user}", auth=ADMIN, timeout=10)
 
-
-@pytest.fixture()
-def pg_proxy() -> Iterator[TcpProxy]:
-    with TcpProxy(5432) as proxy:
-        yield proxy
 
 
 def _forms(secret: str) -> list[str]:
@@ -143,7 +140,7 @@ SETTINGS_ERRORS: dict[str, dict[str, str]] = {
 
 
 def _cli(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(WORKER_BIN), command], env=env, capture_output=True, text=True, timeout=120,
+    return subprocess.run([WORKER_COMMAND[0], command], env=env, capture_output=True, text=True, timeout=120,
                           check=False)
 
 

@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable
 
 import pytest
-from faultkit import HoldingProxy, WorkerProcess, task_ids
 
 from procos_testkit.engine import EngineRest
 from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.holding_proxy import HoldingProxy
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import task_ids
 
 pytestmark = pytest.mark.faults
 

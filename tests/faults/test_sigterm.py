@@ -1,4 +1,4 @@
-"""Fault 5: SIGTERM with tasks in flight, a second SIGTERM, SIGTERM during an idle long poll."""
+"""SIGTERM with tasks in flight, a second SIGTERM, SIGTERM during an idle long poll."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from faultkit import WorkerProcess, all_completed, output_rows, success_count, task_ids, wait_until
 
-from procos_testkit.engine import EngineRest
+from procos_testkit.engine import EngineRest, wait_until
 from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import all_completed, output_rows, success_count, task_ids
 
 pytestmark = pytest.mark.faults
 

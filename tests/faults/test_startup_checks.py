@@ -12,10 +12,11 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
-from faultkit import DB_URL, WorkerProcess
 
 from procos_testkit.engine import EngineRest
 from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.worker_process import WorkerProcess
+from tests.faults.faultkit import DB_URL
 
 pytestmark = pytest.mark.faults
 

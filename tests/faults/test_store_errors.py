@@ -20,15 +20,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from faultkit import DB_URL, WorkerProcess, completed, wait_until
 from pydantic import SecretStr
 
-from procos_testkit.engine import EngineRest
+from procos_testkit.engine import EngineRest, wait_until
 from procos_testkit.fake_ollama import FakeOllama
 from procos_testkit.pg import as_superuser, scratch_database
+from procos_testkit.worker_process import WorkerProcess
 from procos_worker.settings import DatabaseSettings
 from procos_worker.store import migrations
 from procos_worker.store.context import ContextStore
+from tests.faults.faultkit import DB_URL, completed
 
 pytestmark = pytest.mark.faults
 

@@ -13,10 +13,10 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from faultkit import WorkerProcess
 
 from procos_testkit.engine import EngineRest
 from procos_testkit.fake_ollama import FakeOllama
+from procos_testkit.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.faults
 

@@ -7,7 +7,6 @@ when it is not there.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,16 +22,6 @@ CHAT: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "options": {"num_p
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def real(ollama_up: str) -> str:
-    """The real Ollama (the shared check: reachable and serving the model)."""
-    return ollama_up
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama() as server:
-        yield server
 
 
 def shapes(base_url: str) -> dict[str, Any]:
@@ -63,12 +52,12 @@ def shapes(base_url: str) -> dict[str, Any]:
     return out
 
 
-def test_fake_has_the_real_shapes(real: str, fake: FakeOllama) -> None:
-    assert shapes(fake.base_url) == shapes(real)
+def test_fake_has_the_real_shapes(real_ollama: str, fake: FakeOllama) -> None:
+    assert shapes(fake.base_url) == shapes(real_ollama)
 
 
-def test_proxy_passes_the_real_ollama_through_and_counts(real: str) -> None:
-    with OllamaProxy(real) as proxy:
+def test_proxy_passes_the_real_ollama_through_and_counts(real_ollama: str) -> None:
+    with OllamaProxy(real_ollama) as proxy:
         client = ollama.Client(host=proxy.base_url, timeout=120)
         single = client.chat(model=MODEL, messages=MESSAGES, options={"num_predict": 8}, stream=False)
         parts = list(client.chat(model=MODEL, messages=MESSAGES, options={"num_predict": 8}, stream=True))

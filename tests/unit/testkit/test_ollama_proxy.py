@@ -20,11 +20,6 @@ from procos_testkit.fake_ollama import generated_answer_chunks
 MODEL = "smollm2:135m"
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama() as server:
-        yield server
-
 
 @pytest.fixture
 def proxy(fake: FakeOllama) -> Iterator[OllamaProxy]:

@@ -18,7 +18,8 @@ import ollama
 import pytest
 
 from procos_testkit import BUSY_MESSAGE, Behaviour, FakeOllama
-from procos_testkit.fake_ollama import generated_answer_chunks, go_json
+from procos_testkit.fake_ollama import generated_answer_chunks
+from procos_testkit.httpkit import go_json
 
 MODEL = "smollm2:135m"
 FINAL_KEYS = [
@@ -35,11 +36,6 @@ FINAL_KEYS = [
     "eval_duration",
 ]
 
-
-@pytest.fixture
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama() as server:
-        yield server
 
 
 def user(content: str) -> list[dict[str, str]]:

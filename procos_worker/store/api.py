@@ -1,0 +1,52 @@
+"""What the worker needs of PostgreSQL, as ``Protocol``s: the context store's writes (``ContextStore``),
+the model table the registry reads (``ModelTable``) and the leases of orphan recovery (``LeaseStore``);
+``procos_testkit`` has in-memory ones.
+Implementations raise ``StoreUnavailable`` when PostgreSQL can't be reached and other
+``ProcosError``s for everything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+from uuid import UUID
+
+from procos_worker.models import LlmResult, ModelRow, StoredOutput, Task, TaskInputs
+
+__all__ = ["LeaseApi", "ModelTableApi", "StoreApi"]
+
+
+class StoreApi(Protocol):
+    """The write side of ``procos_ai_context`` the worker uses (see ``store.context.ContextStore``)."""
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def ping(self) -> None: ...
+
+    def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
+                   model: str, options: Mapping[str, Any]) -> tuple[UUID, StoredOutput | None]: ...
+
+    def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *,
+                    prompt_chars: int | None = None) -> StoredOutput: ...
+
+
+class ModelTableApi(Protocol):
+    """procos_ai_models for one provider (see ``store.registry.ModelTable``)."""
+
+    def load(self) -> list[ModelRow]: ...
+
+    def refresh_stats(self, *, window_s: float, min_age_s: float, unanswered_after_s: float,
+                      worker_id: str) -> int | None: ...
+
+
+class LeaseApi(Protocol):
+    """procos_worker_leases: one row per live worker (see ``store.leases.LeaseStore``)."""
+
+    def beat(self, worker_id: str, *, host: str, pid: int, topics: Sequence[str], lease_s: float,
+             sweep_s: float) -> bool | None: ...
+
+    def release(self, worker_id: str, *, sweep_s: float) -> None: ...
+
+    def reap(self, worker_id: str, sweep: Callable[[str], None]) -> int: ...
