@@ -73,7 +73,8 @@ class OrphanRecovery:
     def stop(self, *, clean: bool) -> None:
         """Stop renewing; ``clean``: mark the lease expired now so others sweep what our last poll locks."""
         self._stop.set()
-        self._thread.join(timeout=self._interval_s + 5)
+        if self._thread.ident is not None:  # started (a worker that failed before serving never was)
+            self._thread.join(timeout=self._interval_s + 5)
         if clean and not self._disabled:
             try:
                 self._leases.release(self._id, sweep_s=self._sweep_s)
