@@ -22,7 +22,8 @@ from procos_testkit.worker_process import WorkerProcess
 __all__ = ["Consumer", "FakeProc", "HelperProc", "RssSampler", "WorkerGroup", "read_status_kib", "start_worker"]
 
 # Log events the harness keeps (everything else is only counted).
-_KEPT_EVENTS = frozenset({"worker.started", "task.completed", "task.llm_answered", "task.fetched", "worker.stopped"})
+_KEPT_EVENTS = frozenset({"worker.started", "task.completed", "task.llm_answered", "task.fetched", "worker.stopped",
+                          "task.input_stored", "task.orphan_released"})
 
 
 class Consumer(Protocol):
@@ -38,7 +39,7 @@ class Consumer(Protocol):
 
 def _python_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAMUNDA_", "WORKER_", "OLLAMA_", "DATABASE_",
-                                                                      "TASK_", "LOG_", "BACKOFF_"))}
+                                                                      "TASK_", "LOG_", "BACKOFF_", "ORPHANS_"))}
     env.update(extra)
     env["PYTHONUNBUFFERED"] = "1"
     return env

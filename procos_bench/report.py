@@ -24,6 +24,7 @@ TARGETS = {
     "p7_memory_overhead_ratio": "<= 1.05",
     "p7_budget_fill": ">= 0.8",
     "p7_overflows": "0",
+    "p8_orphan_recovery_s": "<= 15",
 }
 
 
@@ -46,7 +47,8 @@ def _m(d: dict[str, Any] | None, key: str = "median") -> float | None:
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers (the keys of the JSON last line)."""
-    p1, p2, p3, p3s, p4, p5, p7 = (results.get(k) or {} for k in ("p1", "p2", "p3", "p3s", "p4", "p5", "p7"))
+    p1, p2, p3, p3s, p4, p5, p7, p8 = (results.get(k) or {}
+                                       for k in ("p1", "p2", "p3", "p3s", "p4", "p5", "p7", "p8"))
     out: dict[str, Any] = {
         "p1_ratio_vs_ceiling": _m(p1.get("ratio")),
         "p2_ratio_vs_library_worker": _m(p2.get("ratio")),
@@ -61,6 +63,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "p7_memory_overhead_ratio": _m(p7.get("ratio")),
         "p7_budget_fill": _m(p7.get("fill")),
         "p7_overflows": p7.get("overflows"),
+        "p8_orphan_recovery_s": _m(p8.get("recovery_s")),
     }
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
@@ -106,9 +109,9 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         "| # | measure | procos-worker | baseline | ratio median (min-max) | target |",
         "|---|---|---|---|---|---|",
     ]
-    names = ("p1", "p2", "p3", "p3s", "p4", "p5", "p7")
+    names = ("p1", "p2", "p3", "p3s", "p4", "p5", "p7", "p8")
     failed = {k for k in names if "error" in (results.get(k) or {})}
-    p1, p2, p3, p3s, p4, p5, p7 = ({} if k in failed else results.get(k) or {} for k in names)
+    p1, p2, p3, p3s, p4, p5, p7, p8 = ({} if k in failed else results.get(k) or {} for k in names)
     if p1:
         lines.append(f"| P1 | tasks/s, instant LLM, full storage, {p1['in_flight']} in flight vs raw-REST ceiling "
                      f"({p1['in_flight']} threads, keep-alive) | {_fmt(p1.get('procos'))} | {_fmt(p1.get('ceiling'))} "
@@ -136,6 +139,10 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
                      f"| {_fmt(p5.get('many'))} | {_fmt(p5.get('one'))} | {_fmt(p5.get('ratio'), 2)}; "
                      f"duplicates {p5.get('duplicates')} | {TARGETS['p5_scaleout_ratio']}, 0 dup |")
     lines += _p7_rows(p7)
+    if p8:
+        lines.append(f"| P8 | kill -9 of a worker holding {p8['tasks']} tasks (lock {p8['lock_ms'] // 1000} s), "
+                     f"a second worker running: seconds until all are completed | {_fmt(p8.get('recovery_s'), 2)} s | "
+                     f"{p8['lock_ms'] / 1000:.0f} s (the lock) | - | {TARGETS['p8_orphan_recovery_s']} s |")
     lines += [f"| {k.upper()} | failed: {results[k]['error']} | | | | |" for k in sorted(failed)]
     return lines
 

@@ -1,5 +1,5 @@
 """The measurements: the throughput curve (and P1 from it), P2, P3 (and P3s: structured answers), P4, P5,
-P7 (``procos_bench.memory``).
+P7 (``procos_bench.memory``), P8 (orphan recovery).
 
 Every timed run goes through :meth:`Bench.measure`: a fresh :class:`Batch` on its own topic, the
 consumer started and polling, the batch released, completion polled, CPU of each process group taken
@@ -33,6 +33,7 @@ from procos_bench.procs import (
     start_worker,
 )
 from procos_testkit.engine import EngineRest
+from procos_testkit.worker_process import WorkerProcess
 from procos_worker.settings import DatabaseSettings
 from procos_worker.store.context import ContextStore
 
@@ -76,6 +77,10 @@ class Config:
     p5_processes: int = 4
     p5_delay_ms: int = 100
     p7_reps: int = 3
+    p8_reps: int = 3
+    p8_tasks: int = 4
+    p8_lock_ms: int = 60_000
+    p8_answer_delay_ms: int = 100
 
     @classmethod
     def quick(cls) -> Config:
@@ -454,6 +459,71 @@ class Bench:
             "duplicates": sum(d["duplicates"] for d in dup), "per_run": dup,
             "cpu_many": _median_cpu(many), "cpu_one": _median_cpu(one),
         }
+
+    # -- P8 ----------------------------------------------------------------------------------------
+
+    def p8(self) -> None:
+        """kill -9 of a worker holding 4 tasks (WORKER_LOCK_DURATION_MS=60000) with a second worker running:
+        seconds from the kill until all 4 are completed (orphan recovery, default ORPHANS_* settings)."""
+        cfg = self.config
+        hung = FakeProc(600_000)  # the doomed worker's model never answers: its tasks are in flight
+        fast = FakeProc(cfg.p8_answer_delay_ms)
+        recovery_s: list[float] = []
+        checks: list[dict[str, Any]] = []
+        env = {"WORKER_LOCK_DURATION_MS": str(cfg.p8_lock_ms)}
+        try:
+            for rep in range(cfg.p8_reps):
+                seconds, check = self._p8_once(hung, fast, env)
+                recovery_s.append(seconds)
+                checks.append(check)
+                _log(f"p8 rep {rep + 1}: {cfg.p8_tasks} tasks completed {seconds:.2f} s after kill -9 ({check})")
+        finally:
+            hung.stop()
+            fast.stop()
+        self.results["p8"] = {
+            "tasks": cfg.p8_tasks, "lock_ms": cfg.p8_lock_ms, "recovery_s": spread(recovery_s).as_dict(),
+            "checks": checks,
+            "timing": "SIGKILL of the worker holding every task -> open task count 0 (polled every 25 ms); "
+                      "a second worker was running the whole time",
+        }
+
+    def _p8_once(self, hung: FakeProc, fast: FakeProc, env: dict[str, str]) -> tuple[float, dict[str, Any]]:
+        cfg = self.config
+        batch = Batch(self.stack, cfg.p8_tasks, label="p8").prepare()
+        self.topics.append(batch.topic)
+        # DEBUG: its task.input_stored events say when all its tasks are in flight.
+        doomed = start_worker(self.stack, batch.topic, hung.url, in_flight=cfg.p8_tasks,
+                              env={**env, "LOG_LEVEL": "DEBUG"}).wait_started()
+        survivor: WorkerProcess | None = None
+        try:
+            batch.release()
+            doomed.wait_for("task.input_stored", timeout_s=120, count=cfg.p8_tasks)
+            survivor = start_worker(self.stack, batch.topic, fast.url, in_flight=cfg.p8_tasks, env=env).wait_started()
+            time.sleep(1.0)  # the survivor's long poll waits at the engine; the doomed worker's locks have ~58 s left
+            doomed.kill()
+            killed = time.perf_counter()
+            deadline = killed + 2 * cfg.p8_lock_ms / 1000
+            while batch.open_count() > 0:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"p8: {batch.open_count()} tasks still open")
+                time.sleep(0.025)
+            seconds = time.perf_counter() - killed
+            batch.check_all_completed()
+            outputs, worst = self._query(
+                """SELECT count(*) FILTER (WHERE context_type = 'output'), coalesce(max(n), 0)
+                   FROM (SELECT context_type, count(*) OVER (PARTITION BY task_id, context_type) AS n
+                         FROM procos_ai_context WHERE content_data->>'topic' = %s) t""", (batch.topic,)) or (0, 0)
+            if outputs != cfg.p8_tasks or worst != 1:
+                raise RuntimeError(f"p8: {outputs} output rows, at most {worst} per task and type")
+            # (The survivor may sweep dead workers of other runs too; count the doomed one's.)
+            released = len(survivor.find("task.orphan_released", dead_worker_id=doomed.name))
+            return seconds, {"output_rows": outputs, "max_rows_per_task_and_type": worst,
+                             "orphan_released_events": released}
+        finally:
+            doomed.kill()
+            if survivor is not None:
+                survivor.stop()
+            batch.close()
 
     def _duplicates(self, batch: Batch, fake: FakeProc) -> dict[str, Any]:
         calls = fake.chat_calls()

@@ -1,6 +1,6 @@
 """Test doubles and harness for procos-worker: in-memory doubles of its neighbours, a fake Ollama on
 the wire, proxies that count, hold or refuse, the worker run in a thread or as a subprocess, scratch
-databases and the npm packages some tests need.
+databases, a private Camunda engine and the npm packages some tests need.
 
 Not part of the runtime (not in the wheel or the image): the tests and the benchmarks import it from
 a checkout. Names are loaded on first use so that ``python -m procos_testkit.fake_ollama`` does not
@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     from procos_testkit.in_process import Doubles, RunningWorker, worker_on_doubles
     from procos_testkit.memory_engine import InMemoryEngine
     from procos_testkit.memory_llm import ScriptedLlm
-    from procos_testkit.memory_store import InMemoryModels, InMemoryStore
+    from procos_testkit.memory_store import InMemoryLeases, InMemoryModels, InMemoryStore
     from procos_testkit.npm import npm_package
     from procos_testkit.ollama_proxy import OllamaProxy, ProxyMode
+    from procos_testkit.private_engine import PrivateEngine
     from procos_testkit.tcp_proxy import TcpProxy
     from procos_testkit.worker_process import WorkerProcess
 
@@ -34,9 +35,11 @@ __all__ = [
     "FakeOllama",
     "HoldingProxy",
     "InMemoryEngine",
+    "InMemoryLeases",
     "InMemoryModels",
     "InMemoryStore",
     "OllamaProxy",
+    "PrivateEngine",
     "ProxyMode",
     "RunningWorker",
     "ScriptedLlm",
@@ -55,10 +58,12 @@ _HOME = {
     "FakeOllama": "fake_ollama",
     "HoldingProxy": "holding_proxy",
     "InMemoryEngine": "memory_engine",
+    "InMemoryLeases": "memory_store",
     "InMemoryModels": "memory_store",
     "InMemoryStore": "memory_store",
     "OllamaProxy": "ollama_proxy",
     "npm_package": "npm",
+    "PrivateEngine": "private_engine",
     "ProxyMode": "ollama_proxy",
     "RunningWorker": "in_process",
     "ScriptedLlm": "memory_llm",

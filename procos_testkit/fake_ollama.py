@@ -103,6 +103,9 @@ def generated_answer_chunks(total_bytes: int, piece_bytes: int = _GENERATED_PIEC
 _INT_FIELDS = frozenset({"delay_ms", "chunk_delay_ms", "answer_bytes", "chunk_chars", "status", "fail_first_n"})
 _BOOL_FIELDS = frozenset({"nul", "surrogate", "hang", "drop"})
 _STR_FIELDS = frozenset({"answer", "done_reason"})
+# 408 and 429 are what a rate-limiting or timing-out proxy in front of Ollama answers.
+_STATUSES = (404, 408, 429, 500, 503)
+_PROXY_MESSAGES = {408: "proxy: request timeout", 429: "proxy: too many requests"}
 _TRUE = frozenset({"", "1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -127,7 +130,7 @@ class Behaviour:
     chunk_chars: int = 0
     """Content characters per streamed chunk; 0 picks 64 for text, 64 KiB for generated answers."""
     status: int | None = None
-    """Answer every chat with this error status (404, 500 or 503)."""
+    """Answer every chat with this error status (404, 500 or 503; 408 or 429 as a proxy in front of Ollama would)."""
     fail_first_n: int = 0
     """The first N chats (per prompt when set by marker) get 503, later ones succeed."""
     nul: bool = False
@@ -142,8 +145,8 @@ class Behaviour:
     """``stop`` or ``length``."""
 
     def __post_init__(self) -> None:
-        if self.status not in (None, 404, 500, 503):
-            raise ValueError(f"status must be 404, 500 or 503, not {self.status}")
+        if self.status not in (None, *_STATUSES):
+            raise ValueError(f"status must be one of {_STATUSES}, not {self.status}")
         for name in ("delay_ms", "chunk_delay_ms", "chunk_chars", "fail_first_n"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -628,6 +631,8 @@ def _refusal(chat: _Chat, fake: FakeOllama) -> tuple[int, str] | None:
         return 404, f"model '{chat.model}' not found"
     if b.status == 503:
         return 503, BUSY_MESSAGE
+    if b.status in _PROXY_MESSAGES:
+        return b.status, _PROXY_MESSAGES[b.status]
     if b.status is not None:
         return b.status, _SERVER_ERROR_MESSAGE
     return None
@@ -659,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if field.name in _BOOL_FIELDS:
             parser.add_argument(flag, action="store_true")
         elif field.name == "status":
-            parser.add_argument(flag, type=int, choices=(404, 500, 503))
+            parser.add_argument(flag, type=int, choices=_STATUSES)
         elif field.name in _INT_FIELDS:
             parser.add_argument(flag, type=int, default=default)
         else:

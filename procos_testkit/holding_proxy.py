@@ -26,7 +26,8 @@ class HoldingProxy(OllamaProxy):
     ``phase="request"`` holds before forwarding (the upstream never saw it unless released with
     ``forward=True``); ``phase="response"`` forwards, waits for the upstream's whole answer, then holds
     it (the upstream did the work; the client does not hear of it unless released with ``forward=True``).
-    A request not forwarded or relayed is answered by cutting its connection.
+    A request not forwarded or relayed is answered by cutting its connection. ``answer`` makes the proxy
+    itself answer requests whose path matches with a fixed status and body (a 429 from a gateway, ...).
     """
 
     def __init__(self, upstream: str, **kwargs: Any) -> None:
@@ -38,6 +39,25 @@ class HoldingProxy(OllamaProxy):
         self._decision: dict[int, bool] = {}
         self._generation = 0
         self.held: Counter[str] = Counter()
+        self._answers: list[tuple[re.Pattern[str], int, bytes]] = []
+        self.answered: Counter[str] = Counter()
+
+    def answer(self, pattern: str, status: int, body: str = "") -> None:
+        """Answer requests whose path matches ``pattern`` with ``status`` and ``body`` (until ``stop_answering``)."""
+        with self._hold_cond:
+            self._answers.append((re.compile(pattern), status, body.encode()))
+
+    def stop_answering(self) -> None:
+        with self._hold_cond:
+            self._answers.clear()
+
+    def _answer_for(self, path: str) -> tuple[int, bytes] | None:
+        with self._hold_cond:
+            for pattern, status, body in self._answers:
+                if pattern.search(path):
+                    self.answered[path] += 1
+                    return status, body
+        return None
 
     def hold(self, pattern: str, phase: HoldPhase = "request") -> None:
         with self._hold_cond:
@@ -87,6 +107,11 @@ class _HoldingHandler(ProxyHandler):
     def _forward(self, body: bytes) -> None:
         proxy = cast(HoldingProxy, self.owner)
         path = self.path.split("?", 1)[0]
+        canned = proxy._answer_for(path)
+        if canned is not None:
+            proxy._not_forwarded(path)
+            self.send_body(canned[0], canned[1], "application/json")
+            return
         phase = proxy._phase_for(path)
         if phase is None:
             super()._forward(body)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from procos_testkit.clock import FakeClock
 from procos_testkit.memory_engine import InMemoryEngine
 from procos_testkit.memory_llm import ScriptedLlm
-from procos_testkit.memory_store import InMemoryModels, InMemoryStore
+from procos_testkit.memory_store import InMemoryLeases, InMemoryModels, InMemoryStore
 from procos_worker.settings import Settings
 from procos_worker.worker import Worker
 
@@ -46,16 +46,19 @@ class RunningWorker:
 
 @dataclass
 class Doubles:
-    """The worker's neighbours in memory (engine, context store, model table, LLM), sharing one fake clock."""
+    """The worker's neighbours in memory (engine, context store, model table, leases, LLM), sharing one fake
+    clock."""
 
     clock: FakeClock = field(default_factory=FakeClock)
     engine: InMemoryEngine = field(init=False)
     store: InMemoryStore = field(default_factory=InMemoryStore)
     models: InMemoryModels = field(default_factory=InMemoryModels)
     llm: ScriptedLlm = field(default_factory=ScriptedLlm)
+    leases: InMemoryLeases = field(init=False)
 
     def __post_init__(self) -> None:
         self.engine = InMemoryEngine(clock=self.clock)
+        self.leases = InMemoryLeases(self.clock)
 
 
 def worker_on_doubles(settings: Settings, doubles: Doubles, *, draw: Callable[[], float] = lambda: 0.5,
@@ -67,5 +70,5 @@ def worker_on_doubles(settings: Settings, doubles: Doubles, *, draw: Callable[[]
     doubles.engine.worker_id = settings.worker.id
     doubles.engine.lock_duration_ms = settings.worker.lock_duration_ms
     return Worker(settings, engine=doubles.engine, store=doubles.store, llm=doubles.llm, models=doubles.models,
-                  clock=doubles.clock, draw=draw, sleep=sleep, exit_process=exit_process,
+                  leases=doubles.leases, clock=doubles.clock, draw=draw, sleep=sleep, exit_process=exit_process,
                   health_interval_s=health_interval_s)

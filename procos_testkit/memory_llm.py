@@ -4,7 +4,8 @@
 Each ``chat`` answers at once (the next of the texts given to ``answer_next`` while any is left, else
 ``answer``), unless the test scripted an error (``fail``), made the server unreachable (``down``), or
 ``hold()`` it: then every chat waits inside the call until ``release()``, which is how a test keeps
-tasks in flight for as long as it needs.
+tasks in flight for as long as it needs. A chat whose ``cancel`` is set (before, or while held) raises
+``RunCancelled``, as the real client stops reading the stream.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from procos_testkit.scripted import Scripted
-from procos_worker.errors import LlmUnavailable
+from procos_worker.errors import LlmUnavailable, RunCancelled
 from procos_worker.models import LlmResult, ModelFacts
 
 __all__ = ["ScriptedLlm"]
+
+_CANCEL_CHECK_S = 0.01
 
 
 class ScriptedLlm(Scripted):
@@ -55,17 +58,22 @@ class ScriptedLlm(Scripted):
                 raise AssertionError(f"{self.in_chat} chats held, {count} expected after {timeout_s}s")
 
     def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
-             options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None) -> LlmResult:
+             options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None,
+             cancel: threading.Event | None = None) -> LlmResult:
         self._called("chat", messages=messages, model=model, options=None if options is None else dict(options),
                      format=None if format is None else dict(format))
         with self._cond:
             self.in_chat += 1
             self._cond.notify_all()
         try:
-            self._open.wait()
+            while not self._open.wait(_CANCEL_CHECK_S):
+                if cancel is not None and cancel.is_set():
+                    raise RunCancelled("the run was given up while the model was answering")
         finally:
             with self._cond:
                 self.in_chat -= 1
+        if cancel is not None and cancel.is_set():
+            raise RunCancelled("the run was given up while the model was answering")
         with self._cond:
             answer = self._next.popleft() if self._next else self.answer
         return LlmResult(content=answer, model=self.answered_model or model or self.model, done_reason="stop",

@@ -11,7 +11,10 @@
     │   │   └── OutputInvalid      a structured answer still breaks procos.outputSchema after the repair
     │   │                          attempts (AI_OUTPUT_INVALID); the message names the stored answers
     │   ├── TransientError         -> failure: retries - 1, exponential retryTimeout
-    │   │   └── LlmBusy            Ollama 503/5xx or a timeout, after the in-process tries
+    │   │   ├── LlmBusy            Ollama 503/5xx/408/429 or a timeout, after the in-process tries
+    │   │   └── StoreRefused       PostgreSQL is reachable but can't do it now (statement or lock
+    │   │                          timeout, too many connections, disk full, read-only), after
+    │   │                          DATABASE_ATTEMPTS in-process tries
     │   └── PermanentError         -> incident: a failure with retries 0; the message says what to
     │       │                         fix, errorDetails has the full story
     │       ├── ModelNotFound      Ollama answers 404 for the model
@@ -21,6 +24,9 @@
     │       │                      the message names the activity and the property
     │       └── ModelRefused       procos_ai_models disables the model (or it is not registered
     │                              while REGISTRY_ALLOW_UNREGISTERED=false)
+    ├── RunCancelled               -> abandon: the run was released (shutdown) or lost (the lock)
+    │                              while it waited or worked; it stops and reports nothing (the
+    │                              engine no longer expects it)
     ├── ServiceUnavailable         -> wait: its ``gate`` waits with backoff while the task keeps its
     │   │                          lock, and the poll loop fetches nothing new; it leaves the handler
     │   │                          only when the run was released or lost meanwhile, and then
@@ -31,13 +37,24 @@
     │                              engine without history): what was deleted stays deleted, run again
     └── EngineError                raised only by the engine client (``engine.client``)
         ├── EngineUnavailable      -> retry: the poll loop backs off; a report is tried again until
-        │                          it lands (refused, timeout, 5xx)
+        │                          it lands; an extension next tick (refused or timed-out
+        │                          connection, 502/503/504, 408/429, a 5xx without an engine
+        │                          exception in its body)
+        ├── EngineRefused          -> retry, then incident: a 500 with an engine exception (the call
+        │                          reached the engine and its transaction failed: a listener that
+        │                          throws, a persistence error); a report is tried
+        │                          WORKER_REPORT_ATTEMPTS times, then the task gets an incident
+        │                          naming the stored row
         ├── EngineRejected         -> abandon: Camunda refused the call (4xx); a refused report is
-        │                          dropped and logged, a refused poll backs off
+        │                          dropped and logged, a refused poll backs off; a refused
+        │                          extendLock (401/403 too) is tried again next tick
         ├── EngineAuthFailed       -> abandon: the login was refused (the token endpoint refused the
         │                          client, or a 401 even with a fresh token): like EngineRejected
-        └── LockLost               -> abandon: 404, or the lock is another worker's or expired;
-                                   nothing more is sent about the task
+        ├── LockExpired            -> relock: the lock ran out or was released and nobody else holds
+        │                          the task: it is locked again and the run goes on (a stored
+        │                          answer is never thrown away for it)
+        └── LockLost               -> abandon: 404, or the lock is another worker's; the run is
+                                   marked lost (its LLM call stops), nothing more is sent about it
 
 The word after ``->`` is the outcome, inherited by the classes below; the README's "Outcomes and
 errors" table names every class with the same word (``tests/unit/test_errors.py`` checks both).
@@ -53,12 +70,14 @@ __all__ = [
     "BusinessError",
     "EngineAuthFailed",
     "EngineError",
+    "EngineRefused",
     "EngineRejected",
     "EngineUnavailable",
     "InputError",
     "LlmBusy",
     "LlmRequestInvalid",
     "LlmUnavailable",
+    "LockExpired",
     "LockLost",
     "ModelNotFound",
     "ModelRefused",
@@ -67,7 +86,9 @@ __all__ = [
     "ProcosError",
     "PromptTooLong",
     "PurgeStopped",
+    "RunCancelled",
     "ServiceUnavailable",
+    "StoreRefused",
     "StoreUnavailable",
     "TaskConfigError",
     "TaskError",
@@ -122,6 +143,10 @@ class LlmBusy(TransientError):
     """Ollama answered 503/5xx or timed out."""
 
 
+class StoreRefused(TransientError):
+    """PostgreSQL answered but refused for now (by SQLSTATE: 57014, 55P03, 53xxx, 25006, 40xxx, 58xxx)."""
+
+
 class PermanentError(TaskError):
     """Retrying won't help until someone changes something: an incident."""
 
@@ -147,6 +172,10 @@ class ModelRefused(PermanentError):
     """The model registry (procos_ai_models) does not let the task use its model."""
 
 
+class RunCancelled(ProcosError):
+    """The run was given up (released or lost) while it waited or worked: stop, report nothing."""
+
+
 class ServiceUnavailable(ProcosError):
     """A dependency can't be reached (the ``gate`` that waits for it names it in logs and health)."""
 
@@ -168,7 +197,11 @@ class EngineError(ProcosError):
 
 
 class EngineUnavailable(EngineError):
-    """The engine can't be reached, or failed with a 5xx."""
+    """The engine can't be reached (or a proxy in front of it says it is down or busy)."""
+
+
+class EngineRefused(EngineError):
+    """The engine ran the call and failed with an exception of its own (HTTP 500 with a Camunda error body)."""
 
 
 class EngineRejected(EngineError):
@@ -180,6 +213,10 @@ class EngineRejected(EngineError):
 
 class EngineAuthFailed(EngineError):
     """The engine's login was refused: the token endpoint refused the client credentials."""
+
+
+class LockExpired(EngineError):
+    """The task is not locked by us any more, but by nobody else either (expired, or unlocked)."""
 
 
 class LockLost(EngineError):

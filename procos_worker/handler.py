@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -21,7 +22,7 @@ from procos_worker.ai.api import LlmApi
 from procos_worker.ai.structured import Checked, StructuredOutput, check_answer, output_invalid, repair_messages
 from procos_worker.ai.taskconfig import TaskConfig, TaskConfigs
 from procos_worker.ai.window import Prompt
-from procos_worker.errors import PermanentError
+from procos_worker.errors import PermanentError, TaskError
 from procos_worker.flags import build_flags
 from procos_worker.gate import ServiceGate
 from procos_worker.inputs import build_inputs
@@ -76,7 +77,7 @@ class TaskHandler:
         self._prompts = Prompts(settings, store, llm, configs.registry, store_gate=store_gate, llm_gate=llm_gate)
 
     def handle(self, task: Task, cancel: threading.Event, log: BoundLogger) -> Complete:
-        """``cancel`` interrupts waits for an unreachable service (lock lost, or shutdown)."""
+        """``cancel`` (lock lost, or shutdown) interrupts waits for an unreachable service and the LLM call."""
         # procos.* properties over the defaults; the model registry may need PostgreSQL.
         config = self._store_gate.call(lambda: self._configs.resolve(task), cancel)
         inputs = build_inputs(task, config, self._settings.task)
@@ -90,11 +91,13 @@ class TaskHandler:
 
         input_id, stored = self._save_input(step, prompt.messages)
         if stored is not None:
-            # Redelivered after a crash or an expired lock: the answer exists, don't ask again.
+            # Redelivered after a crash or an expired lock, asking the same: the answer exists, don't ask again.
             log.info("task.redelivered", ai_context_id=str(stored.id))
             return _complete(stored, config)
-        result, sent = self._ask(step, input_id)
-        return _complete(self._save_output(step, result, input_id, sent.messages, truncated=sent.truncated), config)
+        with _naming_input(input_id):
+            result, sent = self._ask(step, input_id)
+            output = self._save_output(step, result, input_id, sent.messages, truncated=sent.truncated)
+        return _complete(output, config)
 
     # -- structured answers ------------------------------------------------------------------------
 
@@ -117,7 +120,8 @@ class TaskHandler:
                 step.log.info("task.redelivered", ai_context_id=str(stored.id), attempt=attempt)
                 return stored, self._stored_values(step, spec, stored)
             question_id = question_id or input_id
-            answer = self._attempt(step, spec, messages, (question_id, input_id), attempt)
+            with _naming_input(question_id):
+                answer = self._attempt(step, spec, messages, (question_id, input_id), attempt)
             if answer.output is not None:
                 return answer.output, answer.checked.values
             invalid.append((answer.row_id, answer.checked))
@@ -198,7 +202,8 @@ class TaskHandler:
         t0 = time.perf_counter()
         config = step.config
         result = self._llm_gate.call(
-            lambda: self._llm.chat(messages, model=config.model, options=config.options, format=format),
+            lambda: self._llm.chat(messages, model=config.model, options=config.options, format=format,
+                                   cancel=step.cancel),
             step.cancel)
         metrics.llm_answered(result.model, time.perf_counter() - t0, result.prompt_eval_count, result.eval_count)
         step.log.debug("task.llm_answered", response_length=len(result.content),
@@ -222,6 +227,16 @@ class TaskHandler:
         step.log.debug("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t0, 4),
                        context_type=context_type)
         return output
+
+
+@contextmanager
+def _naming_input(input_id: UUID) -> Iterator[None]:
+    """A task error after the input row is stored: its errorDetails name that row, never the prompt itself."""
+    try:
+        yield
+    except TaskError as exc:
+        exc.details = f"{exc.details}\nThe task's prompt is stored in procos_ai_context, input row {input_id}."
+        raise
 
 
 def _complete(output: StoredOutput, config: TaskConfig, answer: Mapping[str, TypedValue] | None = None) -> Complete:

@@ -6,10 +6,14 @@ dependency to come back), so a wedged loop stops beating and its age grows. ``He
 snapshot of that plus the worker's state; ``problem`` says what is wrong with it. ``/healthz`` builds
 one live; the main thread also writes one to ``WORKER_HEALTH_FILE`` every 2 s (atomically), which
 ``procos-worker health`` reads when the HTTP server is off.
+Each worker process has its own record (``WORKER_HEALTH_FILE`` holds ``{pid}``), so a wedged worker
+can't hide behind another one that keeps a shared file fresh; ``check_records`` judges every record of
+a live process.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import threading
@@ -19,10 +23,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-__all__ = ["CounterName", "Counters", "HealthRecord", "HealthState", "Loop", "Progress"]
+__all__ = ["PID_PLACEHOLDER", "CounterName", "Counters", "HealthRecord", "HealthState", "Loop", "Progress",
+           "check_records", "record_path"]
+
+PID_PLACEHOLDER = "{pid}"
 
 HealthState = Literal["running", "stopping", "stopped"]
-CounterName = Literal["fetched", "completed", "failed", "bpmn_errors", "abandoned", "released"]
+CounterName = Literal["fetched", "completed", "failed", "bpmn_errors", "abandoned", "released", "reclaimed"]
 Loop = Literal["poll", "heartbeat"]
 
 
@@ -36,6 +43,7 @@ class Counters:
     bpmn_errors: int = 0
     abandoned: int = 0
     released: int = 0
+    reclaimed: int = 0  # tasks of dead workers this worker unlocked (orphan recovery)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -119,3 +127,45 @@ class HealthRecord:
         stalled = [f"{loop} loop made no progress for {loop_age + age_s:.1f}s"
                    for loop, loop_age in sorted(self.progress_age_s.items()) if loop_age + age_s > liveness_max_s]
         return "; ".join(stalled) or None
+
+
+def record_path(pattern: Path, pid: int) -> Path:
+    """Where process ``pid`` writes its record (``{pid}`` in the pattern replaced)."""
+    return Path(str(pattern).replace(PID_PLACEHOLDER, str(pid)))
+
+
+def check_records(pattern: Path, *, now: float, max_age_s: float,
+                  liveness_max_s: float) -> tuple[list[HealthRecord], list[str]]:
+    """The records of live worker processes matching ``pattern``, and what is wrong with them (empty: healthy).
+
+    A record whose process is gone is ignored (a worker that stopped or was replaced); no live record at all
+    is a problem.
+    """
+    paths = sorted(glob.glob(glob.escape(str(pattern)).replace(glob.escape(PID_PLACEHOLDER), "*")))
+    live: list[HealthRecord] = []
+    problems: list[str] = []
+    for path in paths:
+        try:
+            record = HealthRecord.read(Path(path))
+        except (OSError, ValueError) as exc:
+            problems.append(f"{path}: not a readable health record ({exc})")
+            continue
+        if not _alive(record.pid):
+            continue
+        live.append(record)
+        problem = record.problem(now=now, max_age_s=max_age_s, liveness_max_s=liveness_max_s)
+        if problem is not None:
+            problems.append(f"worker {record.worker_id} pid {record.pid}: {problem}")
+    if not live and not problems:
+        problems.append(f"no running worker has a health record at {pattern}")
+    return live, problems
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True

@@ -2,9 +2,9 @@
 
 Without templates the inputs are the ``query``, ``context`` and ``system_prompt`` variables. A task
 with ``procos.prompt`` / ``procos.systemPrompt`` gets its text from the template rendered over the
-variables it names, as a Camunda input mapping would see them: fetchAndLock resolves each name from
-the task's execution (local before process), and the worker asks only for the names it needs
-(``FetchVariables``).
+variables it names, as a Camunda input mapping would see them: each name resolved from the task's
+execution (local before process), and only the names it needs are read (``engine.variables``, sizes
+first; fetchAndLock itself carries no variable values).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import threading
-from collections.abc import Iterable
 from typing import Any
 
 from procos_worker.ai.taskconfig import TaskConfig
@@ -22,7 +20,7 @@ from procos_worker.errors import InputError
 from procos_worker.models import Task, TaskInputs, Variable
 from procos_worker.settings import TaskSettings
 
-__all__ = ["FetchVariables", "build_inputs", "parse_inputs", "requested_variables"]
+__all__ = ["build_inputs", "parse_inputs", "requested_variables"]
 
 _TEXT_TYPES = {"String", "string"}
 _JSON_TYPES = {"Json", "json"}
@@ -34,28 +32,6 @@ _PLAIN_TYPES = {"Boolean", "boolean", "Long", "long", "Integer", "integer", "Sho
 def requested_variables(settings: TaskSettings) -> list[str]:
     """The only variables fetchAndLock asks for: a process with thousands of variables costs nothing."""
     return [settings.query_variable, settings.context_variable, settings.system_prompt_variable]
-
-
-class FetchVariables:
-    """The variable names fetchAndLock asks for, per topic: the default inputs, plus every name a
-    task's templates were seen to read. fetchAndLock's list is per topic, not per activity, so a task
-    of a template not seen before may arrive without its variables: the worker learns the names here
-    and hands the task back for the next fetch (``Worker._dispatch``)."""
-
-    def __init__(self, settings: TaskSettings) -> None:
-        self._base = tuple(requested_variables(settings))
-        self._learned: dict[str, frozenset[str]] = {}
-        self._lock = threading.Lock()
-
-    def names(self, topics: Iterable[str]) -> list[str]:
-        """What to ask for when fetching ``topics`` together (sorted after the default inputs)."""
-        with self._lock:
-            extra = set().union(*(self._learned.get(topic, frozenset()) for topic in topics))
-        return [*self._base, *sorted(extra - set(self._base))]
-
-    def learn(self, topic: str, names: Iterable[str]) -> None:
-        with self._lock:
-            self._learned[topic] = self._learned.get(topic, frozenset()) | frozenset(names)
 
 
 def build_inputs(task: Task, config: TaskConfig, settings: TaskSettings) -> TaskInputs:
@@ -148,9 +124,12 @@ def _as_text(variable: Variable, name: str) -> str:
         parsed = _parse_json(variable.value, name)
         if isinstance(parsed, str):
             return parsed
-    if variable.type in _BYTES_TYPES and isinstance(variable.value, str):
+    if variable.type in _BYTES_TYPES and isinstance(variable.value, bytes | str):
         try:
-            return base64.b64decode(variable.value, validate=True).decode("utf-8")
+            # bytes as engine.variables downloads them; base64 text as fetchAndLock would carry them.
+            raw = variable.value if isinstance(variable.value, bytes) else base64.b64decode(variable.value,
+                                                                                              validate=True)
+            return raw.decode("utf-8")
         except (binascii.Error, UnicodeDecodeError) as exc:
             raise InputError(f"variable '{name}' is a Bytes variable that is not UTF-8 text: {exc}") from exc
     raise InputError(

@@ -35,11 +35,14 @@ property may take one of these names (``ai.structured``)."""
 
 @dataclass(frozen=True, slots=True)
 class Variable:
-    """One Camunda variable as the REST API returns it."""
+    """One Camunda variable as the REST API returns it (serialized: a Json variable's value is its JSON
+    text). A Bytes variable read by ``engine.variables`` holds ``bytes``; ``instance_id`` is the variable
+    instance it was read from."""
 
     value: Any
     type: str = "String"
     value_info: Mapping[str, Any] = field(default_factory=dict)
+    instance_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,7 @@ class Task:
     topic: str
     worker_id: str
     process_instance_id: str
+    execution_id: str | None = None
     activity_id: str | None = None
     activity_instance_id: str | None = None
     process_definition_key: str | None = None
@@ -84,6 +88,7 @@ class Task:
             topic=str(data.get("topicName") or ""),
             worker_id=str(data.get("workerId") or ""),
             process_instance_id=str(data.get("processInstanceId") or ""),
+            execution_id=data.get("executionId"),
             activity_id=data.get("activityId"),
             activity_instance_id=data.get("activityInstanceId"),
             process_definition_key=data.get("processDefinitionKey"),

@@ -5,13 +5,18 @@ This module is the one owner of Camunda's limits: a String variable fits ``varch
 ``complete`` with HTTP 500 and leaves the task locked), ``errorMessage`` is cut to 666 characters by
 the engine (so it is clipped here, visibly), ``errorDetails`` has no limit. Every outcome is built
 here; the engine client sends what it is given.
+
+Neither ``errorMessage`` nor ``errorDetails`` carries the task's content (prompt, inputs, answer): Camunda
+shows them to every Cockpit user and keeps them in its history. Handler errors are worded without it and
+name the stored row instead; an internal error's traceback has exception messages that quote the task's
+variables replaced (``internal_error``).
 """
 
 from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -34,7 +39,9 @@ __all__ = [
     "failure",
     "internal_error",
     "outcome_for",
+    "report_refused",
     "retry_timeout_ms",
+    "uncaught_bpmn_error",
 ]
 
 MAX_VARIABLE_CHARS = 4000
@@ -77,10 +84,81 @@ def outcome_for(error: TaskError, task: Task, settings: Settings) -> Outcome:
     raise TypeError(f"{type(error).__name__} is not one of the handler's outcomes")
 
 
-def internal_error(exc: BaseException) -> Failure:
-    """A bug in the worker: an incident carrying the traceback, never a task left locked."""
-    details = "".join(traceback.format_exception(exc))
-    return failure(f"procos-worker internal error: {type(exc).__name__}: {exc}", details, retries=0)
+def report_refused(outcome: Outcome, refusal: str, attempts: int) -> Failure | None:
+    """The incident for a completion or BPMN error the engine refused ``attempts`` times (HTTP 500 with an
+    engine exception); None for a refused failure (there is nothing left to report it with)."""
+    fix = "fix the cause, then set the task's retries"
+    if isinstance(outcome, Complete):
+        message = (f"The answer is stored (ai_context_id {outcome.context_id}) but Camunda refused complete "
+                   f"{attempts} times: {refusal}. {fix}: the stored answer is reused, the model is not asked again")
+    elif isinstance(outcome, BpmnError):
+        message = (f"Camunda refused the BPMN error {outcome.code} {attempts} times: {refusal}. {fix} "
+                   f"(the error was: {outcome.message})")
+    else:
+        return None
+    return failure(message, message, retries=0)
+
+
+def uncaught_bpmn_error(error: BpmnError, task: Task) -> Failure:
+    """An incident instead of a BPMN error nothing in the model catches (Camunda would end the instance
+    silently: completed, no end event, no incident)."""
+    where = f"activity '{task.activity_id}' of process '{task.process_definition_key or task.process_definition_id}'"
+    message = (f"BPMN error {error.code} is not caught at {where}: no error boundary event on it or an enclosing "
+               f"subprocess, no error event subprocess; Camunda would end the instance silently. "
+               f"Reason: {error.message}")
+    details = (f"{message}\nCatch {error.code} in the model (or a catch-all error event), then set the task's "
+               "retries to run it again.")
+    return failure(message, details, retries=0)
+
+
+def internal_error(exc: BaseException, task: Task | None = None) -> Failure:
+    """A bug in the worker: an incident carrying the traceback, never a task left locked. An exception
+    message that quotes one of ``task``'s variables is withheld (see the module docstring)."""
+    contents = _task_texts(task) if task is not None else []
+    details = "".join(_traceback_lines(exc, contents, set()))
+    return failure(f"procos-worker internal error: {type(exc).__name__}: {_scrub(str(exc), contents)}", details,
+                   retries=0)
+
+
+# An exception message sharing this many consecutive characters with a task variable quotes it.
+_QUOTE_CHARS = 16
+# Longer messages are cut first (their tail would only repeat what the type and head say).
+_MESSAGE_CHARS = 2000
+
+
+def _task_texts(task: Task) -> list[str]:
+    return [v.value for v in task.variables.values() if isinstance(v.value, str) and v.value.strip()]
+
+
+def _scrub(message: str, contents: Sequence[str]) -> str:
+    message = message[:_MESSAGE_CHARS]
+    for content in contents:
+        if len(content) < _QUOTE_CHARS:
+            if len(content) >= 4 and content in message:
+                return f"(message withheld: it quotes a variable of the task; {len(message)} characters)"
+            continue
+        if any(message[i:i + _QUOTE_CHARS] in content for i in range(max(0, len(message) - _QUOTE_CHARS + 1))):
+            return f"(message withheld: it quotes a variable of the task; {len(message)} characters)"
+    return message
+
+
+def _traceback_lines(exc: BaseException, contents: Sequence[str], seen: set[int]) -> list[str]:
+    """``traceback.format_exception`` with each exception's message passed through ``_scrub``."""
+    seen.add(id(exc))
+    lines: list[str] = []
+    cause = exc.__cause__
+    context = None if exc.__suppress_context__ else exc.__context__
+    if cause is not None and id(cause) not in seen:
+        lines += _traceback_lines(cause, contents, seen)
+        lines.append("\nThe above exception was the direct cause of the following exception:\n\n")
+    elif context is not None and id(context) not in seen:
+        lines += _traceback_lines(context, contents, seen)
+        lines.append("\nDuring handling of the above exception, another exception occurred:\n\n")
+    if exc.__traceback__ is not None:
+        lines.append("Traceback (most recent call last):\n")
+        lines += traceback.format_tb(exc.__traceback__)
+    lines.append(f"{type(exc).__module__}.{type(exc).__qualname__}: {_scrub(str(exc), contents)}\n")
+    return lines
 
 
 def retry_timeout_ms(attempt: int, settings: Settings) -> int:

@@ -5,7 +5,8 @@ variable is named ``<SECTION>_<FIELD>`` in upper case, so ``CAMUNDA_BASE_URL`` s
 ``settings.camunda.base_url`` and ``WORKER_LOCK_DURATION_MS`` sets ``settings.worker.lock_duration_ms``
 (``CAMUNDA_BASE_URL`` and ``OLLAMA_BASE_URL`` are the names the ProcOS deployment documents use). Values
 can also come from a ``.env`` file in the working directory. Secrets are ``SecretStr`` so that they
-never print.
+never print, and ``settings_error_text`` words a validation error without any input value (a bad
+setting never echoes a password, whatever field it sits in).
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
+    "MODEL_NAME_MAX_CHARS",
+    "POOL_RESERVE",
+    "PROVIDER_NAME_MAX_CHARS",
     "BackoffSettings",
     "CamundaSettings",
     "DatabaseSettings",
@@ -31,6 +36,7 @@ __all__ = [
     "MemorySettings",
     "OllamaSettings",
     "OpsSettings",
+    "OrphansSettings",
     "RegistrySettings",
     "RetentionSettings",
     "Settings",
@@ -41,12 +47,19 @@ __all__ = [
     "default_worker_id",
     "env_var_names",
     "parse_age",
+    "settings_error_text",
 ]
 
 # Camunda rejects a long poll above 30 minutes with HTTP 400.
 _MAX_ASYNC_RESPONSE_TIMEOUT_MS = 1_800_000
 # The engine client's HTTP timeout of a long poll is its wait plus this (the library's timeoutDeltaMillis).
 _FETCH_TIMEOUT_DELTA_S = 5.0
+# Widths of procos_ai_context.model_used and .ai_provider (sql/init-db.sql): a longer name can't be stored,
+# so it is refused at start instead of after the LLM call (tests/faults/test_startup_checks.py reads the schema).
+MODEL_NAME_MAX_CHARS = 100
+PROVIDER_NAME_MAX_CHARS = 50
+# Connections a worker needs besides one per task in flight: the gate's probe, the lease beat, the orphan scan.
+POOL_RESERVE = 3
 
 
 def default_worker_id() -> str:
@@ -100,6 +113,26 @@ class CamundaSettings(BaseModel):
     oauth_refresh_margin_s: float = Field(
         default=30.0, ge=0, description="refresh a token this long before it expires (at most half its lifetime)")
     http_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_the_url(cls, data: Any) -> Any:
+        """``http://user:pass@host/...``: the login moves to username/password, so the URL (which is
+        logged and printed by ``check``) carries no secret."""
+        if not isinstance(data, dict) or not isinstance(data.get("base_url"), str):
+            return data
+        parts = urlsplit(data["base_url"])
+        if parts.username is None and parts.password is None:
+            return data
+        if data.get("username") or data.get("password"):
+            raise ValueError("CAMUNDA_BASE_URL carries a login and CAMUNDA_USERNAME/CAMUNDA_PASSWORD are set too: "
+                             "keep one of them")
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return {**data, "base_url": urlunsplit(parts._replace(netloc=netloc)),
+                "username": unquote(parts.username or ""), "password": unquote(parts.password or "")}
 
     @field_validator("base_url")
     @classmethod
@@ -164,10 +197,16 @@ class WorkerSettings(BaseModel):
     max_tasks_in_flight: int = Field(default=4, ge=1, le=256)
     async_response_timeout_ms: int = Field(default=20_000, ge=0, le=_MAX_ASYNC_RESPONSE_TIMEOUT_MS)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # After the grace: unlocking, waiting for reports, sweeping, all engine calls included. Grace + this
+    # must stay below the orchestrator's kill timeout (compose's stop_grace_period is 45 s).
+    shutdown_release_s: float = Field(default=10.0, gt=0)
     retries: int = Field(default=3, ge=0, description="Camunda retries given to a task on its first failure")
     retry_timeout_ms: int = Field(default=10_000, ge=0, description="first retryTimeout; doubles per failure")
     retry_timeout_max_ms: int = Field(default=600_000, ge=0)
-    health_file: Path = Path("/tmp/procos-worker-health.json")
+    # Tries of a report Camunda refuses with an engine exception (500), then an incident.
+    report_attempts: int = Field(default=5, ge=1)
+    # One record per process: "{pid}" becomes the process id (see procos_worker.health).
+    health_file: Path = Path("/tmp/procos-worker-health-{pid}.json")
     health_max_age_s: float = Field(default=60.0, gt=0)
 
     _split_topics = field_validator("topics", mode="before")(_split_csv)
@@ -195,12 +234,17 @@ class TaskSettings(BaseModel):
     context_variable: str = "context"
     system_prompt_variable: str = "system_prompt"
     input_error_code: str = "AI_INPUT_INVALID"
-    # Camunda's REST JSON reader refuses strings over 20,000,000 characters anyway.
+    # Camunda's REST JSON reader refuses strings over 20,000,000 characters anyway. Counted on the stored
+    # form, before decoding: a String's characters, a Json variable's JSON text, a Bytes variable's bytes.
     max_input_chars: int = Field(default=20_000_000, ge=1)
     # A structured answer (procos.outputSchema) that breaks its schema is asked again this many times, with
     # the validation errors, before the task ends with AI_OUTPUT_INVALID.
     output_repair_attempts: int = Field(default=2, ge=0, le=10,
                                         description="repairs of a structured answer that breaks its schema")
+
+    # All tasks in flight together: a task whose inputs don't fit waits (holding its lock) for others to end.
+    max_input_chars_in_flight: int = Field(default=40_000_000, ge=1)
+
     # {topic: {"procos.model": "...", "procos.options": {...}, ...}}: the task's extension properties'
     # names and values, used where a task doesn't set them (checked by ai.taskconfig when the worker starts).
     topic_defaults: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(
@@ -217,19 +261,24 @@ class TaskSettings(BaseModel):
                                  f"{{topic: {{\"procos.model\": ...}}}}: {exc}") from exc
         return value
 
+    @model_validator(mode="after")
+    def _budget_fits_one_task(self) -> TaskSettings:
+        if self.max_input_chars_in_flight < self.max_input_chars:
+            raise ValueError("TASK_MAX_INPUT_CHARS_IN_FLIGHT must be >= TASK_MAX_INPUT_CHARS (one task must fit)")
+        return self
+
 
 class OllamaSettings(BaseModel):
     """The model server and the request sent to it."""
 
     base_url: str = "http://127.0.0.1:11434"
-    model: str = "smollm2:135m"
+    model: str = Field(default="smollm2:135m", min_length=1, max_length=MODEL_NAME_MAX_CHARS)
     timeout_s: float = Field(default=600.0, gt=0)
     options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict, description="JSON object of Ollama options, e.g. {\"temperature\": 0.2}")
     keep_alive: str | None = None
     attempts: int = Field(default=3, ge=1, description="in-process tries on a transient Ollama error")
-    provider: str = "ollama"
-
+    provider: str = Field(default="ollama", min_length=1, max_length=PROVIDER_NAME_MAX_CHARS)
 
     _parse_options = field_validator("options", mode="before")(
         _parse_json_object("OLLAMA_OPTIONS", '{"temperature": 0.2}'))
@@ -266,8 +315,43 @@ class DatabaseSettings(BaseModel):
     """The PostgreSQL database that holds procos_ai_context."""
 
     url: SecretStr = SecretStr("postgresql://procos:procos123@127.0.0.1:5432/procos")
-    pool_max_size: int = Field(default=8, ge=1)
+    # None: WORKER_MAX_TASKS_IN_FLIGHT + POOL_RESERVE (Settings.pool_size); smaller is refused at start.
+    pool_max_size: int | None = Field(default=None, ge=1)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Session limits of every pooled connection (0 = none): a hung database or a table locked by another
+    # session can't hold a task forever.
+    statement_timeout_ms: int = Field(default=60_000, ge=0)
+    lock_timeout_ms: int = Field(default=10_000, ge=0)
+    # TCP keepalives: a peer that vanished without closing (a node lost) is noticed within
+    # idle + interval * count seconds instead of the kernel's two hours.
+    keepalives_idle_s: int = Field(default=30, ge=1)
+    keepalives_interval_s: int = Field(default=10, ge=1)
+    keepalives_count: int = Field(default=3, ge=1)
+    attempts: int = Field(default=3, ge=1, description="in-process tries on a transient database error")
+
+    @field_validator("url")
+    @classmethod
+    def _parses(cls, value: SecretStr) -> SecretStr:
+        if not _looks_like_conninfo(value.get_secret_value()):
+            # Worded without the value: a DSN that does not parse may hold a password anywhere.
+            raise ValueError("DATABASE_URL is neither a postgresql:// URL nor a key=value connection string")
+        return value
+
+
+class OrphansSettings(BaseModel):
+    """Orphan recovery: leases of live workers, and unlocking the tasks of workers whose lease expired."""
+
+    recovery: bool = True
+    # A worker that renewed nothing for this long counts as dead; its tasks go back to work.
+    lease_s: float = Field(default=10.0, ge=1)
+    # How often a worker renews its lease and looks for dead ones.
+    interval_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _several_beats_per_lease(self) -> OrphansSettings:
+        if self.lease_s < 3 * self.interval_s:
+            raise ValueError("ORPHANS_LEASE_S must be at least 3 x ORPHANS_INTERVAL_S (a late beat is not a death)")
+        return self
 
 
 class OpsSettings(BaseModel):
@@ -354,6 +438,7 @@ class Settings(BaseSettings):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     window: WindowSettings = Field(default_factory=WindowSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    orphans: OrphansSettings = Field(default_factory=OrphansSettings)
     backoff: BackoffSettings = Field(default_factory=BackoffSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     ops: OpsSettings = Field(default_factory=OpsSettings)
@@ -368,7 +453,51 @@ class Settings(BaseSettings):
         if self.ops.liveness_max_s <= self.worker.async_response_timeout_ms / 1000 + _FETCH_TIMEOUT_DELTA_S:
             raise ValueError("OPS_LIVENESS_MAX_S must exceed WORKER_ASYNC_RESPONSE_TIMEOUT_MS / 1000 + "
                              f"{_FETCH_TIMEOUT_DELTA_S:g} s (the longest an idle long poll takes)")
+        needed = self.worker.max_tasks_in_flight + POOL_RESERVE
+        if self.database.pool_max_size is not None and self.database.pool_max_size < needed:
+            # A task waiting for a pooled connection would time out and be taken for "PostgreSQL down".
+            raise ValueError(
+                f"DATABASE_POOL_MAX_SIZE ({self.database.pool_max_size}) must be at least WORKER_MAX_TASKS_IN_FLIGHT"
+                f" + {POOL_RESERVE} = {needed} (one connection per task in flight, {POOL_RESERVE} for the worker "
+                "itself); leave it empty to size the pool from WORKER_MAX_TASKS_IN_FLIGHT")
         return self
+
+    @property
+    def pool_size(self) -> int:
+        """Connections of the worker's pool: DATABASE_POOL_MAX_SIZE, or one per task in flight + the reserve."""
+        return self.database.pool_max_size or self.worker.max_tasks_in_flight + POOL_RESERVE
+
+
+def settings_error_text(exc: Exception) -> str:
+    """A settings error as lines ``NAME: what is wrong``, never showing an input value."""
+    if not isinstance(exc, ValidationError):
+        return f"{type(exc).__name__}: {exc}"
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False):
+        where = "_".join(str(part) for part in error["loc"][:2]).upper()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
+    return "\n".join(lines)
+
+
+_CONNINFO_PAIR = re.compile(r"\s*[A-Za-z_]+\s*=\s*(?:'(?:[^'\\]|\\.)*'|[^\s']+)\s*")
+
+
+def _looks_like_conninfo(dsn: str) -> bool:
+    """A postgresql:// URL with a numeric port, or libpq key=value pairs (quoted values allowed)."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        try:
+            urlsplit(dsn).port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            return False
+        return True
+    pos = 0
+    while pos < len(dsn):
+        match = _CONNINFO_PAIR.match(dsn, pos)
+        if match is None or match.end() == pos:
+            return False
+        pos = match.end()
+    return bool(dsn.strip())
 
 
 def env_var_names() -> set[str]:

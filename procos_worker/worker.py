@@ -1,22 +1,29 @@
 """The worker: the poll loop, capacity, heartbeat, shutdown; it sends each outcome to Camunda.
 
 Threads: the main thread waits for a stop and then shuts down; one poll thread long-polls
-``fetchAndLock`` for as many tasks as there is free capacity; one thread per task in flight runs the
-handler and reports its outcome; the heartbeat thread extends locks. Task threads are daemons so that
-an LLM call still running at the end of the grace period does not hold the process.
+``fetchAndLock`` (no variable values) for as many tasks as there is free capacity; one thread per task
+in flight reads its variables (sizes first, ``engine.variables``), takes its share of the input budget,
+runs the handler and reports its outcome; the heartbeat extends locks; the lease thread keeps this
+worker's lease and recovers dead workers' tasks (``orphans``). Task threads are daemons so that an LLM
+call still running at the end of the grace period does not hold the process.
+
+Reports: a stored answer is sent until it lands (engine unreachable: backoff); a 500 with an engine
+exception is tried WORKER_REPORT_ATTEMPTS times, then the task gets an incident naming the stored row;
+an expired lock nobody else took is locked again; a BPMN error nothing in the model catches becomes an
+incident instead.
 
 Shutdown (SIGTERM/SIGINT, or ``stop()``): stop fetching at once (the long poll in progress is
 abandoned, not awaited), let tasks in flight finish within WORKER_SHUTDOWN_GRACE_S (not waited out
 while Ollama or PostgreSQL is unreachable: those tasks can't finish), unlock the
 rest (no retry is consumed), sweep any task the engine still lists as locked by this worker id, close
-clients in reverse order, exit 0. Camunda's unlock wakes long polls still pending in the engine, our own
+clients in reverse order, exit 0; everything after the grace shares one WORKER_SHUTDOWN_RELEASE_S window
+(a hung engine can't stretch it). Camunda's unlock wakes long polls still pending in the engine, our own
 included, so after any unlock the poll in progress is given _POLL_RETURN_S to come back with what it
 re-locked (it unlocks that at once) before the final sweep. A long poll still pending when the process
-exits can lock a task created in its last WORKER_ASYNC_RESPONSE_TIMEOUT_MS; that task waits out its lock.
-A second signal exits at once with status 130. No path completes
-a task whose output row is not committed: completion is only ever built from a stored row.
+exits can lock a task created in its last WORKER_ASYNC_RESPONSE_TIMEOUT_MS: the lease, marked expired at
+the end, lets another live worker unlock it. A second signal exits at once with status 130. No path
+completes a task whose output row is not committed: completion is only ever built from a stored row.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +33,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
+from typing import TypeVar
 
 import structlog
 from structlog.stdlib import BoundLogger
@@ -37,24 +46,40 @@ from procos_worker.ai.llm import LlmClient
 from procos_worker.ai.registry import ModelRegistry, StatsRefresher
 from procos_worker.ai.taskconfig import TaskConfigs
 from procos_worker.backoff import Backoff
+from procos_worker.budget import InputBudget
 from procos_worker.engine.api import EngineApi
+from procos_worker.engine.bpmn import BpmnCatalog
 from procos_worker.engine.client import EngineClient
-from procos_worker.engine.fetch import Subscription, fetch_order, subscriptions
-from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskConfigError, TaskError
+from procos_worker.engine.fetch import fetch_order, subscriptions
+from procos_worker.engine.variables import VariableLoader
+from procos_worker.errors import (
+    EngineError,
+    EngineRefused,
+    EngineUnavailable,
+    LockExpired,
+    LockLost,
+    PermanentError,
+    RunCancelled,
+    ServiceUnavailable,
+    TaskError,
+)
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
-from procos_worker.health import Counters, HealthRecord, HealthState, Progress
+from procos_worker.health import Counters, HealthRecord, HealthState, Progress, record_path
 from procos_worker.heartbeat import Heartbeat
-from procos_worker.inputs import FetchVariables, requested_variables
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
-from procos_worker.outcomes import internal_error, outcome_for
+from procos_worker.orphans import OrphanRecovery
+from procos_worker.outcomes import internal_error, outcome_for, report_refused, uncaught_bpmn_error
 from procos_worker.settings import Settings
-from procos_worker.store.api import ModelTableApi, StoreApi
+from procos_worker.store.api import LeaseApi, ModelTableApi, StoreApi
 from procos_worker.store.context import ContextStore
+from procos_worker.store.leases import LeaseStore
 from procos_worker.store.registry import ModelTable
 from procos_worker.taskrun import RunState, TaskRun
 
 __all__ = ["Worker"]
+
+_T = TypeVar("_T")
 
 _HEALTH_INTERVAL_S = 2.0
 # How often a poll loop waiting for free capacity says it is alive.
@@ -65,6 +90,15 @@ _REPORTS: dict[type, metrics.Report] = {Complete: "complete", Failure: "failure"
 _POLL_RETURN_S = 2.0
 
 
+@dataclass
+class _Reporting:
+    """One report on its way to Camunda: what is being sent, refusals so far, the backoff between tries."""
+
+    outcome: Outcome
+    backoff: Backoff
+    refused: int = 0
+
+
 class Worker:
     """Owns all runtime state of one worker process.
 
@@ -73,10 +107,14 @@ class Worker:
         engine, store, llm: the clients (opened in ``run``, closed in reverse order).
         configs: each task's settings from its procos.* properties, the topic defaults and the model
             registry (raises ``TaskConfigError`` here when TASK_TOPIC_DEFAULTS is bad).
-        fetch_variables: the variable names fetchAndLock asks for (learned from the tasks' templates).
+        variables: reads each task's input variables, sizes first (fetchAndLock fetches none).
+        input_budget: input characters of all tasks in flight together (TASK_MAX_INPUT_CHARS_IN_FLIGHT).
+        bpmn: the process models, to throw a BPMN error only where one catches it.
+        orphans: this worker's lease and the recovery of dead workers' tasks (None if switched off).
         counters: tasks completed / failed / bpmn_errors / abandoned / released since start.
 
-    ``models`` is procos_ai_models (read by the model registry); by default the ContextStore's table.
+    ``models`` is procos_ai_models (read by the model registry) and ``leases`` procos_worker_leases (orphan
+    recovery); by default the ContextStore's tables.
     The keyword arguments after the clients exist for tests: ``clock`` (monotonic seconds: run
     times, lock expiry, the shutdown deadline, the registry's cache), ``draw`` (backoff jitter),
     ``sleep`` (between retries of a report), ``exit_process`` (the second signal) and
@@ -85,6 +123,7 @@ class Worker:
 
     def __init__(self, settings: Settings, *, engine: EngineApi | None = None,
                  store: StoreApi | None = None, llm: LlmApi | None = None, models: ModelTableApi | None = None,
+                 leases: LeaseApi | None = None,
                  clock: Callable[[], float] = time.monotonic, draw: Callable[[], float] = random.random,
                  sleep: Callable[[float], None] = time.sleep, exit_process: Callable[[int], object] = os._exit,
                  health_interval_s: float = _HEALTH_INTERVAL_S) -> None:
@@ -94,14 +133,18 @@ class Worker:
         self.engine: EngineApi = engine or EngineClient(
             settings.camunda, w.id, async_response_timeout_ms=w.async_response_timeout_ms,
             order=fetch_order(w), pool_size=w.max_tasks_in_flight + 3)
-        self._subscriptions = subscriptions(w, requested_variables(settings.task))
-        context = store or ContextStore(settings.database, provider=settings.ollama.provider)
+        # No variable values in fetchAndLock: each task reads the ones it needs, sizes first (engine.variables).
+        self._subscriptions = [dataclasses.replace(sub, variables=()) for sub in subscriptions(w, [])]
+        context = store or ContextStore(settings.database, provider=settings.ollama.provider,
+                                        pool_size=settings.pool_size)
         self.store: StoreApi = context
         self.llm: LlmApi = llm or LlmClient(settings.ollama)
-        if models is None:
+        if models is None or (leases is None and settings.orphans.recovery):
             if not isinstance(context, ContextStore):
-                raise TypeError("a store that is not a ContextStore comes with its models table (models=...)")
-            models = ModelTable(context, settings.ollama.provider)
+                raise TypeError("a store that is not a ContextStore comes with its models and leases tables "
+                                "(models=..., leases=...)")
+            models = models or ModelTable(context, settings.ollama.provider)
+            leases = leases or LeaseStore(context)
         self._clock = clock
         self._draw = draw
         self._sleep = sleep
@@ -110,7 +153,6 @@ class Worker:
         self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping, clock=clock, draw=draw)
         self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping, clock=clock, draw=draw)
         self.configs = TaskConfigs(settings, ModelRegistry(settings.registry, models.load, clock=clock))
-        self.fetch_variables = FetchVariables(settings.task)
         self.handler = TaskHandler(settings, self.store, self.llm, self.configs,
                                    store_gate=self.store_gate, llm_gate=self.llm_gate)
         # An input row with no answer after every try of the longest call is an error, not a call running.
@@ -118,8 +160,13 @@ class Worker:
         self._stats = StatsRefresher(settings.registry.stats_interval_s, lambda: table.refresh_stats(
             window_s=settings.registry.stats_window_s, min_age_s=0.9 * settings.registry.stats_interval_s,
             unanswered_after_s=settings.ollama.timeout_s * settings.ollama.attempts, worker_id=w.id))
+        self.variables = VariableLoader(self.engine, settings.task)
+        self.input_budget = InputBudget(settings.task.max_input_chars_in_flight)
+        self.bpmn = BpmnCatalog(self.engine)
         self.counters = Counters()
         self.progress = Progress(clock=clock)
+        self.orphans = (OrphanRecovery(settings, self.engine, leases, self.counters, clock=clock)
+                        if settings.orphans.recovery and leases is not None else None)
         self._runs: dict[str, TaskRun] = {}
         self._cond = threading.Condition()
         self._stopping = threading.Event()
@@ -129,6 +176,7 @@ class Worker:
                                     on_tick=lambda: self.progress.beat("heartbeat"))
         self._exit_code = 0
         self._health_state: HealthState = "running"
+        self._health_path = record_path(w.health_file, os.getpid())
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
         self._log: BoundLogger = structlog.get_logger("procos_worker.worker").bind(worker_id=w.id)
 
@@ -140,6 +188,8 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         self.store.open()
+        if self.orphans is not None:
+            self.orphans.start()
         self._heartbeat.start()
         self._stats.start()
         self._poll_thread.start()
@@ -177,10 +227,9 @@ class Worker:
             free = self._wait_for_capacity()
             if free == 0 or not self._dependencies_up():
                 continue
-            subs = self._with_learned_variables()
             started = time.perf_counter()
             try:
-                tasks = self.engine.fetch_and_lock(subs, max_tasks=free)
+                tasks = self.engine.fetch_and_lock(self._subscriptions, max_tasks=free)
             except EngineError as exc:
                 metrics.service_state("camunda", not isinstance(exc, EngineUnavailable))
                 delay = backoff.next_delay_s()
@@ -190,9 +239,8 @@ class Worker:
             backoff.reset()
             metrics.polled(time.perf_counter() - started)
             metrics.service_state("camunda", True)
-            fetched = {sub.topic: frozenset(sub.variables) for sub in subs}
             for task in tasks:
-                self._dispatch(task, fetched.get(task.topic, frozenset()))
+                self._dispatch(task)
 
     def _wait_for_capacity(self) -> int:
         limit = self.settings.worker.max_tasks_in_flight
@@ -207,20 +255,13 @@ class Worker:
         beat = lambda: self.progress.beat("poll")  # noqa: E731 - waiting for a service is progress, not a wedge
         return self.store_gate.wait_until_up(self._stopping, beat) and self.llm_gate.wait_until_up(self._stopping, beat)
 
-    def _dispatch(self, task: Task, fetched: frozenset[str]) -> None:
+    def _dispatch(self, task: Task) -> None:
         self.counters.add("fetched")
         metrics.fetched(task.topic)
         log = self._task_log(task)
         if self._stopping.is_set():
             # Locked by a poll that returned after the stop: hand it straight back.
             self._unlock(task, log, "shutdown")
-            return
-        missing = self._unfetched_variables(task, fetched)
-        if missing:
-            # Its templates read variables this fetch didn't ask for: the next fetch asks for them, and
-            # the engine resolves each from the task's execution (local before process) as it does here.
-            self.fetch_variables.learn(task.topic, missing)
-            self._unlock(task, log, f"fetch again with variables {', '.join(sorted(missing))}")
             return
         run = TaskRun(task=task, lock_duration_ms=self.settings.worker.lock_duration_for(task.topic), clock=self._clock)
         with self._cond:
@@ -243,18 +284,6 @@ class Worker:
         log.debug("task.fetched", retries=task.retries)
         threading.Thread(target=self._run_task, args=(run,), name=f"procos-task-{task.id[:8]}", daemon=True).start()
 
-    def _with_learned_variables(self) -> list[Subscription]:
-        """Each topic's subscription, asking also for the variables its tasks' templates were seen to read."""
-        return [dataclasses.replace(sub, variables=tuple(dict.fromkeys(
-                    [*sub.variables, *self.fetch_variables.names([sub.topic])])))
-                for sub in self._subscriptions]
-
-    def _unfetched_variables(self, task: Task, fetched: frozenset[str]) -> frozenset[str]:
-        try:
-            return self.configs.variables_needed(task) - fetched
-        except TaskConfigError:
-            return frozenset()  # a modelling mistake: the handler raises it again, as an incident
-
     # -- one task --------------------------------------------------------------------------------
 
     def _run_task(self, run: TaskRun) -> None:
@@ -269,16 +298,63 @@ class Worker:
                 self._cond.notify_all()
 
     def _outcome(self, run: TaskRun, log: BoundLogger) -> Outcome | None:
-        """The task's outcome; None when the run was released or lost while a service was down."""
+        """The task's outcome; None when the run was released or lost while it waited or worked."""
+        task = run.task
         try:
-            return self.handler.handle(run.task, run.cancel, log)
+            # The names its templates read (or the default inputs), and its topic's WORKER_TOPIC_FETCH variables;
+            # a bad property: TaskConfigError, an incident.
+            names = sorted(self.configs.variables_needed(run.task)
+                           | set(self.settings.worker.fetch_for(run.task.topic).variables))
+            sized = self._reading_variables(lambda: self.variables.measure(run.task, names), run, log)
+            task = sized.task
+            with self.input_budget.reserve(sized.chars, run.cancel, on_wait=lambda used: log.info(
+                    "task.waiting_for_memory", input_chars=sized.chars, in_flight_chars=used,
+                    limit=self.input_budget.capacity)):
+                task = self._reading_variables(lambda: self.variables.load(sized), run, log)
+                return self.handler.handle(task, run.cancel, log)
         except TaskError as exc:
-            return outcome_for(exc, run.task, self.settings)
-        except ServiceUnavailable:
-            return None  # a gate gives up only once the run is no longer ours to report
+            return self._caught_or_incident(outcome_for(exc, run.task, self.settings), run.task, log)
+        except (ServiceUnavailable, RunCancelled):
+            return None  # given up only once the run is no longer ours to report
         except Exception as exc:  # a bug: make it an incident instead of a task locked until expiry
             log.exception("task.unexpected_error")
-            return internal_error(exc)
+            return internal_error(exc, task)
+
+    def _caught_or_incident(self, outcome: Outcome, task: Task, log: BoundLogger) -> Outcome:
+        """A BPMN error only where the model catches it; an incident naming the code where nothing does."""
+        if not isinstance(outcome, BpmnError) or not task.process_definition_id or not task.activity_id:
+            return outcome
+        try:
+            caught = self.bpmn.catches(task.process_definition_id, task.process_instance_id, task.activity_id,
+                                       outcome.code)
+        except (EngineError, ValueError) as exc:
+            # Can't tell: throw it as before rather than hold the task.
+            log.warning("task.catch_check_failed", code=outcome.code, error=str(exc))
+            return outcome
+        if caught:
+            return outcome
+        log.warning("task.bpmn_error_uncaught", code=outcome.code, activity_id=task.activity_id)
+        return uncaught_bpmn_error(outcome, task)
+
+    def _reading_variables(self, read: Callable[[], _T], run: TaskRun, log: BoundLogger) -> _T:
+        """``read`` with the engine reachable: retried with backoff while it is not (the lock is kept);
+        ``RunCancelled`` once the run is given up or the engine says the task is not ours any more."""
+        backoff = Backoff(self.settings.backoff, draw=self._draw)
+        while True:
+            try:
+                return read()
+            except EngineUnavailable as exc:
+                delay = backoff.next_delay_s()
+                log.warning("task.variables_retry", error=exc.message, retry_in_s=round(delay, 2))
+                if run.cancel.wait(delay):
+                    raise RunCancelled("the run was given up while the engine was unreachable") from exc
+            except LockLost as exc:
+                if run.give_up(RunState.LOST):
+                    log.warning("task.lock_lost", error=str(exc), elapsed_s=run.elapsed_s())
+                raise RunCancelled(str(exc)) from exc
+            except EngineError as exc:  # refused: fetching again would meet the same refusal
+                raise PermanentError(f"Camunda refused to give the task's variables: {exc}",
+                                     details=exc.details) from exc
 
     def _report(self, run: TaskRun, outcome: Outcome | None, log: BoundLogger) -> None:
         if outcome is None or not run.begin_report():
@@ -286,25 +362,61 @@ class Worker:
             metrics.task_outcome(run.task.topic, "abandoned" if run.state is RunState.LOST else "released")
             log.info("task.not_reported", state=run.state.value, elapsed_s=run.elapsed_s())
             return
-        backoff = Backoff(self.settings.backoff, draw=self._draw)
+        state = _Reporting(outcome, Backoff(self.settings.backoff, draw=self._draw))
         started = time.perf_counter()
         while True:
             try:
-                self._send(run.task, outcome)
-            except EngineUnavailable as exc:
-                # The answer is stored: keep trying until the engine takes it (or says the lock is gone).
-                delay = backoff.next_delay_s()
-                log.warning("task.report_retry", error=exc.message, retry_in_s=round(delay, 2))
+                self._send(run.task, state.outcome)
+            except EngineError as exc:
+                delay = self._after_refusal(run, state, exc, log)
+                if delay is None:
+                    self.counters.add("abandoned")
+                    metrics.task_outcome(run.task.topic, "abandoned")
+                    log.warning("task.abandoned", reason=str(exc), elapsed_s=run.elapsed_s())
+                    return
                 self._sleep(delay)
                 continue
-            except EngineError as exc:
-                self.counters.add("abandoned")
-                metrics.task_outcome(run.task.topic, "abandoned")
-                log.warning("task.abandoned", reason=str(exc), elapsed_s=run.elapsed_s())
-                return
-            metrics.reported(_REPORTS[type(outcome)], time.perf_counter() - started)
-            self._log_outcome(run, outcome, log)
+            metrics.reported(_REPORTS[type(state.outcome)], time.perf_counter() - started)
+            self._log_outcome(run, state.outcome, log)
             return
+
+    def _after_refusal(self, run: TaskRun, state: _Reporting, exc: EngineError, log: BoundLogger) -> float | None:
+        """Seconds to wait before sending the report again, or None to give it up."""
+        if isinstance(exc, EngineUnavailable):
+            # The answer is stored: keep trying until the engine takes it (or says the lock is gone).
+            delay = state.backoff.next_delay_s()
+            log.warning("task.report_retry", error=exc.message, retry_in_s=round(delay, 2))
+            return delay
+        if isinstance(exc, LockExpired):
+            return self._relock_to_report(run, state, exc, log)
+        if isinstance(exc, EngineRefused):
+            return self._refused(state, exc, log)
+        return None  # the lock is another worker's, the task is gone, or Camunda rejected the call
+
+    def _relock_to_report(self, run: TaskRun, state: _Reporting, exc: LockExpired, log: BoundLogger) -> float | None:
+        """complete checks only the worker id: nobody holds the task now, so take it again and send."""
+        try:
+            self.engine.lock(run.task.id, run.lock_duration_ms)
+        except LockLost:
+            return None
+        except EngineError as again:
+            log.warning("task.report_retry", error=again.message)
+            return state.backoff.next_delay_s()
+        log.warning("task.lock_renewed", reason=exc.message, elapsed_s=run.elapsed_s())
+        return 0.0
+
+    def _refused(self, state: _Reporting, exc: EngineRefused, log: BoundLogger) -> float | None:
+        """The engine ran the call and failed (a listener that throws...): bounded, then an incident."""
+        state.refused += 1
+        log.warning("task.report_refused", attempt=state.refused, outcome=type(state.outcome).__name__,
+                    error=exc.message)
+        if state.refused < self.settings.worker.report_attempts:
+            return state.backoff.next_delay_s()
+        incident = report_refused(state.outcome, exc.message, state.refused)
+        if incident is None:
+            return None
+        state.outcome, state.refused = incident, 0
+        return 0.0
 
     def _send(self, task: Task, outcome: Outcome) -> None:
         if isinstance(outcome, Complete):
@@ -347,25 +459,31 @@ class Worker:
 
     def _shutdown(self) -> int:
         self._write_health("stopping")
-        grace_s = self.settings.worker.shutdown_grace_s
-        deadline = self._clock() + grace_s
+        w = self.settings.worker
+        deadline = self._clock() + w.shutdown_grace_s
         with self._cond:
             # A task waiting for an unreachable Ollama/PostgreSQL can't finish: don't wait the grace out.
             while self._runs and self._clock() < deadline and not self._dependency_down():
                 self._cond.wait(timeout=min(0.2, max(0.0, deadline - self._clock())))
             leftover = list(self._runs.values())
+        # Everything from here on talks to the engine, which may hang: one bounded window for all of it.
+        end = self._clock() + w.shutdown_release_s
         released = [run for run in leftover if run.give_up(RunState.RELEASED)]
         for run in released:
-            self._unlock(run.task, self._task_log(run.task), "shutdown")
-        self._wait_for_reports(self.settings.camunda.http_timeout_s)
-        swept = self._sweep()
+            self._unlock(run.task, self._task_log(run.task), "shutdown", end=end)
+        self._wait_for_reports(min(self.settings.camunda.http_timeout_s, self._left(end)))
+        swept = self._sweep(end)
         if (released or swept) and self._poll_thread.is_alive():
             # Our pending long poll re-locks what we just unlocked; once it has come back (its tasks are
             # unlocked by _dispatch), nothing of ours is left waiting in the engine and a sweep is final.
-            self._poll_thread.join(timeout=_POLL_RETURN_S)
-            self._sweep()
+            self._poll_thread.join(timeout=min(_POLL_RETURN_S, self._left(end)))
+            self._sweep(end)
+        if self._left(end) == 0:
+            self._log.warning("worker.release_cut_short", shutdown_release_s=w.shutdown_release_s)
         self._heartbeat.stop()
         self._stats.stop()
+        if self.orphans is not None:
+            self.orphans.stop(clean=True)
         self.store.close()
         self.engine.close()
         self._write_health("stopped")
@@ -378,10 +496,12 @@ class Worker:
             while any(r.state is RunState.REPORTING for r in self._runs.values()) and self._clock() < deadline:
                 self._cond.wait(timeout=0.1)
 
-    def _sweep(self) -> int:
+    def _sweep(self, end: float) -> int:
         """Unlock what the engine still lists as ours (a poll answered after the stop); returns how many."""
+        if self._left(end) == 0:
+            return 0
         try:
-            held = set(self.engine.locked_task_ids())
+            held = set(self.engine.locked_task_ids(timeout_s=self._left(end)))
         except EngineError as exc:
             self._log.warning("worker.sweep_failed", error=str(exc))
             return 0
@@ -389,8 +509,10 @@ class Worker:
             reporting = {tid for tid, r in self._runs.items() if r.state is RunState.REPORTING}
         unlocked = 0
         for task_id in held - reporting:
+            if self._left(end) == 0:
+                break
             try:
-                self.engine.unlock(task_id)
+                self.engine.unlock(task_id, timeout_s=self._left(end))
             except EngineError as exc:
                 self._log.warning("task.release_failed", task_id=task_id, error=str(exc))
                 continue
@@ -398,9 +520,13 @@ class Worker:
             self._log.info("task.released", task_id=task_id, reason="sweep")
         return unlocked
 
-    def _unlock(self, task: Task, log: BoundLogger, reason: str) -> None:
+    def _unlock(self, task: Task, log: BoundLogger, reason: str, *, end: float | None = None) -> None:
+        """Hand the task back; ``end``: a deadline (monotonic) the call must not outlast."""
+        if end is not None and self._left(end) == 0:
+            log.warning("task.release_failed", error="no time left (WORKER_SHUTDOWN_RELEASE_S)")
+            return
         try:
-            self.engine.unlock(task.id)
+            self.engine.unlock(task.id, timeout_s=None if end is None else self._left(end))
         except EngineError as exc:
             log.warning("task.release_failed", error=str(exc))
             return
@@ -409,6 +535,10 @@ class Worker:
         log.info("task.released", reason=reason)
 
     # -- small helpers ---------------------------------------------------------------------------
+
+    def _left(self, end: float) -> float:
+        """Seconds until the deadline ``end`` on the worker's clock (0 once it passed)."""
+        return max(0.0, end - self._clock())
 
     def _dependency_down(self) -> bool:
         return self.store_gate.is_down or self.llm_gate.is_down
@@ -434,7 +564,7 @@ class Worker:
         self._health_state = state
         record = self.health_record()
         try:
-            record.write(self.settings.worker.health_file)
+            record.write(self._health_path)
         except OSError as exc:
-            self._log.warning("worker.health_write_failed", path=str(self.settings.worker.health_file),
+            self._log.warning("worker.health_write_failed", path=str(self._health_path),
                               error=str(exc))

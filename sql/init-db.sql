@@ -43,11 +43,9 @@ CREATE TABLE IF NOT EXISTS procos_ai_models (
     UNIQUE(model_name, provider, version)
 );
 
--- Exactly-once storage: one input and one output row per Camunda task. A task fetched again (a
--- crash, an expired lock) finds its row here instead of writing a second one. Rows written by other
--- tools without a task id are not constrained (NULLs are distinct).
-CREATE UNIQUE INDEX IF NOT EXISTS uq_procos_ai_context_task_type
-    ON procos_ai_context (task_id, context_type);
+-- Exactly-once storage: the first release's unique index on (task_id, context_type) is replaced by
+-- uq_procos_ai_context_attempt (migration 0020, at the end of this file). It is not created here any
+-- more: rerunning this file on a database that keeps history rows must not fail on it.
 
 -- AI context table indexes (the guide's), plus the conversation order and analytics ones.
 CREATE INDEX IF NOT EXISTS idx_procos_ai_context_proc_inst ON procos_ai_context (process_instance_id);
@@ -143,6 +141,31 @@ WHERE provider = 'ollama'
 
 INSERT INTO procos_schema_migrations (version, name) VALUES
     (10, 'model_options')
+ON CONFLICT (version) DO NOTHING;
+
+-- 0020_attempt_identity: a stored answer belongs to one attempt (task id + input hash), history kept.
+ALTER TABLE procos_ai_context ADD COLUMN IF NOT EXISTS input_hash VARCHAR(64);
+DROP INDEX IF EXISTS uq_procos_ai_context_task_type;
+CREATE UNIQUE INDEX IF NOT EXISTS uq_procos_ai_context_attempt
+    ON procos_ai_context (task_id, context_type, input_hash);
+
+-- 0021_worker_leases: live workers' leases, for orphan recovery.
+CREATE TABLE IF NOT EXISTS procos_worker_leases (
+    worker_id VARCHAR(255) PRIMARY KEY,
+    host VARCHAR(255),
+    pid INTEGER,
+    topics TEXT[] NOT NULL DEFAULT '{}',
+    started_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    beat_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    sweep_until TIMESTAMP WITH TIME ZONE NOT NULL,
+    stopped_at TIMESTAMP WITH TIME ZONE
+);
+CREATE INDEX IF NOT EXISTS idx_procos_worker_leases_expires ON procos_worker_leases (expires_at);
+
+INSERT INTO procos_schema_migrations (version, name) VALUES
+    (20, 'attempt_identity'),
+    (21, 'worker_leases')
 ON CONFLICT (version) DO NOTHING;
 
 -- 0036_conversation_memory: conversation memory (procos.memory) reads earlier turns by their sizes first

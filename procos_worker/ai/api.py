@@ -5,6 +5,7 @@ can't be reached and the other ``TaskError``s of ``errors`` for what it answers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -17,7 +18,10 @@ class LlmApi(Protocol):
     """Chat with a model; list the models; what a model's context is (see ``ai.llm.LlmClient``)."""
 
     def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
-             options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None) -> LlmResult: ...
+             options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None,
+             cancel: threading.Event | None = None) -> LlmResult:
+        """``RunCancelled`` once ``cancel`` is set (the answer is not wanted any more)."""
+        ...
 
     def ping(self) -> list[str]: ...
 

@@ -1,9 +1,12 @@
 """The Ollama chat call (task inputs -> **LLM** -> store).
 
 Ollama's and httpx's exceptions become the project's here:
+a run given up (its ``cancel`` set: lock lost, or released at shutdown) stops reading the stream at the
+next chunk -> ``RunCancelled``, and the request is closed, which stops Ollama generating for it;
 connection refused -> ``LlmUnavailable`` (the worker waits for Ollama, fetching nothing new);
-503/5xx, timeouts, a dropped connection -> ``LlmBusy`` after ``OLLAMA_ATTEMPTS`` in-process tries;
-404 (model not found) -> ``ModelNotFound``; other 4xx -> ``LlmRequestInvalid``: both are incidents.
+503/5xx, 408/429 (a timing-out or rate-limiting proxy in front of Ollama), timeouts, a dropped connection
+-> ``LlmBusy`` after ``OLLAMA_ATTEMPTS`` in-process tries; 404 (model not found) -> ``ModelNotFound``; other
+4xx -> ``LlmRequestInvalid``: both are incidents.
 
 Every request carries ``"truncate": false``: Ollama would otherwise cut a prompt longer than the
 context window silently (200 OK, only ``prompt_eval_count`` shows it); with it, Ollama 0.24 answers
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 from contextlib import closing
@@ -27,7 +31,14 @@ import httpx
 import ollama
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from procos_worker.errors import LlmBusy, LlmRequestInvalid, LlmUnavailable, ModelNotFound, PromptTooLong
+from procos_worker.errors import (
+    LlmBusy,
+    LlmRequestInvalid,
+    LlmUnavailable,
+    ModelNotFound,
+    PromptTooLong,
+    RunCancelled,
+)
 from procos_worker.models import LlmResult, ModelFacts, TaskInputs
 from procos_worker.settings import OllamaSettings
 
@@ -38,6 +49,8 @@ _BAD_OPTION = re.compile(r'option "[^"]*" must be of type')
 _OVERFLOW = "exceeds the context length"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NUM_CTX = re.compile(r"^num_ctx\s+(\d+)\s*$", re.MULTILINE)
+# Request timeout and too many requests: said by a proxy or gateway, worth trying again later.
+_TRANSIENT_4XX = frozenset({408, 429})
 
 
 def _wire_safe(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -68,17 +81,21 @@ class LlmClient:
         self._client = ollama.Client(host=settings.base_url, timeout=settings.timeout_s)
 
     def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
-             options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None) -> LlmResult:
+             options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None,
+             cancel: threading.Event | None = None) -> LlmResult:
         """Ask ``model`` (default OLLAMA_MODEL) with ``options`` (default OLLAMA_OPTIONS), constrained to
-        the JSON Schema ``format`` if given; raise a project error that says what to do next."""
+        the JSON Schema ``format`` if given; raise a project error that says what to do next
+        (``RunCancelled`` once ``cancel`` is set: the answer is not wanted any more)."""
+        stop = threading.Event() if cancel is None else cancel
         retrying = Retrying(
             retry=retry_if_exception_type(LlmBusy),
             stop=stop_after_attempt(self._settings.attempts),
             wait=wait_exponential_jitter(multiplier=0.5, max=5.0),
+            sleep=lambda seconds: _sleep_unless(stop, seconds),
             reraise=True,
         )
         return retrying(self._chat_once, messages, model or self._settings.model,
-                        self._settings.options if options is None else options, format)
+                        self._settings.options if options is None else options, format, stop)
 
     def ping(self) -> list[str]:
         """The models the server has; raises like ``chat`` when it can't be reached."""
@@ -96,7 +113,9 @@ class LlmClient:
                           trained_ctx=trained if isinstance(trained, int) and trained > 0 else None)
 
     def _chat_once(self, messages: list[dict[str, str]], model: str, options: Mapping[str, Any],
-                   format: Mapping[str, Any] | None) -> LlmResult:
+                   format: Mapping[str, Any] | None, cancel: threading.Event) -> LlmResult:
+        if cancel.is_set():
+            raise RunCancelled("the run was given up before the model was asked")
         started = time.perf_counter()
         body: dict[str, Any] = {"model": model, "messages": _wire_safe(messages), "stream": True, "truncate": False,
                                 "shift": False}
@@ -106,9 +125,9 @@ class LlmClient:
             body["format"] = dict(format)
         if self._settings.keep_alive is not None:
             body["keep_alive"] = self._settings.keep_alive
-        return self._converting(lambda: self._stream_chat(body, started), model)
+        return self._converting(lambda: self._stream_chat(body, started, cancel), model)
 
-    def _stream_chat(self, body: dict[str, Any], started: float) -> LlmResult:
+    def _stream_chat(self, body: dict[str, Any], started: float, cancel: threading.Event) -> LlmResult:
         """Streamed, so a huge answer is held about twice (its pieces, then the joined text) instead of
         four times (raw body, decoded text, parsed JSON, model), and OLLAMA_TIMEOUT_S bounds the whole
         generation rather than each read."""
@@ -118,6 +137,9 @@ class LlmClient:
         final: ollama.ChatResponse | None = None
         with closing(parts):
             for part in parts:
+                if cancel.is_set():
+                    # Leaving the loop closes the stream: Ollama stops generating for a client that is gone.
+                    raise RunCancelled("the run was given up while the model was answering")
                 if part.message.content:
                     pieces.append(part.message.content)
                 if part.done:
@@ -161,6 +183,11 @@ class LlmClient:
             raise LlmBusy(f"Ollama at {where} sent an answer that does not parse", details=repr(exc)) from exc
 
 
+def _sleep_unless(cancel: threading.Event, seconds: float) -> None:
+    """tenacity's wait between tries, cut short when the run is given up (the next try then stops)."""
+    cancel.wait(seconds)
+
+
 def _from_status(status: int, error: Any, model: str, where: str) -> Exception:
     details = f"Ollama at {where} answered HTTP {status}: {error}"
     if status == 404:
@@ -169,6 +196,8 @@ def _from_status(status: int, error: Any, model: str, where: str) -> Exception:
             "TASK_TOPIC_DEFAULTS / OLLAMA_MODEL",
             details=details,
         )
+    if status in _TRANSIENT_4XX:
+        return LlmBusy(f"Ollama busy or failing (HTTP {status})", details=details)
     if status == 400 and _OVERFLOW in str(error):
         return PromptTooLong(f"the prompt does not fit the context window of model '{model}' ({error})",
                              details=details)

@@ -16,10 +16,10 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from procos_worker.errors import EngineError, ProcosError, TaskConfigError
-from procos_worker.health import HealthRecord
+from procos_worker.health import check_records
 from procos_worker.ops import context_cli, purge_cli
 from procos_worker.ops.logs import configure_logging
-from procos_worker.settings import Settings
+from procos_worker.settings import Settings, settings_error_text
 from procos_worker.store.context import ContextStore
 
 __all__ = ["main"]
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except (ValidationError, SettingsError) as exc:
-        print(f"procos-worker: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"procos-worker: invalid settings:\n{settings_error_text(exc)}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings)
 
@@ -132,26 +132,25 @@ def _check(settings: Settings) -> int:
 
 
 def _health(settings: Settings, ready: bool) -> int:
-    """Ask the running worker's /healthz (or /readyz); read its health file when the HTTP port is off."""
+    """Ask the running worker's /healthz (or /readyz); when the HTTP port is off, read the health record of
+    every live worker process (healthy when each is fresh, running and making progress, and there is one)."""
     if settings.ops.http_port:
         return _health_http(settings, "/readyz" if ready else "/healthz")
     if ready:
         print("procos-worker health --ready needs the HTTP port (OPS_HTTP_PORT is 0)", file=sys.stderr)
         return EXIT_CONFIG
-    path = settings.worker.health_file
-    try:
-        record = HealthRecord.read(path)
-    except (OSError, ValueError) as exc:
-        print(f"unhealthy: no readable health file at {path} ({exc})", file=sys.stderr)
+    now = time.time()
+    records, problems = check_records(settings.worker.health_file, now=now,
+                                      max_age_s=settings.worker.health_max_age_s,
+                                      liveness_max_s=settings.ops.liveness_max_s)
+    if problems:
+        for problem in problems:
+            print(f"unhealthy: {problem}", file=sys.stderr)
         return 1
-    problem = record.problem(now=time.time(), max_age_s=settings.worker.health_max_age_s,
-                             liveness_max_s=settings.ops.liveness_max_s)
-    if problem is not None:
-        print(f"unhealthy: {problem}", file=sys.stderr)
-        return 1
-    down = record.down
-    print(f"healthy: worker {record.worker_id} in_flight={record.in_flight} "
-          f"age={time.time() - record.ts:.1f}s" + (f" waiting for {', '.join(down)}" if down else ""))
+    for record in records:
+        down = record.down
+        print(f"healthy: worker {record.worker_id} pid {record.pid} in_flight={record.in_flight} "
+              f"age={now - record.ts:.1f}s" + (f" waiting for {', '.join(down)}" if down else ""))
     return 0
 
 

@@ -1,18 +1,19 @@
-"""What the worker needs of PostgreSQL, as ``Protocol``s: the context store's writes (``ContextStore``)
-and the model table the registry reads (``ModelTable``); ``procos_testkit`` has in-memory ones.
+"""What the worker needs of PostgreSQL, as ``Protocol``s: the context store's writes (``ContextStore``),
+the model table the registry reads (``ModelTable``) and the leases of orphan recovery (``LeaseStore``);
+``procos_testkit`` has in-memory ones.
 Implementations raise ``StoreUnavailable`` when PostgreSQL can't be reached and other
 ``ProcosError``s for everything else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
 from procos_worker.models import LlmResult, ModelRow, StoredContext, StoredOutput, Task, TaskInputs, Turn, TurnSize
 
-__all__ = ["ModelTableApi", "StoreApi"]
+__all__ = ["LeaseApi", "ModelTableApi", "StoreApi"]
 
 
 class StoreApi(Protocol):
@@ -56,3 +57,14 @@ class ModelTableApi(Protocol):
 
     def refresh_stats(self, *, window_s: float, min_age_s: float, unanswered_after_s: float,
                       worker_id: str) -> int | None: ...
+
+
+class LeaseApi(Protocol):
+    """procos_worker_leases: one row per live worker (see ``store.leases.LeaseStore``)."""
+
+    def beat(self, worker_id: str, *, host: str, pid: int, topics: Sequence[str], lease_s: float,
+             sweep_s: float) -> bool | None: ...
+
+    def release(self, worker_id: str, *, sweep_s: float) -> None: ...
+
+    def reap(self, worker_id: str, sweep: Callable[[str], None]) -> int: ...

@@ -1,17 +1,26 @@
 """procos_ai_context in PostgreSQL: exactly-once writes for the worker, and a small read API.
 
-Writes are keyed by (task_id, context_type) (unique index in sql/init-db.sql): a task fetched again
-after a crash or an expired lock finds its rows instead of writing second ones. Each write is one
-autocommitted statement, so a row the worker sees has been committed.
+Writes are keyed by (task_id, context_type, input_hash) (unique index ``uq_procos_ai_context_attempt``): a
+task fetched again after a crash or an expired lock finds the rows of the same attempt (same prompt,
+model, options, process instance: ``fingerprint.input_hash``) instead of writing second ones; a task whose
+input changed gets new rows beside the old ones. Each write is one autocommitted statement, so a row the
+worker sees has been committed.
 
 Row types: ``input`` and ``output`` (the answer the task completes with). A structured task
 (``procos.outputSchema``) also writes, per answer that breaks its schema, ``invalid_output_<n>`` (the
 answer of attempt n) and ``repair_input_<n+1>`` (the request to repair it); ``output`` is written only
 for an answer that passed the check.
 
-psycopg errors are turned into the project's errors here: can't connect / connection lost ->
-``StoreUnavailable`` (the worker waits for the database); anything else PostgreSQL rejects ->
-``PermanentError`` (an incident, with PostgreSQL's message).
+psycopg errors are turned into the project's errors here, by SQLSTATE (``_classify``): can't connect /
+connection lost (class 08, 57P01-57P03, no SQLSTATE) -> ``StoreUnavailable`` (the worker waits for the
+database); reachable but unable for now (statement or lock timeout, too many connections, disk full,
+read-only after a failover, serialization failure, I/O error) -> ``StoreRefused``, tried DATABASE_ATTEMPTS
+times here, then a failure that spends a Camunda retry; anything else PostgreSQL rejects (schema, data) ->
+``PermanentError`` (an incident). Messages carry PostgreSQL's primary message only, never its DETAIL
+(which can quote the row, that is the prompt or the answer).
+
+Every pooled connection has ``statement_timeout``, ``lock_timeout`` and TCP keepalives (DATABASE_*), so a
+hung database or an exclusive lock held by another session can't hold a task forever.
 """
 
 from __future__ import annotations
@@ -26,11 +35,13 @@ import psycopg
 import psycopg_pool
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from procos_worker import textcodec
-from procos_worker.errors import PermanentError, StoreUnavailable
+from procos_worker.errors import PermanentError, StoreRefused, StoreUnavailable
+from procos_worker.fingerprint import input_hash
 from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs, Turn, TurnSize
-from procos_worker.settings import DatabaseSettings
+from procos_worker.settings import MODEL_NAME_MAX_CHARS, DatabaseSettings
 from procos_worker.store import camunda_tuning, migrations, queries, turns
 
 __all__ = ["ContextStore"]
@@ -49,19 +60,44 @@ _INSERT_OUTPUT = f"""
     INSERT INTO procos_ai_context
         (process_instance_id, task_id, activity_id, process_definition_key, activity_instance_id,
          context_type, content_data, content_text, ai_provider, model_used, token_usage,
-         input_context_id, memory_key, text_chars, text_bytes, text_encoding)
+         input_context_id, memory_key, text_chars, text_bytes, text_encoding, input_hash)
     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s, %(type)s,
             jsonb_build_object('content', {{text}}) || %(meta)s::jsonb, {{text}},
             %(provider)s, %(model)s, %(usage)s,
-            %(input_id)s, %(memory_key)s, %(chars)s, octet_length({{text}}), %(encoding)s)
-    ON CONFLICT (task_id, context_type) DO NOTHING
+            %(input_id)s, %(memory_key)s, %(chars)s, octet_length({{text}}), %(encoding)s,
+            (SELECT input_hash FROM procos_ai_context WHERE id = %(input_id)s))
+    ON CONFLICT (task_id, context_type, input_hash) DO NOTHING
     RETURNING {_OUTPUT_COLUMNS}
+"""
+_SAVED_INPUT = f"""
+    SELECT (SELECT id FROM procos_ai_context
+            WHERE task_id = %(task)s AND context_type = %(type)s AND input_hash = %(hash)s) AS input_id,
+           output.*
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context
+                       WHERE task_id = %(task)s AND context_type = 'output' AND input_hash = %(hash)s) AS output
+           ON true
 """
 # Answers longer than this go to PostgreSQL by COPY, in pieces (see _copy_to_pending).
 _COPY_ABOVE_CHARS = 1 << 20
 _COPY_PIECE_CHARS = 1 << 20
 # COPY's text format: these four characters are written as backslash escapes.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+# SQLSTATEs (or classes, by their first two characters) of a reachable database that can't do it now.
+_REFUSED = {
+    "57014": "statement timeout (DATABASE_STATEMENT_TIMEOUT_MS) or the statement was cancelled",
+    "55P03": "lock timeout (DATABASE_LOCK_TIMEOUT_MS): another session holds a lock on the table",
+    "53300": "too many connections",
+    "53100": "disk full",
+    "53200": "out of memory",
+    "53400": "a configured limit was exceeded",
+    "25006": "read-only (a standby, after a failover?)",
+    "40001": "serialization failure",
+    "40P01": "deadlock",
+    "58": "I/O or system error",
+}
+# What PostgreSQL says when it refuses a new connection for lack of slots (no SQLSTATE reaches the client).
+_NO_SLOTS = ("too many connections", "too many clients", "connection slots are reserved")
 _ROW_COLUMNS = """
     id, process_instance_id, task_id, activity_id, process_definition_key, activity_instance_id,
     context_type, content_text, content_data, ai_provider, model_used, token_usage, created_at
@@ -71,16 +107,20 @@ _ROW_COLUMNS = """
 class ContextStore:
     """A connection pool on the ProcOS database and every query the worker makes there."""
 
-    def __init__(self, settings: DatabaseSettings, *, provider: str = "ollama") -> None:
+    def __init__(self, settings: DatabaseSettings, *, provider: str = "ollama", pool_size: int | None = None) -> None:
+        """``pool_size``: the worker passes ``Settings.pool_size``; other users get DATABASE_POOL_MAX_SIZE or 4."""
         self._provider = provider
         self._timeout_s = settings.connect_timeout_s
+        self._attempts = settings.attempts
+        self._conninfo = settings.url.get_secret_value()
+        self._connect_kwargs = _connect_kwargs(settings, self._conninfo)
         self._pool = psycopg_pool.ConnectionPool(
-            settings.url.get_secret_value(),
+            self._conninfo,
             min_size=1,
-            max_size=settings.pool_max_size,
+            max_size=pool_size or settings.pool_max_size or 4,
             open=False,
             timeout=settings.connect_timeout_s,
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(settings.connect_timeout_s))},
+            kwargs=self._connect_kwargs,
             name="procos-store",
         )
 
@@ -105,8 +145,20 @@ class ContextStore:
         self._run(lambda cur: cur.execute("SELECT 1"))
 
     def upgrade_schema(self, *, init_sql: str | None = None) -> list[str]:
-        """Create the schema, or apply the migrations it lacks (``migrations.upgrade``)."""
-        return self._run(lambda cur: migrations.upgrade(cur.connection, init_sql=init_sql))
+        """Create the schema, or apply the migrations it lacks (``migrations.upgrade``).
+
+        Without the session's statement and lock timeouts: a migration may take long, and waiting for the
+        advisory lock of a concurrent upgrade is expected."""
+        def upgrade(cur: psycopg.Cursor[dict[str, Any]]) -> list[str]:
+            cur.execute("SET statement_timeout = 0")
+            cur.execute("SET lock_timeout = 0")
+            try:
+                return migrations.upgrade(cur.connection, init_sql=init_sql)
+            finally:
+                cur.execute("RESET statement_timeout")
+                cur.execute("RESET lock_timeout")
+
+        return self._run(upgrade)
 
     def tune_camunda(self) -> list[str]:
         """Build procos' indexes on Camunda's tables without blocking the engine (``camunda_tuning.tune``)."""
@@ -121,44 +173,61 @@ class ContextStore:
                    model: str, options: Mapping[str, Any], context_type: str = "input",
                    extra: Mapping[str, Any] | None = None, window: Mapping[str, Any] | None = None,
                    memory_key: str | None = None) -> tuple[UUID, StoredOutput | None]:
-        """Store what the model is asked (once per task id and row type): every message in order (system,
-        memory turns, user), the inputs they were made from (variables, or templates and the values they
-        used), the model and its options, and ``window`` (memory_context_ids, the budget:
-        ``ai.window.Prompt.record``); in the
-        same round trip look for an output row an earlier attempt committed. Returns (input row id, that
+        """Store what the model is asked (once per attempt: the task id and ``fingerprint.input_hash`` of the
+        messages, model, options and process instance): every message in order (system, memory turns,
+        user), the inputs they were made from (variables, or templates and the values they used), the model
+        and its options, and ``window`` (memory_context_ids, the budget: ``ai.window.Prompt.record``); in
+        the same round trip look for an output row the same attempt committed. Returns (input row id, that
         output or None). ``context_type``: ``repair_input_<n>`` for a structured task's repair request;
         ``extra`` goes into ``content_data`` too (the output schema, the attempt).
         """
+        if len(model) > MODEL_NAME_MAX_CHARS:
+            # Refused before the model is asked: model_used could not hold the name of what answered.
+            raise PermanentError(f"model name is {len(model)} characters; procos_ai_context.model_used holds "
+                                 f"{MODEL_NAME_MAX_CHARS} (procos.model / TASK_TOPIC_DEFAULTS / OLLAMA_MODEL)")
         data, text = _input_data(task, inputs, messages, model=model, options=options, window=window, extra=extra)
 
+        attempt = input_hash(task.process_instance_id, messages, model, options)
+        params = {**_step(task), "type": context_type, "data": Jsonb(data), "text": text, "provider": self._provider,
+                  "model": model, "hash": attempt, "memory_key": memory_key, "chars": len(text),
+                  "encoding": data.get("text_encoding")}
+
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
-            # The outer SELECT does not see the CTE's new row, but it sees a row that conflicted.
+            # The outer SELECT does not see the CTE's new row, but it sees a row that conflicted, if that row
+            # was committed before this statement began.
             cur.execute(
                 f"""
                 WITH ins AS (
                     INSERT INTO procos_ai_context
                         (process_instance_id, task_id, activity_id, process_definition_key,
                          activity_instance_id, context_type, content_data, content_text, ai_provider, model_used,
-                         memory_key, text_chars, text_bytes, text_encoding)
+                         memory_key, text_chars, text_bytes, text_encoding, input_hash)
                     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s,
                             %(type)s, %(data)s, %(text)s, %(provider)s, %(model)s,
-                            %(memory_key)s, %(chars)s, octet_length(%(text)s), %(encoding)s)
-                    ON CONFLICT (task_id, context_type) DO NOTHING
+                            %(memory_key)s, %(chars)s, octet_length(%(text)s), %(encoding)s, %(hash)s)
+                    ON CONFLICT (task_id, context_type, input_hash) DO NOTHING
                     RETURNING id
                 )
                 SELECT COALESCE((SELECT id FROM ins),
                                 (SELECT id FROM procos_ai_context
-                                 WHERE task_id = %(task)s AND context_type = %(type)s)) AS input_id,
+                                 WHERE task_id = %(task)s AND context_type = %(type)s AND input_hash = %(hash)s))
+                           AS input_id,
                        output.*
                 FROM (SELECT 1) AS one
                 LEFT JOIN LATERAL (SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context
-                                   WHERE task_id = %(task)s AND context_type = 'output') AS output ON true
+                                   WHERE task_id = %(task)s AND context_type = 'output' AND input_hash = %(hash)s)
+                       AS output ON true
                 """,
-                {**_step(task), "type": context_type, "data": Jsonb(data), "text": text, "provider": self._provider,
-                 "model": model, "memory_key": memory_key, "chars": len(text), "encoding": data.get("text_encoding")},
+                params,
             )
             row = cur.fetchone()
-            assert row is not None
+            if row is not None and row["input_id"] is None:
+                # Another holder of the task inserted the row and committed while this statement waited on
+                # it: ON CONFLICT returned nothing and the statement's snapshot predates that commit. A new
+                # statement (a new snapshot, autocommit) sees it.
+                cur.execute(_SAVED_INPUT, params)
+                row = cur.fetchone()
+            assert row is not None and row["input_id"] is not None
             return row
 
         row = self._run(insert)
@@ -180,10 +249,11 @@ class ContextStore:
                     prompt_chars: int | None = None, prompt_messages: int | None = None,
                     memory_key: str | None = None, prompt_truncated: bool = False, context_type: str = "output",
                     extra: Mapping[str, Any] | None = None) -> StoredOutput:
-        """Store the answer; if an earlier attempt already did, return that row instead (exactly once).
-        ``prompt_chars`` (all messages sent) and ``prompt_messages`` (how many) go with the token counts,
-        for characters per token; ``memory_key`` and ``input_id`` make the row a turn later tasks can be
-        given (``procos.memory``); ``prompt_truncated``: procos.onOverflow=truncate cut the prompt.
+        """Store the answer of the attempt whose input row is ``input_id`` (its ``input_hash`` goes with it);
+        if the same attempt already did, return that row instead (exactly once). ``prompt_chars`` (all
+        messages sent) and ``prompt_messages`` (how many) go with the token counts, for characters per
+        token; ``memory_key`` and ``input_id`` make the row a turn later tasks can be given
+        (``procos.memory``); ``prompt_truncated``: procos.onOverflow=truncate cut the prompt.
         ``context_type``: ``invalid_output_<n>`` for a structured answer that broke its schema; ``extra``
         goes into ``content_data`` too (the parsed answer, the attempt, what was wrong)."""
         meta: dict[str, Any] = {
@@ -236,8 +306,9 @@ class ContextStore:
             if row is None:
                 cur.execute(
                     f"SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context "
-                    "WHERE task_id = %s AND context_type = %s",
-                    (task.id, context_type),
+                    "WHERE task_id = %(task)s AND context_type = %(type)s AND input_hash = "
+                    "(SELECT input_hash FROM procos_ai_context WHERE id = %(input_id)s)",
+                    params,
                 )
                 row = cur.fetchone()
             assert row is not None
@@ -263,11 +334,12 @@ class ContextStore:
         return rows[0] if rows else None
 
     def get_input_for(self, context_id: UUID | str) -> StoredContext | None:
-        """The input row of the task whose output row is ``context_id``."""
+        """The input row the output row ``context_id`` answered (a task may have several attempts)."""
         rows = self._select(
             f"""SELECT {_ROW_COLUMNS} FROM procos_ai_context
                 WHERE context_type = 'input'
-                  AND task_id = (SELECT task_id FROM procos_ai_context WHERE id = %s)""",
+                  AND id = (SELECT (content_data->>'input_context_id')::uuid FROM procos_ai_context
+                            WHERE id = %s)""",
             (str(context_id),),
         )
         return rows[0] if rows else None
@@ -347,10 +419,24 @@ class ContextStore:
         return [_to_context(row) for row in self._run(query)]
 
     def _run(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
+        """Run ``work`` on a pooled connection; ``StoreRefused`` is tried DATABASE_ATTEMPTS times (every
+        write here is idempotent), a refusal that lasts goes to the caller (a failure spending a retry)."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(StoreRefused),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(multiplier=0.5, max=5.0),
+            reraise=True,
+        )
+        result: _T = retrying(self._run_converted, work)
+        return result
+
+    def _run_converted(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
         with self._converting():
             try:
                 return self._run_once(work)
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as exc:
+                if not _connection_lost(exc):
+                    raise
                 # After a database restart every pooled connection is dead. Checking each one before
                 # every use would cost a round trip per query; instead drop the dead ones and try once
                 # more (every write here is idempotent). A second failure means the database is down.
@@ -359,19 +445,34 @@ class ContextStore:
 
     def _run_once(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
         with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            return work(cur)
+            try:
+                return work(cur)
+            except psycopg.errors.ReadOnlySqlTransaction:
+                # After a failover this connection may lead to the old primary, now a standby: don't reuse it.
+                conn.close()
+                raise
 
     @contextmanager
     def _converting(self) -> Iterator[None]:
         try:
             yield
-        except (psycopg_pool.PoolTimeout, psycopg.OperationalError, psycopg_pool.PoolClosed) as exc:
-            raise StoreUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}", details=repr(exc)) from exc
-        except psycopg.Error as exc:
-            raise PermanentError(
-                f"PostgreSQL rejected the write: {_first_line(exc)}; check the schema (procos-worker init-db)",
-                details=repr(exc),
-            ) from exc
+        except psycopg_pool.PoolTimeout as exc:
+            raise self._why_no_connection(exc) from exc
+        except (psycopg.Error, psycopg_pool.PoolClosed) as exc:
+            raise _classify(exc) from exc
+
+    def _why_no_connection(self, exc: psycopg_pool.PoolTimeout) -> Exception:
+        """A pool timeout is not by itself "PostgreSQL down": every connection may be busy, or the server
+        may refuse new ones. One direct connection attempt tells which."""
+        stats = self._pool.get_stats()
+        if stats.get("pool_size", 0) >= (self._pool.max_size or 0) and not stats.get("pool_available", 0):
+            return StoreRefused(f"PostgreSQL: all {self._pool.max_size} pooled connections are busy",
+                                details=repr(exc))
+        try:
+            psycopg.connect(self._conninfo, **self._connect_kwargs).close()
+        except psycopg.Error as probe:
+            return _classify(probe)
+        return StoreRefused("PostgreSQL: no pooled connection within DATABASE_CONNECT_TIMEOUT_S", details=repr(exc))
 
     def _to_output(self, row: Mapping[str, Any]) -> StoredOutput:
         usage = row.get("token_usage") or {}
@@ -429,7 +530,55 @@ def _copy_to_pending(cur: psycopg.Cursor[dict[str, Any]], text: str) -> None:
         copy.write("\n")
 
 
-def _first_line(exc: BaseException) -> str:
+def _connect_kwargs(settings: DatabaseSettings, conninfo: str) -> dict[str, Any]:
+    """Connection parameters on top of DATABASE_URL: autocommit, timeouts, keepalives. The session limits
+    go after any ``options`` the URL already has (a later ``-c`` wins, so they apply)."""
+    own = f"-c statement_timeout={settings.statement_timeout_ms} -c lock_timeout={settings.lock_timeout_ms}"
+    given = psycopg.conninfo.conninfo_to_dict(conninfo).get("options")
+    return {
+        "autocommit": True,
+        "connect_timeout": max(1, int(settings.connect_timeout_s)),
+        "options": f"{given} {own}" if given else own,
+        "keepalives": 1,
+        "keepalives_idle": settings.keepalives_idle_s,
+        "keepalives_interval": settings.keepalives_interval_s,
+        "keepalives_count": settings.keepalives_count,
+    }
+
+
+def _classify(exc: BaseException) -> Exception:
+    """A psycopg/pool error as the project's error, by SQLSTATE; the message has no DETAIL (it can quote rows)."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    primary = _primary(exc)
+    reason = _REFUSED.get(sqlstate) or (_REFUSED["58"] if sqlstate.startswith("58") else None)
+    if reason is None and not sqlstate and any(words in primary.lower() for words in _NO_SLOTS):
+        reason = _REFUSED["53300"]
+    details = f"{type(exc).__name__} (SQLSTATE {sqlstate or 'none'}): {primary}"
+    if reason is not None:
+        return StoreRefused(f"PostgreSQL: {reason}: {primary}", details=details)
+    if isinstance(exc, psycopg_pool.PoolClosed) or _connection_lost(exc):
+        return StoreUnavailable(f"PostgreSQL unavailable: {primary}", details=details)
+    return PermanentError(f"PostgreSQL rejected the write: {primary}; check the schema (procos-worker init-db)",
+                          details=details)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Can't connect, or the connection broke: class 08, the server shutting down or starting, or a
+    client-side failure that never got a SQLSTATE."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    sqlstate = exc.sqlstate or ""
+    if not sqlstate:
+        return not any(words in str(exc).lower() for words in _NO_SLOTS)
+    return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
+
+
+def _primary(exc: BaseException) -> str:
+    """PostgreSQL's primary message (no DETAIL, no statement), or the first line of a client error."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        return str(primary)
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

@@ -60,8 +60,9 @@ WITH answered AS (
     WHERE i.context_type = 'input' AND i.ai_provider = %(provider)s AND i.model_used IS NOT NULL
       AND i.created_at >= now() - make_interval(secs => %(window_s)s)
       AND i.created_at < now() - make_interval(secs => %(unanswered_after_s)s)
-      AND NOT EXISTS (SELECT 1 FROM procos_ai_context o
-                      WHERE o.task_id = i.task_id AND o.context_type = 'output')
+      AND NOT EXISTS (SELECT 1 FROM procos_ai_context o  -- the answer of the same attempt (input_hash)
+                      WHERE o.task_id = i.task_id AND o.context_type = 'output'
+                        AND o.input_hash IS NOT DISTINCT FROM i.input_hash)
     GROUP BY 1
 ), stats AS (
     SELECT m.id, jsonb_build_object(

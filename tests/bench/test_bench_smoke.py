@@ -17,7 +17,8 @@ import requests
 from procos_worker.settings import Settings
 
 KEYS = {"p1_ratio_vs_ceiling", "p2_ratio_vs_library_worker", "p3_overhead_ratio", "p3_structured_overhead_ratio",
-        "p4_seconds", "p4_rss_ratio", "p5_scaleout_ratio", "p5_duplicates", "p5_worker_cpu_ratio"}
+        "p4_seconds", "p4_rss_ratio", "p5_scaleout_ratio", "p5_duplicates", "p5_worker_cpu_ratio",
+        "p8_orphan_recovery_s"}
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +39,24 @@ def test_bench_tiny_run_prints_the_json_summary_last(settings: Settings) -> None
     summary = json.loads(lines[-1])
     assert summary.keys() >= KEYS
     assert summary["p3_overhead_ratio"] is None and summary["p3_structured_overhead_ratio"] is None  # not run
-    for key in KEYS - {"p3_overhead_ratio", "p3_structured_overhead_ratio", "p5_duplicates"}:
+    assert summary["p8_orphan_recovery_s"] is None
+    for key in KEYS - {"p3_overhead_ratio", "p3_structured_overhead_ratio", "p5_duplicates", "p8_orphan_recovery_s"}:
         assert isinstance(summary[key], float) and summary[key] > 0, (key, summary[key])
     assert summary["p5_duplicates"] == 0
     assert "| P1 |" in done.stdout and "| P5 |" in done.stdout
     assert summary["details"]["results"]["p4"]["answer_bytes"] == 1024 * 1024
+
+
+@pytest.mark.timeout(180)
+def test_bench_orphan_recovery_once(settings: Settings) -> None:
+    """P8 once (``--only p8 --p8-reps 1``): a kill -9 with 4 tasks in flight, recovered by a second worker."""
+    argv = [sys.executable, "-m", "procos_bench", "--only", "p8", "--p8-reps", "1", "--no-docs",
+            "--camunda-url", settings.camunda.base_url, "--database-url", settings.database.url.get_secret_value()]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=170, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    seconds = summary["p8_orphan_recovery_s"]
+    assert isinstance(seconds, float) and 0 < seconds < 60, summary  # 60 s: the lock it must not wait out
+    checks = summary["details"]["results"]["p8"]["checks"]
+    assert checks == [{"output_rows": 4, "max_rows_per_task_and_type": 1, "orphan_released_events": 4}]
+    assert "| P8 |" in done.stdout

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from procos_worker.models import LlmResult, Task, TaskInputs
 from procos_worker.settings import DatabaseSettings
 from procos_worker.store.context import ContextStore
+from procos_worker.store.leases import LeaseStore
 from tests.deploy.deploykit import INIT_SQL, REPO
 
 pytestmark = pytest.mark.deploy
@@ -118,11 +119,15 @@ def test_the_worker_login_does_the_workers_job(cluster: Cluster) -> None:
     with ContextStore(DatabaseSettings(url=SecretStr(url))) as store:
         task = _task()
         input_id, stored = store.save_input(task, TaskInputs(query="q"), [{"role": "user", "content": "q"}],
-                                            model="m", options={})
+                                            model="smollm2:135m", options={})
         assert stored is None
         output = store.save_output(task, _answer(), input_id)
         assert store.get(output.id) is not None
         assert store.conversation("pi-1")
+        # Orphan recovery's lease table (a later migration) is granted too.
+        leases = LeaseStore(store)
+        assert leases.beat("w", host="h", pid=1, topics=["ai-query"], lease_s=10, sweep_s=5) is None
+        assert leases.reap("other", lambda _dead: None) == 0
         assert store.schema_status().current  # what `procos-worker check` reads
 
 

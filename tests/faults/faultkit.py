@@ -27,7 +27,17 @@ WORKER_COMMAND = (str(Path(sys.executable).with_name("procos-worker")), "run")
 CAMUNDA_ROOT = "http://127.0.0.1:8080"
 CAMUNDA_REST = f"{CAMUNDA_ROOT}/engine-rest"
 DB_PASSWORD = "procos123"
-DB_URL = f"postgresql://procos:{DB_PASSWORD}@127.0.0.1:5432/procos"
+# The worker's database; DATABASE_URL (as the conftest's Settings reads it) may point a run at another one,
+# e.g. a branch whose schema migrations must not reach the shared database yet.
+DB_URL = os.environ.get("DATABASE_URL") or f"postgresql://procos:{DB_PASSWORD}@127.0.0.1:5432/procos"
+DB_NAME = DB_URL.rsplit("/", 1)[1].split("?", 1)[0]
+
+
+def db_url_via(port: int, password: str = DB_PASSWORD) -> str:
+    """The worker's database reached through a proxy on ``port`` (or with another password)."""
+    return f"postgresql://procos:{password}@127.0.0.1:{port}/{DB_NAME}"
+
+
 REAL_OLLAMA = "http://127.0.0.1:11434"
 
 

@@ -19,7 +19,7 @@ from procos_testkit.engine import EngineRest, wait_until
 from procos_testkit.holding_proxy import HoldingProxy
 from procos_testkit.tcp_proxy import TcpProxy
 from procos_testkit.worker_process import WorkerProcess
-from tests.faults.faultkit import all_completed, output_rows, success_count, task_ids
+from tests.faults.faultkit import all_completed, db_url_via, output_rows, success_count, task_ids
 
 pytestmark = pytest.mark.faults
 
@@ -98,7 +98,7 @@ def test_postgres_unreachable_holds_tasks_without_burning_retries(
     spawn: Callable[..., WorkerProcess], db: psycopg.Connection[Any],
 ) -> None:
     topic, key = deployed
-    worker = spawn(topic, DATABASE_URL=f"postgresql://procos:procos123@127.0.0.1:{pg_proxy.port}/procos",
+    worker = spawn(topic, DATABASE_URL=db_url_via(pg_proxy.port),
                    OLLAMA_OPTIONS=SMALL_ANSWER, WORKER_LOCK_DURATION_MS="3000")
     worker.wait_for("worker.started")
     pg_proxy.pause()

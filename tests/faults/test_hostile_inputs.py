@@ -82,6 +82,9 @@ CASES: dict[str, Case] = {
     "invalid-ollama-options": Case(lambda: {"query": "hello"}, "incident", "OLLAMA_OPTIONS", ollama="real",
                                    settings={"ollama": {"options": {"num_predict": "abc"}}}),
     "ollama-503-on-every-try": Case(lambda: {"query": "hello [[fake:status=503]]"}, "retry", "busy"),
+    # A rate-limiting or timing-out proxy in front of Ollama: transient, not an incident (issue 9, item 9).
+    "proxy-429-on-every-try": Case(lambda: {"query": "hello [[fake:status=429]]"}, "retry", "HTTP 429"),
+    "proxy-408-on-every-try": Case(lambda: {"query": "hello [[fake:status=408]]"}, "retry", "HTTP 408"),
 }
 
 

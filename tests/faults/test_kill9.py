@@ -18,7 +18,7 @@ from procos_testkit.engine import EngineRest
 from procos_testkit.holding_proxy import HoldingProxy
 from procos_testkit.tcp_proxy import TcpProxy
 from procos_testkit.worker_process import WorkerProcess
-from tests.faults.faultkit import completed, rows_by_type, success_count, task_of
+from tests.faults.faultkit import completed, db_url_via, rows_by_type, success_count, task_of
 
 pytestmark = pytest.mark.faults
 
@@ -81,7 +81,7 @@ def test_sigkill_then_restart_completes_exactly_once(
         "CAMUNDA_BASE_URL": f"{camunda_proxy.base_url}/engine-rest",
         "OLLAMA_BASE_URL": ollama_proxy.base_url,
         "OLLAMA_OPTIONS": SMALL_ANSWER,
-        "DATABASE_URL": f"postgresql://procos:procos123@127.0.0.1:{pg_proxy.port}/procos",
+        "DATABASE_URL": db_url_via(pg_proxy.port),
         "WORKER_MAX_TASKS_IN_FLIGHT": "1",
     }
     first = spawn(topic, **env)

@@ -161,10 +161,8 @@ def test_parallel_multi_instance_step_keeps_each_of_five_answers(
     assert answer_in is not None
     system, user = answer_in.content_data["messages"]
     assert system["role"] == "system" and all(doc in user["content"] for doc in documents)
-    # The first task of each step came without the variables its template names and went back once.
-    assert running.worker.counters.completed == 6
-    assert {"document", "loopCounter", "nrOfInstances", "documents", "question"} <= set(
-        running.worker.fetch_variables.names([topic]))
+    # Each task read the variables its template names itself (engine.variables): none went back.
+    assert running.worker.counters.completed == 6 and running.worker.counters.released == 0
 
 
 def test_placeholders_read_variables_as_an_input_mapping_would_and_only_those_are_fetched(
@@ -187,10 +185,9 @@ def test_placeholders_read_variables_as_an_input_mapping_would_and_only_those_ar
     assert asked is not None
     assert asked.content_data["variables"] == {"subject": "the local value"}
     assert asked.content_data["messages"][-1]["content"] == "Say the local value."
-    # fetchAndLock asked for the default inputs and the template's one name; the first fetch lacked it.
-    assert running.worker.fetch_variables.names([topic]) == [
-        settings.task.query_variable, settings.task.context_variable, settings.task.system_prompt_variable, "subject"]
-    assert running.worker.counters.released == 1 and running.worker.counters.completed == 1
+    # The task read only its template's one name (the 200 others never left the engine), resolved local
+    # before process as fetchAndLock would; nothing went back for a second fetch.
+    assert running.worker.counters.released == 0 and running.worker.counters.completed == 1
 
 
 def test_a_disabled_model_is_an_incident_with_the_registrys_message(

@@ -8,7 +8,7 @@ import requests
 
 from procos_worker.engine.client import EngineClient
 from procos_worker.engine.fetch import Subscription
-from procos_worker.errors import EngineRejected, EngineUnavailable, LockLost
+from procos_worker.errors import EngineRefused, EngineRejected, EngineUnavailable, LockExpired, LockLost
 from procos_worker.settings import CamundaSettings
 
 
@@ -26,10 +26,23 @@ def _raise(exc: BaseException) -> None:
         (Exception("received 404 : RestException : External task with id x does not exist"), "x", LockLost),
         (Exception("received 400 : BadUserRequestException : External Task x cannot be extended by worker 'w'. "
                    "It is locked by worker 'other'."), "x", LockLost),
-        (Exception("received 400 : BadUserRequestException : Cannot extend a lock that expired"), "x", LockLost),
+        # Nobody else holds it (expired, or unlocked): lock it again, the run goes on.
+        (Exception("received 400 : BadUserRequestException : Cannot extend a lock that expired"), "x", LockExpired),
+        (Exception("received 400 : RestException : The lock of the External Task x cannot be extended by worker "
+                   "'w''. It is locked by worker 'null'."), "x", LockExpired),
+        # A 500 with an engine exception: the engine ran the call and failed (not "unreachable").
         (Exception("received 500 : ProcessEnginePersistenceException : An exception occurred in the persistence"
-                   " layer"), "x", EngineUnavailable),
+                   " layer"), "x", EngineRefused),
+        (Exception("received 500 : ProcessEngineException : Unknown method used in expression"), "x", EngineRefused),
+        # Unreachable, overloaded or a proxy's page: wait and try again.
+        (Exception("received 500"), "x", EngineUnavailable),
+        (Exception("received 502"), "x", EngineUnavailable),
+        (Exception("received 503 : : Service Unavailable"), "x", EngineUnavailable),
+        (Exception("received 504"), "x", EngineUnavailable),
+        (Exception("received 429"), "x", EngineUnavailable),
+        (Exception("received 408"), "x", EngineUnavailable),
         (Exception("received 401"), None, EngineRejected),
+        (Exception("received 403 : AuthorizationException : not allowed"), "x", EngineRejected),
         (Exception("received 400 : InvalidRequestException : bad topic"), None, EngineRejected),
         (requests.ConnectionError("refused"), None, EngineUnavailable),
         (requests.ReadTimeout("slow"), "x", EngineUnavailable),

@@ -125,10 +125,11 @@ def test_every_handler_error_has_the_outcome_of_its_branch(cls: type[errors.Task
 
 
 def test_only_handler_errors_go_through_outcome_for() -> None:
-    """The other branches never reach it: ServiceUnavailable waits, engine errors happen while
-    reporting. Their routes are tested on the worker (tests/unit/test_worker.py)."""
+    """The other branches never reach it: ServiceUnavailable waits, RunCancelled stops a run that is no
+    longer ours, engine errors happen while reporting or keeping the lock. Their routes are tested on the
+    worker (tests/unit/test_worker.py) and the heartbeat (tests/unit/test_heartbeat.py)."""
     assert set(OUTCOMES) - {c.__name__ for c in TASK_ERRORS} == {
-        "ServiceUnavailable", "LlmUnavailable", "StoreUnavailable", "EngineUnavailable", "EngineRejected",
-        "EngineAuthFailed", "LockLost"}
+        "RunCancelled", "ServiceUnavailable", "LlmUnavailable", "StoreUnavailable", "EngineUnavailable",
+        "EngineRefused", "EngineRejected", "EngineAuthFailed", "LockExpired", "LockLost"}
     with pytest.raises(TypeError):
         outcome_for(errors.TaskError("neither input, transient nor permanent"), TASK, SETTINGS)

@@ -11,7 +11,7 @@ from procos_worker.errors import (
     VariableTooLong,
 )
 from procos_worker.flags import build_flags
-from procos_worker.models import BpmnError, Complete, Failure, StoredOutput, Task
+from procos_worker.models import BpmnError, Complete, Failure, StoredOutput, Task, Variable
 from procos_worker.outcomes import (
     MAX_ERROR_MESSAGE_CHARS,
     bpmn_error,
@@ -79,6 +79,27 @@ def test_an_internal_error_is_an_incident_with_its_traceback() -> None:
     assert outcome.retries == 0 and len(outcome.message) == MAX_ERROR_MESSAGE_CHARS
     assert outcome.message.startswith("procos-worker internal error: ZeroDivisionError")
     assert "Traceback" in outcome.details and "in broken" in outcome.details
+
+
+def test_an_internal_error_quoting_the_task_is_withheld_from_camunda() -> None:
+    """errorMessage and errorDetails go to Cockpit and Camunda's history: never the task's content."""
+    secret = "the quarterly numbers nobody may see"
+    task = Task(id="t", topic="ai-query", worker_id="w", process_instance_id="p",
+                variables={"query": Variable(value=f"Summarise: {secret}")})
+
+    def broken() -> None:
+        try:
+            raise KeyError(f"no template for {secret[:20]}")
+        except KeyError as inner:
+            raise ValueError("could not build the prompt") from inner
+
+    try:
+        broken()
+    except ValueError as exc:
+        outcome = internal_error(exc, task)
+    assert secret[:20] not in outcome.details and secret[:20] not in outcome.message
+    assert "message withheld" in outcome.details and "could not build the prompt" in outcome.details
+    assert "KeyError" in outcome.details and "in broken" in outcome.details
 
 
 def _task(retries: int | None) -> Task:

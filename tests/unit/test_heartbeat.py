@@ -1,9 +1,11 @@
 """Heartbeat on its own, against the in-memory engine: which locks are extended when, and what a
-refusal means. Ticks are driven by the test (``tick()``); one test runs the real thread."""
+refusal means. Ticks are driven by the test (``tick()``) with each extension run in place; one test runs
+the real thread, one the extensions in their own threads (a hanging one holds no other)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ from procos_testkit.clock import FakeClock
 from procos_testkit.engine import wait_until
 from procos_testkit.memory_engine import InMemoryEngine
 from procos_worker.engine.fetch import Subscription
-from procos_worker.errors import EngineRejected, EngineUnavailable
+from procos_worker.errors import EngineError, EngineRefused, EngineRejected, EngineUnavailable, LockExpired
 from procos_worker.heartbeat import Heartbeat
 from procos_worker.taskrun import RunState, TaskRun
 
@@ -45,9 +47,18 @@ def fetched(engine: InMemoryEngine, clock: FakeClock) -> TaskRun:
     return TaskRun(task=task, lock_duration_ms=LOCK_MS, clock=clock)
 
 
+def in_place(call: Callable[[], None], _name: str) -> None:
+    call()
+
+
+def beat_for(engine: InMemoryEngine, clock: FakeClock, *runs: TaskRun) -> Heartbeat:
+    """A heartbeat whose ``tick()`` runs each extension before it returns."""
+    return Heartbeat(engine, lambda: list(runs), LOCK_MS, clock=clock, start_extension=in_place)
+
+
 def test_a_lock_is_extended_once_less_than_half_of_it_is_left(engine: InMemoryEngine, clock: FakeClock) -> None:
     run = fetched(engine, clock)
-    beat = Heartbeat(engine, lambda: [run], LOCK_MS, clock=clock)
+    beat = beat_for(engine, clock, run)
     clock.advance(4.9)
     beat.tick()
     assert not engine.calls_to("extend_lock"), "more than half left"
@@ -62,7 +73,7 @@ def test_a_run_being_reported_keeps_its_lock_too(engine: InMemoryEngine, clock: 
     run = fetched(engine, clock)
     assert run.begin_report()
     clock.advance(6)
-    Heartbeat(engine, lambda: [run], LOCK_MS, clock=clock).tick()
+    beat_for(engine, clock, run).tick()
     assert len(engine.calls_to("extend_lock")) == 1
 
 
@@ -71,7 +82,7 @@ def test_a_run_given_up_is_not_extended(engine: InMemoryEngine, clock: FakeClock
     run = fetched(engine, clock)
     run.give_up(state)
     clock.advance(6)
-    Heartbeat(engine, lambda: [run], LOCK_MS, clock=clock).tick()
+    beat_for(engine, clock, run).tick()
     assert not engine.calls_to("extend_lock")
 
 
@@ -80,25 +91,94 @@ def test_a_lock_taken_by_another_worker_is_lost(engine: InMemoryEngine, clock: F
     run = fetched(engine, clock)
     clock.advance(6)
     engine.lock_for_other_worker(run.task.id)
-    Heartbeat(engine, lambda: [run], LOCK_MS, clock=clock).tick()
+    beat_for(engine, clock, run).tick()
     assert run.state is RunState.LOST and run.cancel.is_set()
     assert [e["event"] for e in logs] == ["task.lock_lost"]
     assert logs[0]["task_id"] == run.task.id
 
 
-def test_an_expired_lock_is_lost(engine: InMemoryEngine, clock: FakeClock) -> None:
+def test_an_expired_lock_nobody_took_is_locked_again(engine: InMemoryEngine, clock: FakeClock,
+                                                   logs: list[dict[str, Any]]) -> None:
     run = fetched(engine, clock)
     clock.advance(11)
-    Heartbeat(engine, lambda: [run], LOCK_MS, clock=clock).tick()
-    assert run.state is RunState.LOST
+    beat_for(engine, clock, run).tick()
+    assert run.state is RunState.RUNNING, "a late extension throws nothing away"
+    assert [c.args["task_id"] for c in engine.calls_to("lock")] == [run.task.id]
+    assert engine.tasks[run.task.id].worker_id == "w"
+    assert run.lock_expires_at == clock() + LOCK_MS / 1000
+    assert [e["event"] for e in logs] == ["task.lock_renewed", "task.lock_extended"]
 
 
-def test_a_refused_extension_is_a_lost_lock(engine: InMemoryEngine, clock: FakeClock) -> None:
+def test_a_released_lock_is_locked_again_too(engine: InMemoryEngine, clock: FakeClock) -> None:
+    run = fetched(engine, clock)
+    engine.unlock(run.task.id)  # an orphan sweep took us for dead; nobody fetched the task since
+    clock.advance(6)
+    beat_for(engine, clock, run).tick()
+    assert run.state is RunState.RUNNING
+    assert engine.tasks[run.task.id].worker_id == "w"
+
+
+def test_an_expired_lock_another_worker_took_meanwhile_is_lost(engine: InMemoryEngine, clock: FakeClock) -> None:
+    run = fetched(engine, clock)
+    clock.advance(11)
+    engine.fail("extend_lock", LockExpired("Cannot extend a lock that expired"))
+    engine.lock_for_other_worker(run.task.id)
+    beat_for(engine, clock, run).tick()
+    assert run.state is RunState.LOST and run.cancel.is_set()
+
+
+def test_a_relock_the_engine_does_not_answer_is_tried_again(engine: InMemoryEngine, clock: FakeClock) -> None:
+    run = fetched(engine, clock)
+    clock.advance(11)
+    engine.fail("lock", EngineUnavailable("refused"))
+    beat = beat_for(engine, clock, run)
+    beat.tick()
+    assert run.state is RunState.RUNNING and engine.tasks[run.task.id].lock_expires_at is not None
+    beat.tick()
+    assert len(engine.calls_to("lock")) == 2 and run.lock_expires_at == clock() + LOCK_MS / 1000
+
+
+@pytest.mark.parametrize("refusal", [EngineRejected(401, "AuthenticationException", "no"),
+                                     EngineRejected(429, "TooManyRequests", "slow down"),
+                                     EngineRefused("Camunda answered 500 ProcessEngineException")],
+                         ids=["401", "429", "500"])
+def test_a_refused_extension_is_not_a_lost_lock(engine: InMemoryEngine, clock: FakeClock,
+                                                refusal: EngineError) -> None:
     run = fetched(engine, clock)
     clock.advance(6)
-    engine.fail("extend_lock", EngineRejected(400, "BadUserRequestException", "no"))
-    Heartbeat(engine, lambda: [run], LOCK_MS, clock=clock).tick()
-    assert run.state is RunState.LOST
+    engine.fail("extend_lock", refusal)
+    beat = beat_for(engine, clock, run)
+    beat.tick()
+    assert run.state is RunState.RUNNING and not run.cancel.is_set()
+    beat.tick()
+    assert len(engine.calls_to("extend_lock")) == 2, "tried again next tick"
+
+
+def test_one_hanging_extension_does_not_hold_the_others(engine: InMemoryEngine, clock: FakeClock) -> None:
+    """Each extension has its own thread: one call stuck on a dead connection, the other lock is kept."""
+    stuck, other = fetched(engine, clock), fetched(engine, clock)
+    release = threading.Event()
+    entered = threading.Event()
+    real_extend = engine.extend_lock
+
+    def extend(task_id: str, new_duration_ms: int) -> None:
+        if task_id == stuck.task.id:
+            entered.set()
+            release.wait(10)
+        real_extend(task_id, new_duration_ms)
+
+    engine.extend_lock = extend  # type: ignore[method-assign]
+    beat = Heartbeat(engine, lambda: [stuck, other], LOCK_MS, clock=clock)
+    clock.advance(6)
+    try:
+        beat.tick()
+        assert entered.wait(5)
+        wait_until(lambda: other.lock_expires_at == clock() + LOCK_MS / 1000, 5, "the other lock extended")
+        beat.tick()  # the stuck one still has its extension in flight: no second one
+        assert [c.args["task_id"] for c in engine.calls_to("extend_lock")].count(other.task.id) == 1
+    finally:
+        release.set()
+    wait_until(lambda: stuck.lock_expires_at == clock() + LOCK_MS / 1000, 5, "the stuck one extended at last")
 
 
 def test_a_lock_lost_while_reporting_leaves_the_report_alone(engine: InMemoryEngine, clock: FakeClock,
@@ -107,14 +187,14 @@ def test_a_lock_lost_while_reporting_leaves_the_report_alone(engine: InMemoryEng
     run.begin_report()
     clock.advance(6)
     engine.delete(run.task.id)
-    Heartbeat(engine, lambda: [run], LOCK_MS, clock=clock).tick()
+    beat_for(engine, clock, run).tick()
     assert run.state is RunState.REPORTING and not logs
 
 
 def test_an_unreachable_engine_is_not_a_lost_lock(engine: InMemoryEngine, clock: FakeClock) -> None:
     run = fetched(engine, clock)
     clock.advance(6)
-    beat = Heartbeat(engine, lambda: [run], LOCK_MS, clock=clock)
+    beat = beat_for(engine, clock, run)
     engine.fail("extend_lock", EngineUnavailable("refused"))
     beat.tick()
     assert run.state is RunState.RUNNING, "kept: complete() does not check the lock's expiry"

@@ -9,7 +9,7 @@ import pytest
 from procos_worker.ai.taskconfig import TaskConfig
 from procos_worker.ai.template import compile_template
 from procos_worker.errors import InputError
-from procos_worker.inputs import FetchVariables, build_inputs, parse_inputs, requested_variables
+from procos_worker.inputs import build_inputs, parse_inputs, requested_variables
 from procos_worker.models import Task, Variable
 from procos_worker.settings import TaskSettings
 
@@ -134,14 +134,3 @@ def test_a_system_template_rendering_to_nothing_sends_no_system_message() -> Non
     config = _templated("{{ q }}", "{% if persona is defined %}{{ persona }}{% endif %}")
     inputs = build_inputs(_task(q=_s("Q")), config, SETTINGS)
     assert inputs.system_prompt is None
-
-
-def test_fetch_variables_grow_per_topic_with_what_templates_read() -> None:
-    fetch = FetchVariables(SETTINGS)
-    assert fetch.names(["a", "b"]) == ["query", "context", "system_prompt"]
-    fetch.learn("a", {"doc", "query"})
-    fetch.learn("b", {"persona"})
-    fetch.learn("a", {"loopCounter"})
-    assert fetch.names(["a"]) == ["query", "context", "system_prompt", "doc", "loopCounter"]
-    assert fetch.names(["a", "b"]) == ["query", "context", "system_prompt", "doc", "loopCounter", "persona"]
-    assert fetch.names(["c"]) == ["query", "context", "system_prompt"]

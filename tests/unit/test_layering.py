@@ -21,9 +21,9 @@ from pathlib import Path
 
 PACKAGE = "procos_worker"
 ROOT = Path(__file__).resolve().parents[2]
-BASE = ("settings", "errors", "models", "textcodec", "backoff", "health", "metrics")
-PIPELINE = ("inputs", "flags", "outcomes", "gate", "taskrun", "heartbeat", "prompting", "handler", "worker",
-            "retention")
+BASE = ("settings", "errors", "models", "textcodec", "backoff", "health", "metrics", "fingerprint")
+PIPELINE = ("inputs", "flags", "outcomes", "gate", "taskrun", "heartbeat", "prompting", "handler", "budget", "orphans",
+            "worker", "retention")
 CLIENT_FOLDERS = ("engine", "ai", "store")
 OPS_FOLDER = "ops"
 OUTSIDE_THE_RUNTIME = ("procos_testkit", "procos_bench")

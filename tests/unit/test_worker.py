@@ -87,10 +87,13 @@ def test_a_task_is_completed_with_the_flags_of_its_stored_row(doubles: Doubles, 
     stored, text = doubles.store.outputs[task_id]
     assert text == doubles.llm.answer
     assert doubles.engine.tasks[task_id].reported == {"variables": build_flags(stored), "local_variables": {}}
+    # fetchAndLock carries no values; the task reads the names it needs itself, sizes first.
     fetch = doubles.engine.calls_to("fetch_and_lock")[0].args
-    assert fetch == {"topics": ["ai-query"], "max_tasks": 2, "variables": ["query", "context", "system_prompt"]}
+    assert fetch == {"topics": ["ai-query"], "max_tasks": 2, "variables": []}
+    assert [c.args for c in doubles.engine.calls_to("variable_instances")] == [
+        {"process_instance_id": "pi-1", "names": ["context", "query", "system_prompt"]}]
     assert running.worker.counters.as_dict() == {"fetched": 1, "completed": 1, "failed": 0, "bpmn_errors": 0,
-                                                 "abandoned": 0, "released": 0}
+                                                 "abandoned": 0, "released": 0, "reclaimed": 0}
     assert _events(logs, "task.completed", task_id=task_id, ai_context_id=str(stored.id))
     assert doubles.store.opened and doubles.store.closed and doubles.engine.closed
 
@@ -125,7 +128,10 @@ def test_a_permanent_error_is_an_incident(doubles: Doubles, start: Callable[...,
     task_id = doubles.engine.add_task({"query": "q"})
     start()
     _soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
-    assert doubles.engine.tasks[task_id].reported["details"] == "404 ..."
+    input_id = doubles.store.inputs[task_id].id
+    # The full story, and where the prompt is (never the prompt itself).
+    assert doubles.engine.tasks[task_id].reported["details"] == (
+        f"404 ...\nThe task's prompt is stored in procos_ai_context, input row {input_id}.")
 
 
 def test_a_bug_is_an_incident_with_its_traceback(doubles: Doubles, start: Callable[..., RunningWorker],
@@ -140,16 +146,15 @@ def test_a_bug_is_an_incident_with_its_traceback(doubles: Doubles, start: Callab
     assert _events(logs, "task.unexpected_error", task_id=task_id)
 
 
-def test_a_task_whose_template_reads_an_unfetched_variable_is_fetched_again_with_it(
+def test_a_task_whose_template_reads_a_variable_reads_it_itself(
     doubles: Doubles, start: Callable[..., RunningWorker], logs: Logs,
 ) -> None:
-    task_id = doubles.engine.add_task({"ticket": "printer on fire"},
+    task_id = doubles.engine.add_task({"ticket": "printer on fire", "other": "not read"},
                                       properties={"procos.prompt": "Summarise: {{ ticket }}"})
     start()
     _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
-    assert _events(logs, "task.released", task_id=task_id, reason="fetch again with variables ticket")
-    polls = [c.args["variables"] for c in doubles.engine.calls_to("fetch_and_lock")]
-    assert "ticket" not in polls[0] and "ticket" in polls[-1]
+    assert not _events(logs, "task.released"), "no fetch again: the task reads what its template needs"
+    assert [c.args["names"] for c in doubles.engine.calls_to("variable_instances")] == [["system_prompt", "ticket"]]
     assert doubles.store.inputs[task_id].prompt == "Summarise: printer on fire"
 
 
@@ -334,7 +339,7 @@ def test_a_run_released_while_it_waits_for_a_service_reports_nothing(
 # -- locks -------------------------------------------------------------------------------------------
 
 
-def test_a_lost_lock_abandons_the_run_and_its_answer_is_kept(
+def test_a_lost_lock_abandons_the_run_and_stops_its_llm_call(
     doubles: Doubles, start: Callable[..., RunningWorker], logs: Logs,
 ) -> None:
     doubles.llm.hold()
@@ -343,16 +348,19 @@ def test_a_lost_lock_abandons_the_run_and_its_answer_is_kept(
     doubles.llm.wait_in_chat(1)
     doubles.clock.advance(6)  # less than half of the 10 s lock is left: the heartbeat extends it
     running.worker._heartbeat.tick()
+    _soon(lambda: doubles.engine.calls_to("extend_lock"), "an extension")
     assert doubles.engine.calls_to("extend_lock")[-1].args == {"task_id": task_id, "new_duration_ms": 10_000}
+    _soon(lambda: _events(logs, "task.lock_extended", task_id=task_id), "the extension to land")
     doubles.clock.advance(6)
     doubles.engine.lock_for_other_worker(task_id)
     running.worker._heartbeat.tick()
-    assert _events(logs, "task.lock_lost", task_id=task_id)
+    _soon(lambda: _events(logs, "task.lock_lost", task_id=task_id), "the lock lost")
 
-    doubles.llm.release()
+    # The held chat is cancelled (the real client stops reading Ollama's stream): nothing is stored.
     _soon(lambda: _events(logs, "task.not_reported", task_id=task_id, state="lost"), "the run to end")
+    assert doubles.llm.in_chat == 0
     assert not doubles.engine.calls_to("complete"), "never completed by this worker"
-    assert task_id in doubles.store.outputs
+    assert task_id not in doubles.store.outputs
     running.stop()
     assert running.worker.counters.abandoned == 1
 
