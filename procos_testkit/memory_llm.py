@@ -15,6 +15,7 @@ from typing import Any
 from procos_testkit.scripted import Scripted
 from procos_worker.errors import LlmUnavailable
 from procos_worker.models import LlmResult
+from procos_worker.settings import ThinkLevel
 
 __all__ = ["ScriptedLlm"]
 
@@ -45,8 +46,10 @@ class ScriptedLlm(Scripted):
                 raise AssertionError(f"{self.in_chat} chats held, {count} expected after {timeout_s}s")
 
     def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
-             options: Mapping[str, Any] | None = None) -> LlmResult:
-        self._called("chat", messages=messages, model=model, options=None if options is None else dict(options))
+             options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None,
+             think: bool | ThinkLevel | None = None) -> LlmResult:
+        self._called("chat", messages=messages, model=model, options=None if options is None else dict(options),
+                     format=format, think=think)
         with self._cond:
             self.in_chat += 1
             self._cond.notify_all()

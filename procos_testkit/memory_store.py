@@ -60,8 +60,9 @@ class InMemoryStore(Scripted):
         self._called("ping")
 
     def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
-                   model: str, options: Mapping[str, Any]) -> tuple[UUID, StoredOutput | None]:
-        self._called("save_input", task_id=task.id)
+                   model: str, options: Mapping[str, Any],
+                   think: bool | str | None = None) -> tuple[UUID, StoredOutput | None]:
+        self._called("save_input", task_id=task.id, think=think)
         with self._lock:
             row = self.inputs.setdefault(
                 task.id, StoredInput(uuid.uuid4(), inputs, tuple(dict(m) for m in messages), model, dict(options)))

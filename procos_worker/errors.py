@@ -23,7 +23,9 @@
     │   │                          lock, and the poll loop fetches nothing new; it leaves the handler
     │   │                          only when the run was released or lost meanwhile, and then
     │   │                          nothing is reported (the engine no longer expects it)
-    │   ├── LlmUnavailable         Ollama refuses connections
+    │   ├── LlmUnavailable         Ollama refuses connections or accepts none within the connect
+    │   │   │                      timeout (with several endpoints: every endpoint that could serve)
+    │   │   └── LlmAuthFailed      Ollama (an authenticating proxy in front) refuses the credentials
     │   └── StoreUnavailable       PostgreSQL can't be reached
     └── EngineError                raised only by the engine client (``engine.client``)
         ├── EngineUnavailable      -> retry: the poll loop backs off; a report is tried again until
@@ -52,6 +54,7 @@ __all__ = [
     "EngineRejected",
     "EngineUnavailable",
     "InputError",
+    "LlmAuthFailed",
     "LlmBusy",
     "LlmRequestInvalid",
     "LlmUnavailable",
@@ -139,7 +142,12 @@ class ServiceUnavailable(ProcosError):
 
 
 class LlmUnavailable(ServiceUnavailable):
-    """Ollama refuses connections."""
+    """Ollama refuses connections, or none is accepted within the connect timeout."""
+
+
+class LlmAuthFailed(LlmUnavailable):
+    """Ollama, or the authenticating proxy in front of it, answers 401/403: every task would fail alike,
+    so the worker waits (fetching nothing) until the credentials are fixed."""
 
 
 class StoreUnavailable(ServiceUnavailable):

@@ -47,7 +47,8 @@ class TaskHandler:
 
         t0 = time.perf_counter()
         input_id, stored = self._store_gate.call(
-            lambda: self._store.save_input(task, inputs, messages, model=config.model, options=config.options),
+            lambda: self._store.save_input(task, inputs, messages, model=config.model, options=config.options,
+                                           think=config.think),
             cancel)
         if stored is not None:
             # Redelivered after a crash or an expired lock: the answer exists, don't ask again.
@@ -58,7 +59,8 @@ class TaskHandler:
                   store_s=round(t1 - t0, 4))
 
         result = self._llm_gate.call(
-            lambda: self._llm.chat(messages, model=config.model, options=config.options), cancel)
+            lambda: self._llm.chat(messages, model=config.model, options=config.options, think=config.think),
+            cancel)
         t2 = time.perf_counter()
         log.debug("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
                  eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,

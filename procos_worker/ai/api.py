@@ -9,14 +9,17 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from procos_worker.models import LlmResult
+from procos_worker.settings import ThinkLevel
 
 __all__ = ["LlmApi"]
 
 
 class LlmApi(Protocol):
-    """Chat with a model; list the models (see ``ai.llm.LlmClient``)."""
+    """Chat with a model; list the models (see ``ai.llm.LlmClient``, one server, and
+    ``ai.endpoints.EndpointPool``, several)."""
 
     def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
-             options: Mapping[str, Any] | None = None) -> LlmResult: ...
+             options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None,
+             think: bool | ThinkLevel | None = None) -> LlmResult: ...
 
     def ping(self) -> list[str]: ...

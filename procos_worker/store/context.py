@@ -40,13 +40,17 @@ _OUTPUT_COLUMNS = """
 _INSERT_OUTPUT = f"""
     INSERT INTO procos_ai_context
         (process_instance_id, task_id, activity_id, process_definition_key, activity_instance_id,
-         context_type, content_data, content_text, ai_provider, model_used, token_usage)
+         context_type, content_data, content_text, ai_provider, model_used, token_usage{{thinking_column}})
     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s, 'output',
             jsonb_build_object('content', {{text}}) || %(meta)s::jsonb, {{text}},
-            %(provider)s, %(model)s, %(usage)s)
+            %(provider)s, %(model)s, %(usage)s{{thinking_value}})
     ON CONFLICT (task_id, context_type) DO NOTHING
     RETURNING {_OUTPUT_COLUMNS}
 """
+# thinking_text (migration 0050) is named only when there is thinking: the answers of models that don't
+# think are stored alike on a database that has not applied 0050 yet.
+_THINKING = {"thinking_column": ", thinking_text", "thinking_value": ", %(thinking)s::text"}
+_NO_THINKING = {"thinking_column": "", "thinking_value": ""}
 # Answers longer than this go to PostgreSQL by COPY, in pieces (see _copy_to_pending).
 _COPY_ABOVE_CHARS = 1 << 20
 _COPY_PIECE_CHARS = 1 << 20
@@ -104,11 +108,12 @@ class ContextStore:
     # -- worker writes ---------------------------------------------------------------------------
 
     def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
-                   model: str, options: Mapping[str, Any]) -> tuple[UUID, StoredOutput | None]:
+                   model: str, options: Mapping[str, Any],
+                   think: bool | str | None = None) -> tuple[UUID, StoredOutput | None]:
         """Store what the model is asked (once per task id): every message in order, the inputs they were
-        made from (variables, or templates and the values they used), the model and its options; in the
-        same round trip look for an output row an earlier attempt committed. Returns (input row id, that
-        output or None).
+        made from (variables, or templates and the values they used), the model, its options and ``think``
+        (when sent); in the same round trip look for an output row an earlier attempt committed. Returns
+        (input row id, that output or None).
         """
         prompt = messages[-1]["content"]
         data: dict[str, Any] = {
@@ -123,6 +128,8 @@ class ContextStore:
             "prompt_length": len(prompt),
             "prompt_chars": sum(len(m["content"]) for m in messages),
         }
+        if think is not None:
+            data["think"] = think
         if inputs.templates:
             data["templates"] = dict(inputs.templates)
             data["variables"] = dict(inputs.template_variables)
@@ -175,7 +182,15 @@ class ContextStore:
             "topic": task.topic,
             "worker_id": task.worker_id,
         }
+        thinking = result.thinking
+        if thinking:
+            # A reasoning model's thinking: its own column (thinking_text), never in the answer's.
+            meta["thinking_length"] = len(thinking)
+            if textcodec.needs_escape(thinking):
+                meta["thinking_encoding"] = textcodec.ESCAPE_ENCODING
+                thinking = textcodec.encode(thinking)
         meta, text = _storable(meta, result.content)
+        columns = _THINKING if thinking else _NO_THINKING
         usage = {
             "prompt_tokens": result.prompt_eval_count,
             "completion_tokens": result.eval_count,
@@ -191,17 +206,17 @@ class ContextStore:
         }
 
         params = {**_step(task), "text": text, "meta": Jsonb(meta), "provider": self._provider,
-                  "model": result.model, "usage": Jsonb(usage)}
+                  "model": result.model, "usage": Jsonb(usage), "thinking": thinking}
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
             if len(text) <= _COPY_ABOVE_CHARS:
                 # The answer is sent once ($n reused) and goes into both content_text and content_data.
-                cur.execute(_INSERT_OUTPUT.format(text="%(text)s::text"), params)
+                cur.execute(_INSERT_OUTPUT.format(text="%(text)s::text", **columns), params)
                 row = cur.fetchone()
             else:
                 with cur.connection.transaction():
                     _copy_to_pending(cur, text)
-                    cur.execute(_INSERT_OUTPUT.format(text="(SELECT t FROM procos_pending_text)"), params)
+                    cur.execute(_INSERT_OUTPUT.format(text="(SELECT t FROM procos_pending_text)", **columns), params)
                     row = cur.fetchone()
             if row is None:
                 cur.execute(
@@ -221,6 +236,20 @@ class ContextStore:
         """One stored row by its id (the ``ai_context_id`` flag), text decoded back to the original."""
         rows = self._select(f"SELECT {_ROW_COLUMNS} FROM procos_ai_context WHERE id = %s", (str(context_id),))
         return rows[0] if rows else None
+
+    def thinking(self, context_id: UUID | str) -> str | None:
+        """A reasoning model's thinking stored with the answer ``context_id`` (``thinking_text``, migration
+        0050), decoded back to the original; None when the model did not think."""
+        def query(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any] | None:
+            cur.execute("SELECT thinking_text, content_data->>'thinking_encoding' AS encoding "
+                        "FROM procos_ai_context WHERE id = %s", (str(context_id),))
+            return cur.fetchone()
+
+        row = self._run(query)
+        if row is None or row["thinking_text"] is None:
+            return None
+        text: str = row["thinking_text"]
+        return textcodec.decode(text) if row["encoding"] == textcodec.ESCAPE_ENCODING else text
 
     def get_input_for(self, context_id: UUID | str) -> StoredContext | None:
         """The input row of the task whose output row is ``context_id``."""

@@ -128,7 +128,7 @@ def test_only_handler_errors_go_through_outcome_for() -> None:
     """The other branches never reach it: ServiceUnavailable waits, engine errors happen while
     reporting. Their routes are tested on the worker (tests/unit/test_worker.py)."""
     assert set(OUTCOMES) - {c.__name__ for c in TASK_ERRORS} == {
-        "ServiceUnavailable", "LlmUnavailable", "StoreUnavailable", "EngineUnavailable", "EngineRejected",
-        "EngineAuthFailed", "LockLost"}
+        "ServiceUnavailable", "LlmUnavailable", "LlmAuthFailed", "StoreUnavailable", "EngineUnavailable",
+        "EngineRejected", "EngineAuthFailed", "LockLost"}
     with pytest.raises(TypeError):
         outcome_for(errors.TaskError("neither input, transient nor permanent"), TASK, SETTINGS)
