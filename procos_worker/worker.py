@@ -32,7 +32,7 @@ import structlog
 from structlog.stdlib import BoundLogger
 
 from procos_worker.ai.api import LlmApi
-from procos_worker.ai.llm import LlmClient
+from procos_worker.ai.endpoints import EndpointPool
 from procos_worker.ai.registry import ModelRegistry, StatsRefresher
 from procos_worker.ai.taskconfig import TaskConfigs
 from procos_worker.backoff import Backoff
@@ -93,7 +93,7 @@ class Worker:
         self._subscriptions = subscriptions(w, requested_variables(settings.task))
         context = store or ContextStore(settings.database, provider=settings.ollama.provider)
         self.store: StoreApi = context
-        self.llm: LlmApi = llm or LlmClient(settings.ollama)
+        self.llm: LlmApi = llm or EndpointPool(settings.ollama, settings.backoff, clock=clock, draw=draw)
         if models is None:
             if not isinstance(context, ContextStore):
                 raise TypeError("a store that is not a ContextStore comes with its models table (models=...)")
