@@ -2,8 +2,8 @@
 
 Prints progress on stderr, the table on stdout, and as its last stdout line one JSON object with
 the keys p1_ratio_vs_ceiling, p2_ratio_vs_library_worker, p3_overhead_ratio, p4_seconds,
-p4_rss_ratio, p5_scaleout_ratio, p5_duplicates, p5_worker_cpu_ratio (from the P1 runs) (null for a scenario
-not run) and "details".
+p4_rss_ratio, p5_scaleout_ratio, p5_duplicates, p5_worker_cpu_ratio (from the P1 runs),
+p6_endpoints_ratio (null for a scenario not run) and "details".
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from procos_bench.scenarios import Bench, Config
 
 __all__ = ["main"]
 
-SCENARIOS = ("curve", "p2", "p3", "p4", "p5")  # "curve" yields P1
+SCENARIOS = ("curve", "p2", "p3", "p4", "p5", "p6")  # "curve" yields P1
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m procos_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller run (about 3 minutes)")
-    parser.add_argument("--only", default="", help="comma-separated subset of: p1 (=curve), p2, p3, p4, p5")
+    parser.add_argument("--only", default="", help="comma-separated subset of: p1 (=curve), p2, p3, p4, p5, p6")
     parser.add_argument("--reps", type=int, help="repetitions per comparison (default 3)")
     parser.add_argument("--levels", help="tasks in flight for the curve, e.g. 1,2,4,8,16")
     parser.add_argument("--tasks", type=int, help="tasks per curve run")
@@ -41,6 +41,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--p4-bytes", type=int, help="answer size for P4 (default 64 MiB)")
     parser.add_argument("--p4-reps", type=int)
     parser.add_argument("--p5-tasks", type=int)
+    parser.add_argument("--p6-tasks", type=int)
     parser.add_argument("--camunda-url", default=Stack.camunda_url)
     parser.add_argument("--database-url", default=Stack.database_url)
     parser.add_argument("--ollama-url", default=Stack.ollama_url, help="the real Ollama (P3)")
@@ -65,7 +66,7 @@ def _config(args: argparse.Namespace) -> Config:
         changes["curve_tasks"] = args.tasks
         changes["p2_tasks"] = args.tasks
         changes["p2_library_tasks"] = max(5, args.tasks // 5)
-    for name in ("p2_in_flight", "p3_reps", "p4_bytes", "p4_reps", "p5_tasks"):
+    for name in ("p2_in_flight", "p3_reps", "p4_bytes", "p4_reps", "p5_tasks", "p6_tasks"):
         value = getattr(args, name)
         if value:
             changes[name] = value

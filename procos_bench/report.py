@@ -20,6 +20,7 @@ TARGETS = {
     "p5_scaleout_ratio": ">= 3.2",
     "p5_duplicates": "0",
     "p5_worker_cpu_ratio": "<= 0.15",
+    "p6_endpoints_ratio": ">= 1.7",
 }
 
 
@@ -42,7 +43,7 @@ def _m(d: dict[str, Any] | None, key: str = "median") -> float | None:
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers (the keys of the JSON last line)."""
-    p1, p2, p3, p4, p5 = (results.get(k) or {} for k in ("p1", "p2", "p3", "p4", "p5"))
+    p1, p2, p3, p4, p5, p6 = (results.get(k) or {} for k in ("p1", "p2", "p3", "p4", "p5", "p6"))
     out: dict[str, Any] = {
         "p1_ratio_vs_ceiling": _m(p1.get("ratio")),
         "p2_ratio_vs_library_worker": _m(p2.get("ratio")),
@@ -53,6 +54,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "p5_duplicates": p5.get("duplicates"),
         # Measured in the P1 runs: worker CPU ms per task / (Camunda + PostgreSQL CPU ms per task).
         "p5_worker_cpu_ratio": _m(p1.get("worker_cpu_ratio")),
+        # Real model: tasks/s with two Ollama endpoints / with one.
+        "p6_endpoints_ratio": _m(p6.get("ratio")),
     }
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
@@ -75,7 +78,8 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         "| # | measure | procos-worker | baseline | ratio median (min-max) | target |",
         "|---|---|---|---|---|---|",
     ]
-    failed = {k for k in ("p1", "p2", "p3", "p4", "p5") if "error" in (results.get(k) or {})}
+    failed = {k for k in ("p1", "p2", "p3", "p4", "p5", "p6") if "error" in (results.get(k) or {})}
+    p6 = {} if "p6" in failed else results.get("p6") or {}
     p1, p2, p3, p4, p5 = ({} if k in failed else results.get(k) or {} for k in ("p1", "p2", "p3", "p4", "p5"))
     if p1:
         lines.append(f"| P1 | tasks/s, instant LLM, full storage, {p1['in_flight']} in flight vs raw-REST ceiling "
@@ -112,6 +116,11 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         lines.append(f"| P5 | tasks/s, {p5['tasks']} tasks, {p5['delay_ms']} ms LLM: {p5['processes']} processes vs 1 "
                      f"| {_fmt(p5.get('many'))} | {_fmt(p5.get('one'))} | {_fmt(p5.get('ratio'), 2)}; "
                      f"duplicates {p5.get('duplicates')} | {TARGETS['p5_scaleout_ratio']}, 0 dup |")
+    if p6:
+        lines.append(f"| P6 | tasks/s, {p6['tasks']} tasks, real {p6['model']} (num_predict "
+                     f"{p6['options']['num_predict']}), {p6['in_flight']} in flight: 2 Ollama endpoints vs 1 "
+                     f"| {_fmt(p6.get('two'), 2)} | {_fmt(p6.get('one'), 2)} | {_fmt(p6.get('ratio'), 2)} "
+                     f"| {TARGETS['p6_endpoints_ratio']} |")
     lines += [f"| {k.upper()} | failed: {results[k]['error']} | | | | |" for k in sorted(failed)]
     return lines
 
