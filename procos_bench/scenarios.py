@@ -409,20 +409,22 @@ class Bench:
     # -- P6 ----------------------------------------------------------------------------------------
 
     def p6(self) -> None:
-        """Real model: one worker with two Ollama endpoints (the stack's and a second server started on a
-        free port, sharing the model store) vs the same worker with one; 2 tasks in flight both times.
-        Each server runs one request at a time with one llama.cpp thread (the stack's model params)."""
+        """Real model: one worker with two Ollama endpoints vs the same worker with one of them; 2 tasks in
+        flight both times. Both endpoints are servers of this run's own (``stack/ollama.sh`` on free ports,
+        sharing the model store), not the stack's shared one, whose load from other users would favour
+        the two-endpoint side. Each runs one request at a time with one llama.cpp thread (the stack's model
+        params)."""
         cfg = self.config
         options = {"temperature": 0, "seed": 42, "num_predict": cfg.p6_num_predict, "num_ctx": 4096}
         env = {"OLLAMA_OPTIONS": json.dumps(options)}
         runs: dict[int, list[Run]] = {1: [], 2: []}
-        with SecondOllama() as second:
-            both = {**env, "OLLAMA_BASE_URLS": f"{self.stack.ollama_url},{second.base_url}"}
+        with SecondOllama() as first, SecondOllama() as second:
+            both = {**env, "OLLAMA_BASE_URLS": f"{first.base_url},{second.base_url}"}
             for _ in range(cfg.reps):
                 runs[1].append(self.measure("procos-worker, 1 endpoint", cfg.p6_tasks,
-                                            self.worker(self.stack.ollama_url, 2, env=env)))
+                                            self.worker(first.base_url, 2, env=env)))
                 runs[2].append(self.measure("procos-worker, 2 endpoints", cfg.p6_tasks,
-                                            self.worker(self.stack.ollama_url, 2, env=both)))
+                                            self.worker(first.base_url, 2, env=both)))
         one, two = runs[1], runs[2]
         self.results["p6"] = {
             "tasks": cfg.p6_tasks, "model": self.stack.model, "options": options, "in_flight": 2,
