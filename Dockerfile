@@ -60,8 +60,13 @@ WORKDIR /app
 
 USER 10001:10001
 
-# `procos-worker health` exits 0 only while the running worker refreshes its health file
-# (WORKER_HEALTH_FILE, default /tmp/procos-worker-health.json) and reports its loop alive.
+# The worker serves /metrics, /healthz and /readyz on OPS_HTTP_PORT (9464). It listens on the
+# loopback interface unless OPS_HTTP_HOST says otherwise (compose sets 0.0.0.0 so Prometheus reaches
+# every replica; do the same under other orchestrators).
+EXPOSE 9464
+
+# `procos-worker health` asks the worker's /healthz: 0 only while its poll loop and heartbeat made
+# progress within OPS_LIVENESS_MAX_S (with OPS_HTTP_PORT=0 it reads WORKER_HEALTH_FILE instead).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["procos-worker", "health"]
 

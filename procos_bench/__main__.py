@@ -1,9 +1,9 @@
 """``python -m procos_bench [--quick] [--only p1,p4] [--out-dir docs/perf | --no-docs]``.
 
 Prints progress on stderr, the table on stdout, and as its last stdout line one JSON object with
-the keys p1_ratio_vs_ceiling, p2_ratio_vs_library_worker, p3_overhead_ratio, p4_seconds,
-p4_rss_ratio, p5_scaleout_ratio, p5_duplicates, p5_worker_cpu_ratio (from the P1 runs),
-p6_endpoints_ratio (null for a scenario not run) and "details".
+the keys p1_ratio_vs_ceiling, p2_ratio_vs_library_worker, p3_overhead_ratio,
+p3_structured_overhead_ratio, p4_seconds, p4_rss_ratio, p5_scaleout_ratio, p5_duplicates,
+p5_worker_cpu_ratio (from the P1 runs), p6_endpoints_ratio (null for a scenario not run) and "details".
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ from procos_bench.scenarios import Bench, Config
 
 __all__ = ["main"]
 
-SCENARIOS = ("curve", "p2", "p3", "p4", "p5", "p6")  # "curve" yields P1
+SCENARIOS = ("curve", "p2", "p3", "p3s", "p4", "p5", "p6")  # "curve" yields P1; "p3s" P3 with a structured answer
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m procos_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller run (about 3 minutes)")
-    parser.add_argument("--only", default="", help="comma-separated subset of: p1 (=curve), p2, p3, p4, p5, p6")
+    parser.add_argument("--only", default="",
+                        help="comma-separated subset of: p1 (=curve), p2, p3, p3s, p4, p5, p6")
     parser.add_argument("--reps", type=int, help="repetitions per comparison (default 3)")
     parser.add_argument("--levels", help="tasks in flight for the curve, e.g. 1,2,4,8,16")
     parser.add_argument("--tasks", type=int, help="tasks per curve run")

@@ -16,6 +16,7 @@ TARGETS = {
     "p1_ratio_vs_ceiling": ">= 0.8",
     "p2_ratio_vs_library_worker": ">= 5",
     "p3_overhead_ratio": "<= 1.03",
+    "p3_structured_overhead_ratio": "<= 1.03",
     "p4_rss_ratio": "<= 4",
     "p5_scaleout_ratio": ">= 3.2",
     "p5_duplicates": "0",
@@ -43,11 +44,12 @@ def _m(d: dict[str, Any] | None, key: str = "median") -> float | None:
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers (the keys of the JSON last line)."""
-    p1, p2, p3, p4, p5, p6 = (results.get(k) or {} for k in ("p1", "p2", "p3", "p4", "p5", "p6"))
+    p1, p2, p3, p3s, p4, p5, p6 = (results.get(k) or {} for k in ("p1", "p2", "p3", "p3s", "p4", "p5", "p6"))
     out: dict[str, Any] = {
         "p1_ratio_vs_ceiling": _m(p1.get("ratio")),
         "p2_ratio_vs_library_worker": _m(p2.get("ratio")),
         "p3_overhead_ratio": _m(p3.get("ratio")),
+        "p3_structured_overhead_ratio": _m(p3s.get("ratio")),
         "p4_seconds": _m(p4.get("wall_s")),
         "p4_rss_ratio": _m(p4.get("rss_ratio")),
         "p5_scaleout_ratio": _m(p5.get("ratio")),
@@ -73,14 +75,37 @@ def _cpu(c: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {c[k]:.0f}" for k in keys if k in c) + f"; machine {c['machine_busy_pct_of_one_core']:.0f}"
 
 
+def _p3_rows(p3: dict[str, Any], p3s: dict[str, Any]) -> list[str]:
+    """P3 and P3s: the worker's time per task on the real model against the bare chat."""
+    lines: list[str] = []
+    if p3.get("ratio"):
+        lines.append(f"| P3 | seconds per task, real {p3['model']} (num_predict {p3['options']['num_predict']}, "
+                     f"temperature 0, seed {p3['options']['seed']}); worker's fetched->completed vs bare chat "
+                     f"| {_fmt(p3.get('worker_task_s'), 3)} | {_fmt(p3.get('bare_s'), 3)} "
+                     f"| {_fmt(p3.get('ratio'), 3)} | {TARGETS['p3_overhead_ratio']} |")
+        lines.append(f"| P3' | same, instance start -> completion seen by the harness "
+                     f"| {_fmt(p3.get('start_to_completed_s'), 3)} | {_fmt(p3.get('bare_s'), 3)} "
+                     f"| {_fmt(p3.get('ratio_start_to_completed'), 3)} | - |")
+    elif p3:
+        lines.append(f"| P3 | skipped: {p3.get('skipped')} | | | | |")
+    if p3s.get("ratio"):
+        lines.append(f"| P3s | same with a structured answer (procos.outputSchema: enum, boolean, integer, bounded "
+                     f"string; num_predict {p3s['options']['num_predict']}); vs bare chat with the same format "
+                     f"| {_fmt(p3s.get('worker_task_s'), 3)} | {_fmt(p3s.get('bare_s'), 3)} "
+                     f"| {_fmt(p3s.get('ratio'), 3)} | {TARGETS['p3_structured_overhead_ratio']} |")
+    elif p3s:
+        lines.append(f"| P3s | skipped: {p3s.get('skipped')} | | | | |")
+    return lines
+
+
 def _headline_rows(results: dict[str, Any]) -> list[str]:
     lines = [
         "| # | measure | procos-worker | baseline | ratio median (min-max) | target |",
         "|---|---|---|---|---|---|",
     ]
-    failed = {k for k in ("p1", "p2", "p3", "p4", "p5", "p6") if "error" in (results.get(k) or {})}
-    p6 = {} if "p6" in failed else results.get("p6") or {}
-    p1, p2, p3, p4, p5 = ({} if k in failed else results.get(k) or {} for k in ("p1", "p2", "p3", "p4", "p5"))
+    names = ("p1", "p2", "p3", "p3s", "p4", "p5", "p6")
+    failed = {k for k in names if "error" in (results.get(k) or {})}
+    p1, p2, p3, p3s, p4, p5, p6 = ({} if k in failed else results.get(k) or {} for k in names)
     if p1:
         lines.append(f"| P1 | tasks/s, instant LLM, full storage, {p1['in_flight']} in flight vs raw-REST ceiling "
                      f"({p1['in_flight']} threads, keep-alive) | {_fmt(p1.get('procos'))} | {_fmt(p1.get('ceiling'))} "
@@ -97,16 +122,7 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         if p2.get("ratio_default"):
             lines.append(f"| P2' | same, default in-flight (4) | {_fmt(p2.get('procos_default'))} "
                          f"| {_fmt(p2.get('library'))} | {_fmt(p2.get('ratio_default'), 2)} | - |")
-    if p3.get("ratio"):
-        lines.append(f"| P3 | seconds per task, real {p3['model']} (num_predict {p3['options']['num_predict']}, "
-                     f"temperature 0, seed {p3['options']['seed']}); worker's fetched->completed vs bare chat "
-                     f"| {_fmt(p3.get('worker_task_s'), 3)} | {_fmt(p3.get('bare_s'), 3)} "
-                     f"| {_fmt(p3.get('ratio'), 3)} | {TARGETS['p3_overhead_ratio']} |")
-        lines.append(f"| P3' | same, instance start -> completion seen by the harness "
-                     f"| {_fmt(p3.get('start_to_completed_s'), 3)} | {_fmt(p3.get('bare_s'), 3)} "
-                     f"| {_fmt(p3.get('ratio_start_to_completed'), 3)} | - |")
-    elif p3:
-        lines.append(f"| P3 | skipped: {p3.get('skipped')} | | | | |")
+    lines += _p3_rows(p3, p3s)
     if p4:
         lines.append(f"| P4 | {p4['answer_bytes'] / 2**20:g} MiB answer: wall s (release -> completed); "
                      f"peak / idle RSS MiB | {_fmt(p4.get('wall_s'), 2)} s | "

@@ -1,4 +1,4 @@
-"""The measurements: the throughput curve (and P1 from it), P2, P3, P4, P5, P6.
+"""The measurements: the throughput curve (and P1 from it), P2, P3 (and P3s: structured answers), P4, P5, P6.
 
 Every timed run goes through :meth:`Bench.measure`: a fresh :class:`Batch` on its own topic, the
 consumer started and polling, the batch released, completion polled, CPU of each process group taken
@@ -39,6 +39,17 @@ __all__ = ["Bench", "Config", "Run"]
 
 P3_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 P4_QUERY = "Give me everything. [[fake:answer_bytes={bytes}]]"
+P3S_PROMPT = ("Triage this support ticket. category: billing, outage, account or other; urgent: true when customers "
+              "can't work right now; priority: 1 (highest) to 5; summary: one short sentence.\n"
+              "Ticket: The payment page crashes and we are losing orders right now!")
+# The triage example's shape (an enum, a boolean, a bounded integer, a bounded string).
+P3S_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"category": {"type": "string", "enum": ["billing", "outage", "account", "other"]},
+                   "urgent": {"type": "boolean"}, "priority": {"type": "integer", "minimum": 1, "maximum": 5},
+                   "summary": {"type": "string", "maxLength": 120}},
+    "required": ["category", "urgent", "priority", "summary"],
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,8 @@ class Config:
     p3_reps: int = 5
     p3_num_predict: int = 32
     p3_seed: int = 42
+    # Room for the whole JSON answer: a cut one would be repaired (a second model call).
+    p3s_num_predict: int = 128
     p4_bytes: int = 64 * 1024 * 1024
     p4_reps: int = 3
     p5_tasks: int = 400
@@ -266,29 +279,46 @@ class Bench:
     def p3(self) -> None:
         """Real model: the worker's own fetched->completed time vs a bare ollama chat, same request."""
         cfg = self.config
+        options = {"temperature": 0, "seed": cfg.p3_seed, "num_predict": cfg.p3_num_predict}
+        self._llm_overhead("p3", P3_PROMPT, options)
+
+    def p3s(self) -> None:
+        """P3 with a structured answer: the task has procos.outputSchema (the worker sends it as format,
+        checks the answer, stores it parsed, completes with typed variables); the bare chat sends the
+        same schema as format."""
+        cfg = self.config
+        options = {"temperature": 0, "seed": cfg.p3_seed, "num_predict": cfg.p3s_num_predict}
+        self._llm_overhead("p3s", P3S_PROMPT, options, P3S_SCHEMA)
+
+    def _llm_overhead(self, name: str, prompt: str, options: dict[str, Any],
+                      schema: dict[str, Any] | None = None) -> None:
+        """The P3 method: bare chat and one task of the worker alternated, each task's fetched->completed."""
+        cfg = self.config
         client = ollama.Client(host=self.stack.ollama_url)
         try:
             names = [m.model for m in client.list().models]
         except (ConnectionError, ollama.ResponseError) as exc:
-            self.results["p3"] = {"skipped": f"Ollama at {self.stack.ollama_url} not reachable: {exc}"}
+            self.results[name] = {"skipped": f"Ollama at {self.stack.ollama_url} not reachable: {exc}"}
             return
         if self.stack.model not in names:
-            self.results["p3"] = {"skipped": f"model {self.stack.model} not on {self.stack.ollama_url}"}
+            self.results[name] = {"skipped": f"model {self.stack.model} not on {self.stack.ollama_url}"}
             return
-        options = {"temperature": 0, "seed": cfg.p3_seed, "num_predict": cfg.p3_num_predict}
-        messages = [{"role": "user", "content": P3_PROMPT}]
+        messages = [{"role": "user", "content": prompt}]
 
         def bare() -> tuple[float, int]:
             t0 = time.perf_counter()
-            response = client.chat(model=self.stack.model, messages=messages, options=options, stream=False)
+            response = client.chat(model=self.stack.model, messages=messages, options=options, stream=False,
+                                   format=schema)
             return time.perf_counter() - t0, int(response.eval_count or 0)
 
         rest = EngineRest(self.stack.camunda_url)
         topic, key = rest.deploy_example()
         self.topics.append(topic)
         # DEBUG: the worker's task.llm_answered event (llm_s, eval_count) is logged at DEBUG.
-        worker = start_worker(self.stack, topic, self.stack.ollama_url,
-                              env={"OLLAMA_OPTIONS": json.dumps(options), "LOG_LEVEL": "DEBUG"})
+        env = {"OLLAMA_OPTIONS": json.dumps(options), "LOG_LEVEL": "DEBUG"}
+        if schema is not None:
+            env["TASK_TOPIC_DEFAULTS"] = json.dumps({topic: {"procos.outputSchema": schema}})
+        worker = start_worker(self.stack, topic, self.stack.ollama_url, env=env)
         bare_s: list[float] = []
         task_s: list[float] = []
         start_to_done_s: list[float] = []
@@ -297,27 +327,30 @@ class Bench:
         try:
             worker.wait_started()
             bare()  # warm the model (load, caches) for both sides
-            rest.start(key, {"query": P3_PROMPT})
+            rest.start(key, {"query": prompt})
             worker.wait_for("task.completed", timeout_s=300)
             for i in range(cfg.p3_reps):
                 seconds, count = bare()
                 bare_s.append(seconds)
                 tokens.add(("bare", count))
                 t0 = time.perf_counter()
-                rest.start(key, {"query": P3_PROMPT})
+                rest.start(key, {"query": prompt})
                 done = worker.wait_for("task.completed", timeout_s=300, count=i + 2)
                 start_to_done_s.append(time.perf_counter() - t0)
                 task_s.append(float(done["elapsed_s"]))
                 answered = worker.find("task.llm_answered")[-1]
                 llm_s.append(float(answered["llm_s"]))
                 tokens.add(("worker", int(answered.get("eval_count") or 0)))
-                _log(f"p3 rep {i + 1}: bare {seconds:.3f} s, worker fetched->completed {task_s[-1]:.3f} s "
+                _log(f"{name} rep {i + 1}: bare {seconds:.3f} s, worker fetched->completed {task_s[-1]:.3f} s "
                      f"(llm {llm_s[-1]:.3f} s), instance start->completed seen {start_to_done_s[-1]:.3f} s")
+            # A repaired answer would be two model calls against one: the comparison needs one each.
+            repairs = len(worker.find("task.answer_invalid"))
         finally:
             worker.stop()
             _delete_deployments(rest, key)
-        self.results["p3"] = {
-            "model": self.stack.model, "options": options, "prompt": P3_PROMPT,
+        self.results[name] = {
+            "model": self.stack.model, "options": options, "prompt": prompt,
+            **({"format": schema, "repairs": repairs} if schema is not None else {}),
             "eval_counts": sorted({c for _, c in tokens}),
             "bare_s": spread(bare_s).as_dict(), "worker_task_s": spread(task_s).as_dict(),
             "worker_llm_s": spread(llm_s).as_dict(), "start_to_completed_s": spread(start_to_done_s).as_dict(),

@@ -1,14 +1,16 @@
 """A scripted model server with ``LlmClient``'s interface (``LlmApi``), for unit tests of the pipeline
 (the real Ollama, or the fake HTTP one, is what the integration and fault suites use).
 
-Each ``chat`` answers ``answer`` at once, unless the test scripted an error (``fail``), made the
-server unreachable (``down``), or ``hold()`` it: then every chat waits inside the call until
-``release()``, which is how a test keeps tasks in flight for as long as it needs.
+Each ``chat`` answers at once (the next of the texts given to ``answer_next`` while any is left, else
+``answer``), unless the test scripted an error (``fail``), made the server unreachable (``down``), or
+``hold()`` it: then every chat waits inside the call until ``release()``, which is how a test keeps
+tasks in flight for as long as it needs.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +33,12 @@ class ScriptedLlm(Scripted):
         self._open = threading.Event()
         self._open.set()
         self._cond = threading.Condition()
+        self._next: deque[str] = deque()
+
+    def answer_next(self, *texts: str) -> None:
+        """The next ``len(texts)`` chats answer these, in order (then ``answer`` again)."""
+        with self._cond:
+            self._next.extend(texts)
 
     def hold(self) -> None:
         """Chats from now on wait until ``release``."""
@@ -49,7 +57,7 @@ class ScriptedLlm(Scripted):
              options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None,
              think: bool | ThinkLevel | None = None) -> LlmResult:
         self._called("chat", messages=messages, model=model, options=None if options is None else dict(options),
-                     format=format, think=think)
+                     format=None if format is None else dict(format), think=think)
         with self._cond:
             self.in_chat += 1
             self._cond.notify_all()
@@ -58,9 +66,11 @@ class ScriptedLlm(Scripted):
         finally:
             with self._cond:
                 self.in_chat -= 1
-        return LlmResult(content=self.answer, model=self.answered_model or model or self.model, done_reason="stop",
+        with self._cond:
+            answer = self._next.popleft() if self._next else self.answer
+        return LlmResult(content=answer, model=self.answered_model or model or self.model, done_reason="stop",
                          prompt_eval_count=sum(len(m["content"]) for m in messages) // 4 or 1,
-                         eval_count=len(self.answer) // 4 or 1, total_duration_ns=1, load_duration_ns=0,
+                         eval_count=len(answer) // 4 or 1, total_duration_ns=1, load_duration_ns=0,
                          prompt_eval_duration_ns=0, eval_duration_ns=1, wall_s=0.0)
 
     def ping(self) -> list[str]:

@@ -7,7 +7,9 @@
     │   ├── BusinessError          -> BPMN error: with the class's ``code``; the process model handles it
     │   │   ├── InputError         inputs missing or unusable (code TASK_INPUT_ERROR_CODE, by default
     │   │   │                      AI_INPUT_INVALID), nothing stored
-    │   │   └── PromptTooLong      the prompt does not fit the model's context (AI_PROMPT_TOO_LONG)
+    │   │   ├── PromptTooLong      the prompt does not fit the model's context (AI_PROMPT_TOO_LONG)
+    │   │   └── OutputInvalid      a structured answer still breaks procos.outputSchema after the repair
+    │   │                          attempts (AI_OUTPUT_INVALID); the message names the stored answers
     │   ├── TransientError         -> failure: retries - 1, exponential retryTimeout
     │   │   └── LlmBusy            Ollama 503/5xx or a timeout, after the in-process tries
     │   └── PermanentError         -> incident: a failure with retries 0; the message says what to
@@ -27,6 +29,8 @@
     │   │   │                      timeout (with several endpoints: every endpoint that could serve)
     │   │   └── LlmAuthFailed      Ollama (an authenticating proxy in front) refuses the credentials
     │   └── StoreUnavailable       PostgreSQL can't be reached
+    ├── PurgeStopped               retention gave up before the end (a row lock held too long, an
+    │                              engine without history): what was deleted stays deleted, run again
     └── EngineError                raised only by the engine client (``engine.client``)
         ├── EngineUnavailable      -> retry: the poll loop backs off; a report is tried again until
         │                          it lands (refused, timeout, 5xx)
@@ -61,9 +65,11 @@ __all__ = [
     "LockLost",
     "ModelNotFound",
     "ModelRefused",
+    "OutputInvalid",
     "PermanentError",
     "ProcosError",
     "PromptTooLong",
+    "PurgeStopped",
     "ServiceUnavailable",
     "StoreUnavailable",
     "TaskConfigError",
@@ -102,6 +108,13 @@ class PromptTooLong(BusinessError):
     """The prompt does not fit the model's context window, and it may not be cut."""
 
     code = "AI_PROMPT_TOO_LONG"
+
+
+class OutputInvalid(BusinessError):
+    """The model's structured answer still does not match the task's ``procos.outputSchema`` after
+    TASK_OUTPUT_REPAIR_ATTEMPTS repairs; every answer is stored and the message names their rows."""
+
+    code = "AI_OUTPUT_INVALID"
 
 
 class TransientError(TaskError):
@@ -152,6 +165,10 @@ class LlmAuthFailed(LlmUnavailable):
 
 class StoreUnavailable(ServiceUnavailable):
     """PostgreSQL can't be reached."""
+
+
+class PurgeStopped(ProcosError):
+    """A purge stopped early and safely (each batch is its own transaction)."""
 
 
 class EngineError(ProcosError):

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import structlog
 
+from procos_worker import metrics
 from procos_worker.backoff import Backoff
 from procos_worker.errors import ServiceUnavailable
 from procos_worker.settings import BackoffSettings
@@ -57,9 +58,11 @@ class ServiceGate:
             self._mark_up()
             return result
 
-    def wait_until_up(self, stop: threading.Event) -> bool:
-        """Block while the service is down, probing it with backoff. False if ``stop`` was set."""
+    def wait_until_up(self, stop: threading.Event, on_wait: Callable[[], None] = lambda: None) -> bool:
+        """Block while the service is down, probing it with backoff (``on_wait`` each time round).
+        False if ``stop`` was set."""
         while self.is_down:
+            on_wait()
             if stop.wait(self._next_delay_s()):
                 return False
             try:
@@ -78,6 +81,7 @@ class ServiceGate:
         with self._lock:
             if self._down_since is None:
                 self._down_since = self._clock()
+                metrics.service_state(self.name, False)
                 self._log.warning("service.down", error=exc.message)
             return self._backoff.next_delay_s()
 
@@ -87,5 +91,6 @@ class ServiceGate:
                 return
             down_s = self._clock() - self._down_since
             self._down_since = None
+            metrics.service_state(self.name, True)
             self._backoff.reset()
         self._log.info("service.up", down_s=round(down_s, 3))

@@ -1,5 +1,5 @@
 """One task, start to stored answer: its settings -> inputs -> input row (already answered?) -> LLM ->
-output row.
+structured check (ask again to repair) -> output row.
 
 Returns the ``Complete`` outcome built from the committed output row, or raises a ``TaskError``.
 It never talks to Camunda: the worker sends the outcome.
@@ -9,21 +9,52 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
 
 from structlog.stdlib import BoundLogger
 
+from procos_worker import metrics
 from procos_worker.ai.api import LlmApi
 from procos_worker.ai.llm import build_messages
+from procos_worker.ai.structured import Checked, StructuredOutput, check_answer, output_invalid, repair_messages
 from procos_worker.ai.taskconfig import TaskConfig, TaskConfigs
+from procos_worker.errors import PermanentError
 from procos_worker.flags import build_flags
 from procos_worker.gate import ServiceGate
 from procos_worker.inputs import build_inputs
-from procos_worker.models import Complete, StoredOutput, Task
+from procos_worker.models import Complete, LlmResult, StoredOutput, Task, TaskInputs, TypedValue
 from procos_worker.outcomes import complete
 from procos_worker.settings import Settings
 from procos_worker.store.api import StoreApi
 
 __all__ = ["TaskHandler"]
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """What every step of one task's run needs."""
+
+    task: Task
+    config: TaskConfig
+    inputs: TaskInputs
+    cancel: threading.Event
+    log: BoundLogger
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One structured answer, checked: ``output`` is set when it was valid (and is the output row);
+    ``row_id`` is its stored row either way."""
+
+    checked: Checked
+    text: str
+    row_id: str
+    output: StoredOutput | None = None
 
 
 class TaskHandler:
@@ -44,35 +75,131 @@ class TaskHandler:
         config = self._store_gate.call(lambda: self._configs.resolve(task), cancel)
         inputs = build_inputs(task, config, self._settings.task)
         messages = build_messages(inputs)
+        step = _Step(task, config, inputs, cancel, log)
 
-        t0 = time.perf_counter()
-        input_id, stored = self._store_gate.call(
-            lambda: self._store.save_input(task, inputs, messages, model=config.model, options=config.options,
-                                           think=config.think),
-            cancel)
+        if config.output is not None:
+            output, values = self._structured(step, config.output, messages)
+            return _complete(output, config, values)
+
+        input_id, stored = self._save_input(step, messages)
         if stored is not None:
             # Redelivered after a crash or an expired lock: the answer exists, don't ask again.
             log.info("task.redelivered", ai_context_id=str(stored.id))
             return _complete(stored, config)
-        t1 = time.perf_counter()
-        log.debug("task.input_stored", prompt_length=len(messages[-1]["content"]), model=config.model,
-                  store_s=round(t1 - t0, 4))
+        result = self._chat(step, messages)
+        return _complete(self._save_output(step, result, input_id, messages), config)
 
+    # -- structured answers ------------------------------------------------------------------------
+
+    def _structured(self, step: _Step, spec: StructuredOutput,
+                    first: Messages) -> tuple[StoredOutput, Mapping[str, TypedValue]]:
+        """Ask, check, and ask again naming what was wrong, up to TASK_OUTPUT_REPAIR_ATTEMPTS times; the
+        first valid answer is the output row. Every attempt has its own rows (``repair_input_<n>``,
+        ``invalid_output_<n>``): a task fetched again walks the same attempts and reuses what is stored
+        (the valid answer, or each invalid one) instead of asking again; it never completes from an
+        invalid one. All invalid: ``OutputInvalid`` (AI_OUTPUT_INVALID) naming every stored answer."""
+        invalid: list[tuple[str, Checked]] = []
+        messages, question_id = first, None
+        for attempt in range(1, self._settings.task.output_repair_attempts + 2):
+            extra: dict[str, Any] = {"output_schema": dict(spec.schema), "attempt": attempt}
+            if invalid:
+                extra["repair_of"] = invalid[-1][0]
+            kind = "input" if attempt == 1 else f"repair_input_{attempt}"
+            input_id, stored = self._save_input(step, messages, context_type=kind, extra=extra)
+            if stored is not None:
+                step.log.info("task.redelivered", ai_context_id=str(stored.id), attempt=attempt)
+                return stored, self._stored_values(step, spec, stored)
+            question_id = question_id or input_id
+            answer = self._attempt(step, spec, messages, (question_id, input_id), attempt)
+            if answer.output is not None:
+                return answer.output, answer.checked.values
+            invalid.append((answer.row_id, answer.checked))
+            messages = repair_messages(first, answer.text, answer.checked, spec)
+        raise output_invalid(step.config.where("procos.outputSchema"), invalid)
+
+    def _attempt(self, step: _Step, spec: StructuredOutput, messages: Messages, inputs: tuple[UUID, UUID],
+                 attempt: int) -> _Attempt:
+        """One answer to ``messages`` (stored as input row ``inputs[1]``): the invalid one an earlier delivery
+        stored, or the model's, stored as ``invalid_output_<attempt>`` answering that row, or if valid as
+        the output row answering the task's question (``inputs[0]``, its ``input`` row: the turn a reader
+        of questions and answers sees), naming the repair request it answered."""
+        question_id, input_id = inputs
+        kind = f"invalid_output_{attempt}"
+        earlier = self._store_gate.call(lambda: self._store.answer_to(step.task.id, input_id, kind), step.cancel)
+        if earlier is not None and earlier.content_text is not None:
+            checked = check_answer(spec, earlier.content_text, done_reason=earlier.content_data.get("done_reason"))
+            if not checked.valid:
+                step.log.info("task.answer_reused", ai_context_id=str(earlier.id), attempt=attempt)
+                return _Attempt(checked, earlier.content_text, str(earlier.id))
+        result = self._chat(step, messages, format=spec.schema)
+        checked = check_answer(spec, result.content, done_reason=result.done_reason)
+        found = {"structured": checked.data, "attempt": attempt}
+        if checked.valid:
+            repair = {"repair_input_id": str(input_id)} if input_id != question_id else {}
+            output = self._save_output(step, result, question_id, messages, extra={**found, **repair})
+            return _Attempt(checked, result.content, str(output.id), output)
+        row = self._save_output(step, result, input_id, messages, extra={**found, "errors": list(checked.errors)},
+                                context_type=kind)
+        step.log.warning("task.answer_invalid", ai_context_id=str(row.id), attempt=attempt, error=checked.errors[0])
+        return _Attempt(checked, result.content, str(row.id))
+
+    def _stored_values(self, step: _Step, spec: StructuredOutput, stored: StoredOutput) -> Mapping[str, TypedValue]:
+        """The variables of a valid answer stored by an earlier delivery (checked again: the answer is
+        never completed with unless it matches the task's schema)."""
+        row = self._store_gate.call(lambda: self._store.get(stored.id), step.cancel)
+        checked = check_answer(spec, "" if row is None or row.content_text is None else row.content_text)
+        if not checked.valid:
+            raise PermanentError(f"{step.config.where('procos.outputSchema')}: the stored answer {stored.id} does not "
+                                 f"match the schema any more (it changed since): {checked.errors[0]}",
+                                 details="\n".join(checked.errors))
+        return checked.values
+
+    # -- the steps every task takes ----------------------------------------------------------------
+
+    def _save_input(self, step: _Step, messages: Messages, *, context_type: str = "input",
+                    extra: Mapping[str, Any] | None = None) -> tuple[UUID, StoredOutput | None]:
+        t0 = time.perf_counter()
+        config = step.config
+        input_id, stored = self._store_gate.call(
+            lambda: self._store.save_input(step.task, step.inputs, messages, model=config.model, options=config.options,
+                                           think=config.think, context_type=context_type, extra=extra),
+            step.cancel)
+        if stored is None:
+            metrics.stored("input", time.perf_counter() - t0)
+            step.log.debug("task.input_stored", prompt_length=len(messages[-1]["content"]), model=config.model,
+                           store_s=round(time.perf_counter() - t0, 4))
+        return input_id, stored
+
+    def _chat(self, step: _Step, messages: Messages, *, format: Mapping[str, Any] | None = None) -> LlmResult:
+        t0 = time.perf_counter()
+        config = step.config
         result = self._llm_gate.call(
-            lambda: self._llm.chat(messages, model=config.model, options=config.options, think=config.think),
-            cancel)
-        t2 = time.perf_counter()
-        log.debug("task.llm_answered", response_length=len(result.content), llm_s=round(t2 - t1, 4),
-                 eval_count=result.eval_count, prompt_eval_count=result.prompt_eval_count,
-                 done_reason=result.done_reason)
+            lambda: self._llm.chat(messages, model=config.model, options=config.options, format=format,
+                                   think=config.think),
+            step.cancel)
+        metrics.llm_answered(result.model, time.perf_counter() - t0, result.prompt_eval_count, result.eval_count)
+        step.log.debug("task.llm_answered", response_length=len(result.content),
+                       llm_s=round(time.perf_counter() - t0, 4), eval_count=result.eval_count,
+                       prompt_eval_count=result.prompt_eval_count, done_reason=result.done_reason)
+        return result
 
+    def _save_output(self, step: _Step, result: LlmResult, input_id: UUID, messages: Messages, *,
+                     extra: Mapping[str, Any] | None = None, context_type: str = "output") -> StoredOutput:
+        t0 = time.perf_counter()
         prompt_chars = sum(len(m["content"]) for m in messages)
         output = self._store_gate.call(
-            lambda: self._store.save_output(task, result, input_id, prompt_chars=prompt_chars), cancel)
-        log.debug("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t2, 4))
-        return _complete(output, config)
+            lambda: self._store.save_output(step.task, result, input_id, prompt_chars=prompt_chars,
+                                            context_type=context_type, extra=extra),
+            step.cancel)
+        metrics.stored("output", time.perf_counter() - t0)
+        step.log.debug("task.stored", ai_context_id=str(output.id), store_s=round(time.perf_counter() - t0, 4),
+                       context_type=context_type)
+        return output
 
 
-def _complete(output: StoredOutput, config: TaskConfig) -> Complete:
-    """The flags under the task's result prefix, in the process or the task's own scope."""
-    return complete(build_flags(output, config.result_prefix), output.id, local=config.result_scope == "local")
+def _complete(output: StoredOutput, config: TaskConfig, answer: Mapping[str, TypedValue] | None = None) -> Complete:
+    """The flags (and a structured answer's properties) under the task's result prefix, in the process or
+    the task's own scope."""
+    variables: dict[str, Any] = build_flags(output, config.result_prefix)
+    variables.update({f"{config.result_prefix}_{name}": value for name, value in (answer or {}).items()})
+    return complete(variables, output.id, local=config.result_scope == "local")

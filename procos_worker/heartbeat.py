@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import structlog
 
+from procos_worker import metrics
 from procos_worker.engine.api import EngineApi
 from procos_worker.errors import EngineError, EngineUnavailable
 from procos_worker.taskrun import RunState, TaskRun
@@ -26,10 +27,11 @@ class Heartbeat:
     monotonic time the runs' lock expiry is measured in."""
 
     def __init__(self, engine: EngineApi, snapshot: Callable[[], list[TaskRun]], shortest_lock_duration_ms: int, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, on_tick: Callable[[], None] = lambda: None) -> None:
         """``shortest_lock_duration_ms``: the shortest lock of any topic (it sets how often to look);
         each task's lock is extended by its own topic's duration (``TaskRun.lock_duration_ms``)."""
         self._engine = engine
+        self._on_tick = on_tick  # liveness: the loop came round (health.Progress)
         self._snapshot = snapshot
         self._clock = clock
         self._tick_s = min(1.0, shortest_lock_duration_ms / 4000)
@@ -46,6 +48,7 @@ class Heartbeat:
 
     def tick(self) -> None:
         """One pass: extend every held lock that is due (the thread calls this every tick)."""
+        self._on_tick()
         now = self._clock()
         for run in self._snapshot():
             if run.state in (RunState.RUNNING, RunState.REPORTING) and self._due(run, now):
@@ -69,7 +72,9 @@ class Heartbeat:
             return
         except EngineError as exc:  # lock lost, or the engine refused the extension
             if run.give_up(RunState.LOST):
+                metrics.lock_lost(run.task.topic)
                 log.warning("task.lock_lost", error=str(exc), elapsed_s=run.elapsed_s())
             return
         run.lock_expires_at = self._clock() + run.lock_duration_ms / 1000
+        metrics.lock_extended(run.task.topic)
         log.debug("task.lock_extended", elapsed_s=run.elapsed_s())

@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 __all__ = [
+    "FLAG_NAMES",
     "BpmnError",
     "Complete",
     "Failure",
@@ -19,8 +20,14 @@ __all__ = [
     "StoredOutput",
     "Task",
     "TaskInputs",
+    "TypedValue",
     "Variable",
 ]
+
+FLAG_NAMES: tuple[str, ...] = ("context_id", "response_stored", "response_length", "model", "provider",
+                               "prompt_tokens", "completion_tokens", "total_tokens", "done_reason")
+"""The variables every answered task gets, after its result prefix (``flags.build_flags``): no answer
+property may take one of these names (``ai.structured``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +37,18 @@ class Variable:
     value: Any
     type: str = "String"
     value_info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TypedValue:
+    """A variable to send with its Camunda type (``Boolean``, ``Long``, ``Double``, ``String``, ``Json``,
+    ``Null``), where the type the engine would infer from the bare JSON value is not the one wanted (a
+    JSON integer becomes an Integer, not a Long). ``source`` says where the value came from, for the
+    message when it can't be sent."""
+
+    value: Any
+    type: str
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from procos_worker.errors import (
     TransientError,
     VariableTooLong,
 )
-from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
+from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task, TypedValue
 from procos_worker.settings import Settings
 
 __all__ = [
@@ -90,11 +90,15 @@ def retry_timeout_ms(attempt: int, settings: Settings) -> int:
 
 
 def _check_lengths(variables: Mapping[str, Any]) -> None:
-    for name, value in variables.items():
+    for name, variable in variables.items():
+        source, value = "", variable
+        if isinstance(variable, TypedValue):
+            # A Json value is its JSON text already; every other type is held as its text form.
+            source, value = (f" ({variable.source})" if variable.source else ""), variable.value
         size = len(value) if isinstance(value, str) else len(json.dumps(value))
         if size > MAX_VARIABLE_CHARS:
             raise VariableTooLong(
-                f"variable '{name}' would be {size} characters; Camunda stores at most {MAX_VARIABLE_CHARS}"
+                f"variable '{name}'{source} would be {size} characters; Camunda stores at most {MAX_VARIABLE_CHARS}"
             )
 
 

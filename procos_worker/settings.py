@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +30,9 @@ __all__ = [
     "DatabaseSettings",
     "LogSettings",
     "OllamaSettings",
+    "OpsSettings",
     "RegistrySettings",
+    "RetentionSettings",
     "Settings",
     "TaskSettings",
     "ThinkLevel",
@@ -38,16 +41,31 @@ __all__ = [
     "default_worker_id",
     "env_var_names",
     "ollama_url",
+    "parse_age",
 ]
 
 # Camunda rejects a long poll above 30 minutes with HTTP 400.
 _MAX_ASYNC_RESPONSE_TIMEOUT_MS = 1_800_000
+# The engine client's HTTP timeout of a long poll is its wait plus this (the library's timeoutDeltaMillis).
+_FETCH_TIMEOUT_DELTA_S = 5.0
 
 
 def default_worker_id() -> str:
     """A worker id unique per process: ``complete`` does not check lock expiry, so two processes
     sharing an id could complete each other's tasks."""
     return f"procos-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_AGE_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> timedelta:
+    """An age written like ``90d``, ``12h``, ``30m``, ``45s`` or ``2w``; ``ValueError`` otherwise."""
+    match = _AGE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not an age like 90d, 12h, 30m, 45s or 2w")
+    return timedelta(seconds=float(match.group(1)) * _AGE_UNIT_S[match.group(2)])
 
 
 def _split_csv(value: Any) -> Any:
@@ -180,6 +198,10 @@ class TaskSettings(BaseModel):
     input_error_code: str = "AI_INPUT_INVALID"
     # Camunda's REST JSON reader refuses strings over 20,000,000 characters anyway.
     max_input_chars: int = Field(default=20_000_000, ge=1)
+    # A structured answer (procos.outputSchema) that breaks its schema is asked again this many times, with
+    # the validation errors, before the task ends with AI_OUTPUT_INVALID.
+    output_repair_attempts: int = Field(default=2, ge=0, le=10,
+                                        description="repairs of a structured answer that breaks its schema")
     # {topic: {"procos.model": "...", "procos.options": {...}, ...}}: the task's extension properties'
     # names and values, used where a task doesn't set them (checked by ai.taskconfig when the worker starts).
     topic_defaults: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(
@@ -312,6 +334,47 @@ class DatabaseSettings(BaseModel):
     connect_timeout_s: float = Field(default=5.0, gt=0)
 
 
+class OpsSettings(BaseModel):
+    """The operator's HTTP port: /metrics (Prometheus), /healthz (liveness), /readyz (readiness).
+
+    On by default, on the loopback interface; the container listens on every interface (compose sets
+    OPS_HTTP_HOST=0.0.0.0) so that Prometheus and the orchestrator reach it. Port 0 turns it off.
+    """
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=9464, ge=0, le=65535, description="0: no HTTP server")
+    liveness_max_s: float = Field(
+        default=60.0, gt=0, description="/healthz fails when the poll loop or the heartbeat made no progress "
+                                        "for this long")
+    readiness_timeout_s: float = Field(default=2.0, gt=0, description="timeout of each /readyz dependency check")
+
+
+class RetentionSettings(BaseModel):
+    """The optional scheduled purge of procos_ai_context (``procos-worker purge`` is the manual form).
+
+    When ``purge_older_than`` is set or ``history_removed`` is true, every ``interval_s`` one worker
+    (the one that gets a PostgreSQL advisory lock) purges; the others skip that round.
+    """
+
+    purge_older_than: timedelta | None = Field(
+        default=None, description="purge instances whose newest row is older than this (90d, 12h...); none: off")
+    history_removed: bool = Field(
+        default=False, description="also purge rows whose process-instance history Camunda has removed")
+    interval_s: float = Field(default=3600.0, gt=0)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+
+    @field_validator("purge_older_than", mode="before")
+    @classmethod
+    def _parse_age(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_age(value) if value.strip() else None
+        return value
+
+    @property
+    def scheduled(self) -> bool:
+        return self.purge_older_than is not None or self.history_removed
+
+
 class BackoffSettings(BaseModel):
     """Jittered exponential backoff while a service is unreachable (one state per service)."""
 
@@ -354,12 +417,19 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     backoff: BackoffSettings = Field(default_factory=BackoffSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
         if self.worker.retry_timeout_max_ms < self.worker.retry_timeout_ms:
             raise ValueError("WORKER_RETRY_TIMEOUT_MAX_MS must be >= WORKER_RETRY_TIMEOUT_MS")
+        # An idle long poll answers after WORKER_ASYNC_RESPONSE_TIMEOUT_MS (the HTTP call allows 5 s more):
+        # a shorter liveness bound would call a healthy, idle worker wedged.
+        if self.ops.liveness_max_s <= self.worker.async_response_timeout_ms / 1000 + _FETCH_TIMEOUT_DELTA_S:
+            raise ValueError("OPS_LIVENESS_MAX_S must exceed WORKER_ASYNC_RESPONSE_TIMEOUT_MS / 1000 + "
+                             f"{_FETCH_TIMEOUT_DELTA_S:g} s (the longest an idle long poll takes)")
         return self
 
 

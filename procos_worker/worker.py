@@ -31,6 +31,7 @@ from types import FrameType
 import structlog
 from structlog.stdlib import BoundLogger
 
+from procos_worker import metrics
 from procos_worker.ai.api import LlmApi
 from procos_worker.ai.endpoints import EndpointPool
 from procos_worker.ai.registry import ModelRegistry, StatsRefresher
@@ -42,7 +43,7 @@ from procos_worker.engine.fetch import Subscription, fetch_order, subscriptions
 from procos_worker.errors import EngineError, EngineUnavailable, ServiceUnavailable, TaskConfigError, TaskError
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
-from procos_worker.health import Counters, HealthRecord, HealthState
+from procos_worker.health import Counters, HealthRecord, HealthState, Progress
 from procos_worker.heartbeat import Heartbeat
 from procos_worker.inputs import FetchVariables, requested_variables
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
@@ -56,6 +57,9 @@ from procos_worker.taskrun import RunState, TaskRun
 __all__ = ["Worker"]
 
 _HEALTH_INTERVAL_S = 2.0
+# How often a poll loop waiting for free capacity says it is alive.
+_WAIT_BEAT_S = 1.0
+_REPORTS: dict[type, metrics.Report] = {Complete: "complete", Failure: "failure", BpmnError: "bpmn_error"}
 # Camunda's unlock wakes pending long polls, so our own poll still waiting in the engine re-locks a task we
 # release at shutdown and returns it at once; this long is enough for it to come back and be unlocked again.
 _POLL_RETURN_S = 2.0
@@ -115,13 +119,16 @@ class Worker:
             window_s=settings.registry.stats_window_s, min_age_s=0.9 * settings.registry.stats_interval_s,
             unanswered_after_s=settings.ollama.timeout_s * settings.ollama.attempts, worker_id=w.id))
         self.counters = Counters()
+        self.progress = Progress(clock=clock)
         self._runs: dict[str, TaskRun] = {}
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._signals = 0
         self._heartbeat = Heartbeat(self.engine, self._snapshot,
-                                    min(sub.lock_duration_ms for sub in self._subscriptions), clock=clock)
+                                    min(sub.lock_duration_ms for sub in self._subscriptions), clock=clock,
+                                    on_tick=lambda: self.progress.beat("heartbeat"))
         self._exit_code = 0
+        self._health_state: HealthState = "running"
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
         self._log: BoundLogger = structlog.get_logger("procos_worker.worker").bind(worker_id=w.id)
 
@@ -166,18 +173,23 @@ class Worker:
     def _poll_loop(self) -> None:
         backoff = Backoff(self.settings.backoff, draw=self._draw)
         while not self._stopping.is_set():
+            self.progress.beat("poll")
             free = self._wait_for_capacity()
             if free == 0 or not self._dependencies_up():
                 continue
             subs = self._with_learned_variables()
+            started = time.perf_counter()
             try:
                 tasks = self.engine.fetch_and_lock(subs, max_tasks=free)
             except EngineError as exc:
+                metrics.service_state("camunda", not isinstance(exc, EngineUnavailable))
                 delay = backoff.next_delay_s()
                 self._log.warning("engine.fetch_failed", error=str(exc), retry_in_s=round(delay, 2))
                 self._stopping.wait(delay)
                 continue
             backoff.reset()
+            metrics.polled(time.perf_counter() - started)
+            metrics.service_state("camunda", True)
             fetched = {sub.topic: frozenset(sub.variables) for sub in subs}
             for task in tasks:
                 self._dispatch(task, fetched.get(task.topic, frozenset()))
@@ -186,15 +198,18 @@ class Worker:
         limit = self.settings.worker.max_tasks_in_flight
         with self._cond:
             while len(self._runs) >= limit and not self._stopping.is_set():
-                self._cond.wait()
+                self._cond.wait(timeout=_WAIT_BEAT_S)  # waiting for capacity is progress, not a wedge
+                self.progress.beat("poll")
             return 0 if self._stopping.is_set() else limit - len(self._runs)
 
     def _dependencies_up(self) -> bool:
         # While Ollama or PostgreSQL is down, fetched tasks could only fail and burn their retries.
-        return self.store_gate.wait_until_up(self._stopping) and self.llm_gate.wait_until_up(self._stopping)
+        beat = lambda: self.progress.beat("poll")  # noqa: E731 - waiting for a service is progress, not a wedge
+        return self.store_gate.wait_until_up(self._stopping, beat) and self.llm_gate.wait_until_up(self._stopping, beat)
 
     def _dispatch(self, task: Task, fetched: frozenset[str]) -> None:
         self.counters.add("fetched")
+        metrics.fetched(task.topic)
         log = self._task_log(task)
         if self._stopping.is_set():
             # Locked by a poll that returned after the stop: hand it straight back.
@@ -219,6 +234,7 @@ class Worker:
             down = [gate.name for gate in (self.store_gate, self.llm_gate) if gate.is_down]
             if not down:
                 self._runs[task.id] = run
+                metrics.in_flight(task.topic, +1)
         if down:
             # Locked by a long poll that was already waiting when a dependency went down: the task could
             # only wait here holding its lock; hand it back (no retry spent) for after the recovery.
@@ -249,6 +265,7 @@ class Worker:
             with self._cond:
                 if self._runs.get(run.task.id) is run:
                     del self._runs[run.task.id]
+                    metrics.in_flight(run.task.topic, -1)
                 self._cond.notify_all()
 
     def _outcome(self, run: TaskRun, log: BoundLogger) -> Outcome | None:
@@ -266,9 +283,11 @@ class Worker:
     def _report(self, run: TaskRun, outcome: Outcome | None, log: BoundLogger) -> None:
         if outcome is None or not run.begin_report():
             self.counters.add("abandoned" if run.state is RunState.LOST else "released")
+            metrics.task_outcome(run.task.topic, "abandoned" if run.state is RunState.LOST else "released")
             log.info("task.not_reported", state=run.state.value, elapsed_s=run.elapsed_s())
             return
         backoff = Backoff(self.settings.backoff, draw=self._draw)
+        started = time.perf_counter()
         while True:
             try:
                 self._send(run.task, outcome)
@@ -280,8 +299,10 @@ class Worker:
                 continue
             except EngineError as exc:
                 self.counters.add("abandoned")
+                metrics.task_outcome(run.task.topic, "abandoned")
                 log.warning("task.abandoned", reason=str(exc), elapsed_s=run.elapsed_s())
                 return
+            metrics.reported(_REPORTS[type(outcome)], time.perf_counter() - started)
             self._log_outcome(run, outcome, log)
             return
 
@@ -299,14 +320,17 @@ class Worker:
         elapsed = run.elapsed_s()
         if isinstance(outcome, Complete):
             self.counters.add("completed")
+            metrics.task_outcome(run.task.topic, "completed")
             log.info("task.completed", elapsed_s=elapsed, ai_context_id=str(outcome.context_id))
         elif isinstance(outcome, Failure):
             self.counters.add("failed")
+            metrics.task_outcome(run.task.topic, "incident" if outcome.retries == 0 else "failed")
             event = "task.incident" if outcome.retries == 0 else "task.retry_scheduled"
             log.warning(event, error=outcome.message, retries=outcome.retries,
                         retry_timeout_ms=outcome.retry_timeout_ms, elapsed_s=elapsed)
         elif isinstance(outcome, BpmnError):
             self.counters.add("bpmn_errors")
+            metrics.task_outcome(run.task.topic, "bpmn_error")
             log.warning("task.bpmn_error", code=outcome.code, error=outcome.message, elapsed_s=elapsed)
 
     # -- shutdown --------------------------------------------------------------------------------
@@ -381,6 +405,7 @@ class Worker:
             log.warning("task.release_failed", error=str(exc))
             return
         self.counters.add("released")
+        metrics.task_outcome(task.topic, "released")
         log.info("task.released", reason=reason)
 
     # -- small helpers ---------------------------------------------------------------------------
@@ -395,10 +420,19 @@ class Worker:
     def _task_log(self, task: Task) -> BoundLogger:
         return self._log.bind(task_id=task.id, process_instance_id=task.process_instance_id, topic=task.topic)
 
+    def health_record(self) -> HealthRecord:
+        """The worker's health now: its state, its tasks, what it waits for, its loops' progress."""
+        state = self._health_state
+        if state == "running" and self._stopping.is_set():
+            state = "stopping"
+        return HealthRecord(ts=time.time(), state=state, worker_id=self.settings.worker.id, pid=os.getpid(),
+                            in_flight=self.in_flight,
+                            down=tuple(g.name for g in (self.store_gate, self.llm_gate) if g.is_down),
+                            progress_age_s=self.progress.ages_s())
+
     def _write_health(self, state: HealthState) -> None:
-        record = HealthRecord(ts=time.time(), state=state, worker_id=self.settings.worker.id, pid=os.getpid(),
-                              in_flight=self.in_flight,
-                              down=tuple(g.name for g in (self.store_gate, self.llm_gate) if g.is_down))
+        self._health_state = state
+        record = self.health_record()
         try:
             record.write(self.settings.worker.health_file)
         except OSError as exc:

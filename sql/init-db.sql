@@ -93,36 +93,8 @@ CREATE OR REPLACE TRIGGER trigger_procos_ai_models_updated_at
     FOR EACH ROW
     EXECUTE FUNCTION update_updated_at_column();
 
--- Post-startup tuning: `SELECT optimize_camunda_for_ai();`. Camunda creates its ACT_* tables when the
--- engine first starts, possibly in another database: each Camunda index is created only where its
--- table exists here, and the function says what it did instead of failing.
-CREATE OR REPLACE FUNCTION optimize_camunda_for_ai()
-RETURNS TEXT AS $$
-DECLARE
-    report TEXT := '';
-BEGIN
-    IF to_regclass('act_ru_variable') IS NOT NULL THEN
-        EXECUTE 'CREATE INDEX IF NOT EXISTS idx_act_ru_variable_name_text '
-             || 'ON act_ru_variable USING gin (name_ gin_trgm_ops) WHERE text_ IS NOT NULL';
-        report := report || 'idx_act_ru_variable_name_text ready; ';
-    ELSE
-        report := report || 'act_ru_variable not in this database, skipped; ';
-    END IF;
-
-    IF to_regclass('act_hi_varinst') IS NOT NULL THEN
-        EXECUTE 'CREATE INDEX IF NOT EXISTS idx_act_hi_varinst_proc_inst_ai '
-             || 'ON act_hi_varinst (proc_inst_id_, name_) '
-             || 'WHERE name_ IN (''query'', ''context'', ''content'', ''ai_provider'', ''usage'')';
-        report := report || 'idx_act_hi_varinst_proc_inst_ai ready; ';
-    ELSE
-        report := report || 'act_hi_varinst not in this database, skipped; ';
-    END IF;
-
-    ANALYZE procos_ai_context;
-    ANALYZE procos_ai_models;
-    RETURN report || 'procos_ai_context and procos_ai_models analyzed';
-END;
-$$ LANGUAGE plpgsql;
+-- Post-startup tuning of Camunda's tables: optimize_camunda_for_ai(), defined with its indexes at
+-- migration 0040 below (`procos-worker init-db` builds them without blocking the engine).
 
 -- Default AI model configurations (inserted only when missing, so a second run adds nothing).
 -- config_data.options: the model's default Ollama options (see the README, "The model registry");
@@ -172,6 +144,78 @@ WHERE provider = 'ollama'
 INSERT INTO procos_schema_migrations (version, name) VALUES
     (10, 'model_options')
 ON CONFLICT (version) DO NOTHING;
+
+-- 0040_camunda_ai_indexes: indexes on Camunda's tables that fit what the worker writes.
+--
+-- Every AI task writes <prefix>_context_id (ai_context_id by default; procos.resultPrefix changes the
+-- prefix), a String variable holding the id of its answer in procos_ai_context. Camunda indexes its
+-- variables by scope, instance and name, but not by value, so "which instance and variable point at
+-- this stored answer" scanned the whole table. A hash index on text_, over the rows whose name ends
+-- in _context_id (any prefix), answers it; hash, because a btree entry can't hold a 4000-character
+-- text_ and an unrelated long variable named like that would then fail the engine's own insert.
+-- Queries must repeat the predicate: WHERE name_ LIKE '%\_context\_id' AND text_ = '<id>'.
+--
+-- procos_camunda_ai_indexes() is the one list of them. `procos-worker init-db` (and the worker at
+-- start) builds each with CREATE INDEX CONCURRENTLY, which never blocks the engine's writes, and then
+-- calls optimize_camunda_for_ai(), which finds them built and only analyzes. Called by hand on a
+-- database lacking them, the function builds them itself with plain CREATE INDEX: that holds a SHARE
+-- lock (engine writes wait) for as long as each build takes.
+CREATE OR REPLACE FUNCTION procos_camunda_ai_indexes()
+RETURNS TABLE (index_name TEXT, table_name TEXT, definition TEXT)
+LANGUAGE sql IMMUTABLE AS $$
+    VALUES
+        ('idx_act_ru_variable_ai_context_id', 'act_ru_variable',
+         'act_ru_variable USING hash (text_) WHERE name_ LIKE ''%\_context\_id'''),
+        ('idx_act_hi_varinst_ai_context_id', 'act_hi_varinst',
+         'act_hi_varinst USING hash (text_) WHERE name_ LIKE ''%\_context\_id''')
+$$;
+
+CREATE OR REPLACE FUNCTION optimize_camunda_for_ai()
+RETURNS TEXT AS $$
+DECLARE
+    ix RECORD;
+    report TEXT := '';
+BEGIN
+    -- The first release's indexes matched no variable the worker writes.
+    IF to_regclass('idx_act_ru_variable_name_text') IS NOT NULL THEN
+        DROP INDEX idx_act_ru_variable_name_text;
+        report := report || 'idx_act_ru_variable_name_text dropped; ';
+    END IF;
+    IF to_regclass('idx_act_hi_varinst_proc_inst_ai') IS NOT NULL THEN
+        DROP INDEX idx_act_hi_varinst_proc_inst_ai;
+        report := report || 'idx_act_hi_varinst_proc_inst_ai dropped; ';
+    END IF;
+    FOR ix IN SELECT * FROM procos_camunda_ai_indexes() LOOP
+        IF to_regclass(ix.table_name) IS NULL THEN
+            report := report || ix.table_name || ' not in this database, skipped; ';
+        ELSIF to_regclass(ix.index_name) IS NOT NULL THEN
+            report := report || ix.index_name || ' present; ';
+        ELSE
+            EXECUTE format('CREATE INDEX %I ON %s', ix.index_name, ix.definition);
+            report := report || ix.index_name || ' built; ';
+        END IF;
+    END LOOP;
+    ANALYZE procos_ai_context;
+    ANALYZE procos_ai_models;
+    RETURN report || 'procos_ai_context and procos_ai_models analyzed';
+END;
+$$ LANGUAGE plpgsql;
+
+INSERT INTO procos_schema_migrations (version, name) VALUES
+    (40, 'camunda_ai_indexes')
+ON CONFLICT (version) DO NOTHING;
+
+-- Camunda creates its ACT_* tables when the engine first starts (under compose: after this script).
+-- Its indexes are built by `procos-worker init-db` or by the worker at start, never here: a plain
+-- CREATE INDEX on a busy engine's tables would hold up its writes.
+DO $$
+BEGIN
+    IF to_regclass('act_ru_variable') IS NULL THEN
+        RAISE NOTICE 'Camunda tables not in this database yet: procos-worker init-db, or the worker at start, builds their indexes later';
+    ELSE
+        RAISE NOTICE 'Camunda tables present: run procos-worker init-db to build their indexes (CREATE INDEX CONCURRENTLY)';
+    END IF;
+END $$;
 
 -- 0050_thinking_text: a reasoning model's thinking, stored apart from the answer (NULL: none).
 ALTER TABLE procos_ai_context ADD COLUMN IF NOT EXISTS thinking_text TEXT;

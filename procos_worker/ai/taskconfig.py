@@ -12,8 +12,10 @@ Options are merged key by key in that order (a task's ``{"temperature": 0}`` kee
 value means "not set" (Camunda Modeler writes empty fields). An unknown ``procos.*`` name or a bad
 value is a modelling mistake: ``TaskConfigError`` (an incident) naming the activity and property.
 
-Adding a property (``procos.outputSchema``, ``procos.memory``, ...): one parser in ``_PARSERS`` (it
-raises ``ValueError`` with what is wrong) and one field of ``TaskConfig`` filled in ``_spec``.
+Adding a property (``procos.memory``, ...): one parser in ``_PARSERS`` (it raises ``ValueError`` with
+what is wrong) and one field of ``TaskConfig`` filled in ``_spec``. Properties that are checked
+together (``procos.outputSchema`` with ``procos.outputVariables``) are combined in ``_spec`` after
+merging, and each topic's defaults are combined once when the worker starts.
 
 The parsed properties are cached by their text (per topic), so a task costs a dictionary lookup,
 the registry's cached row and a merge of small dicts.
@@ -34,6 +36,12 @@ import ollama
 import pydantic
 
 from procos_worker.ai.registry import ModelRegistry
+from procos_worker.ai.structured import (
+    StructuredOutput,
+    parse_output_schema,
+    parse_output_variables,
+    structured_output,
+)
 from procos_worker.ai.template import PromptTemplate, compile_template
 from procos_worker.errors import TaskConfigError
 from procos_worker.models import Task
@@ -61,6 +69,7 @@ class TaskConfig:
     result_prefix: str = "ai"
     result_scope: ResultScope = "process"
     think: bool | ThinkLevel | None = None  # Ollama's think; None: not sent
+    output: StructuredOutput | None = None
 
     def variables_needed(self, settings: TaskSettings) -> frozenset[str]:
         """The process variables this task reads: its templates' names, or the default inputs."""
@@ -151,6 +160,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "procos.resultScope": _result_scope,
     # Ollama's think for reasoning models; the thinking text is stored apart from the answer.
     "procos.think": _think,
+    "procos.outputSchema": parse_output_schema,
+    "procos.outputVariables": parse_output_variables,
     # Free text for the people reading the model (the element template's "Description"); not used.
     "procos.description": _text,
 }
@@ -189,6 +200,9 @@ class TaskConfigs:
             topic: parse_properties(values, f"TASK_TOPIC_DEFAULTS topic '{topic}'")
             for topic, values in settings.task.topic_defaults.items()
         }
+        for topic, parsed in self._topics.items():
+            if "procos.outputSchema" in parsed:  # names alone may be meant for tasks that bring the schema
+                _output(parsed, f"TASK_TOPIC_DEFAULTS topic '{topic}'")
         self._spec = lru_cache(maxsize=1024)(self._build_spec)
 
     def resolve(self, task: Task) -> TaskConfig:
@@ -221,7 +235,24 @@ class TaskConfigs:
             result_prefix=merged.get("procos.resultPrefix", "ai"),
             result_scope=merged.get("procos.resultScope", "process"),
             think=merged.get("procos.think", self._settings.ollama.think),
+            output=_output(merged, f"activity '{activity}'"),
         )
+
+
+def _output(properties: Mapping[str, Any], where: str) -> StructuredOutput | None:
+    """``procos.outputSchema`` with the ``procos.outputVariables`` it exposes (both parsed)."""
+    schema = properties.get("procos.outputSchema")
+    names = properties.get("procos.outputVariables")
+    if schema is None:
+        if names is not None:
+            raise TaskConfigError(f"{where}, property procos.outputVariables: names answer properties, but "
+                                  "there is no procos.outputSchema")
+        return None
+    try:
+        return structured_output(schema, names)
+    except ValueError as exc:
+        prop = "procos.outputSchema" if names is None else "procos.outputVariables"
+        raise TaskConfigError(f"{where}, property {prop}: {exc}") from exc
 
 
 def _activity(task: Task) -> str:

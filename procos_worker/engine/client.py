@@ -2,12 +2,16 @@
 
 ``fetch_and_lock``, ``complete``, ``handle_failure`` and ``handle_bpmn_error`` go through
 camunda-external-task-client-python3's ``ExternalTaskClient`` (``engine.library``: per-topic fetch
-bodies, its requests sent through our session); it lacks ``extendLock``, ``unlock`` and the task query,
-which are added here. Every call shares one keep-alive ``requests.Session`` (``engine.session``) that
-carries the login (``engine.auth``).
+bodies, its requests sent through our session); it lacks ``extendLock``, ``unlock``, the task query and
+the process-instance queries retention needs (running? still in history?), which are added here.
+Every call shares one keep-alive ``requests.Session`` (``engine.session``) that carries the login
+(``engine.auth``).
 
 It sends what it is given: every limit of the engine is checked where outcomes are built
-(``procos_worker.outcomes``). Errors are converted here and nowhere else: connection errors, timeouts and 5xx ->
+(``procos_worker.outcomes``). A plain value goes as ``{"value": v}`` (the engine infers its type: a
+JSON integer becomes an Integer); a ``TypedValue`` goes as ``{"value": v, "type": t}``.
+
+Errors are converted here and nowhere else: connection errors, timeouts and 5xx ->
 ``EngineUnavailable``; 404 (the task is gone) and the 400s that mean the lock is no longer ours ->
 ``LockLost``; any other 4xx -> ``EngineRejected``. The library raises a bare ``Exception("received
 <status> : <type> : <message>")`` for most failures, so the status is read back from that text.
@@ -16,7 +20,7 @@ It sends what it is given: every limit of the engine is checked where outcomes a
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import requests
@@ -25,7 +29,7 @@ from procos_worker.engine.fetch import FetchOrder, Subscription
 from procos_worker.engine.library import LibraryClient
 from procos_worker.engine.session import engine_session
 from procos_worker.errors import EngineError, EngineRejected, EngineUnavailable, LockLost
-from procos_worker.models import Task
+from procos_worker.models import Task, TypedValue
 from procos_worker.settings import CamundaSettings
 
 __all__ = ["EngineClient"]
@@ -34,6 +38,8 @@ _T = TypeVar("_T")
 _LIBRARY_ERROR = re.compile(r"^received (\d{3})(?: : ([^:]*?))?(?: : (.*))?$", re.DOTALL)
 # 400 messages meaning "the lock is not ours any more" (7.24 wording).
 _LOCK_GONE = ("lock", "expired", "worker")
+# Process instance ids per query (each becomes one SQL IN list in the engine).
+_IDS_PER_QUERY = 500
 
 
 class EngineClient:
@@ -76,7 +82,7 @@ class EngineClient:
                  local_variables: Mapping[str, Any] | None = None) -> None:
         """``local_variables`` are set in the task's own scope (its activity instance), ``variables`` in
         the process instance's (where they exist, else at the top)."""
-        self._converting(lambda: self._client.complete(task_id, dict(variables), dict(local_variables or {})),
+        self._converting(lambda: self._client.complete(task_id, _wire(variables), _wire(local_variables or {})),
                          task_id=task_id)
 
     def handle_failure(self, task_id: str, *, message: str, details: str, retries: int,
@@ -89,7 +95,7 @@ class EngineClient:
     def handle_bpmn_error(self, task_id: str, *, code: str, message: str,
                           variables: Mapping[str, Any] | None = None) -> None:
         self._converting(
-            lambda: self._client.bpmn_failure(task_id, code, message, dict(variables or {})),
+            lambda: self._client.bpmn_failure(task_id, code, message, _wire(variables or {})),
             task_id=task_id,
         )
 
@@ -113,6 +119,23 @@ class EngineClient:
 
         return [str(item["id"]) for item in self._converting(call)]
 
+    def running_instance_ids(self, ids: Collection[str]) -> set[str]:
+        """Which of ``ids`` are process instances the engine still runs (active or suspended)."""
+        return self._instance_ids("/process-instance", ids)
+
+    def historic_instance_ids(self, ids: Collection[str]) -> set[str]:
+        """Which of ``ids`` still have a process-instance history (Camunda's history cleanup removes it)."""
+        return self._instance_ids("/history/process-instance", ids)
+
+    def historic_instance_count(self) -> int:
+        """How many process instances the engine's history holds (0 when it keeps no history)."""
+        def call() -> Any:
+            response = self._session.get(f"{self._base_url}/history/process-instance/count", timeout=self._timeout_s)
+            _raise_for(response)
+            return response.json()
+
+        return int(self._converting(call)["count"])
+
     def engine_name(self) -> str:
         """``GET /engine``: the cheapest call that proves the REST API answers (and auth works)."""
         def call() -> Any:
@@ -122,6 +145,22 @@ class EngineClient:
 
         engines = self._converting(call)
         return ", ".join(str(e.get("name")) for e in engines) or "(none)"
+
+    def _instance_ids(self, path: str, ids: Collection[str]) -> set[str]:
+        # POST queries: a list of ids in a GET query string would outgrow URL limits.
+        wanted = sorted(set(ids))
+        found: set[str] = set()
+        for start in range(0, len(wanted), _IDS_PER_QUERY):
+            chunk = wanted[start : start + _IDS_PER_QUERY]
+
+            def call(chunk: list[str] = chunk) -> Any:
+                response = self._session.post(f"{self._base_url}{path}", json={"processInstanceIds": chunk},
+                                              timeout=self._timeout_s)
+                _raise_for(response)
+                return response.json()
+
+            found.update(str(item["id"]) for item in self._converting(call))
+        return found
 
     def _post(self, path: str, body: dict[str, Any] | None, *, task_id: str) -> None:
         def call() -> None:
@@ -146,6 +185,13 @@ class EngineClient:
                 raise
             status, error_type, message = int(match.group(1)), match.group(2) or "", match.group(3) or ""
             raise _classify(status, error_type.strip(), message.strip(), task_id) from exc
+
+
+def _wire(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Typed values as Camunda's ``{"value", "type"}`` (the library passes a dict holding "value" through
+    as it is, and wraps anything else as ``{"value": v}``)."""
+    return {name: {"value": v.value, "type": v.type} if isinstance(v, TypedValue) else v
+            for name, v in variables.items()}
 
 
 def _raise_for(response: requests.Response, task_id: str | None = None) -> None:

@@ -1,29 +1,30 @@
-"""The ``procos-worker`` command: run, init-db, check, health."""
+"""The ``procos-worker`` command: run, init-db, check, health, context, purge."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from procos_worker.ai.endpoints import full_model_name
-from procos_worker.ai.llm import LlmClient
-from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineError, ProcosError, TaskConfigError
 from procos_worker.health import HealthRecord
+from procos_worker.ops import context_cli, purge_cli
 from procos_worker.ops.logs import configure_logging
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
-from procos_worker.worker import Worker
 
 __all__ = ["main"]
 
+_HEALTH_TIMEOUT_S = 10.0
 # `check` exit codes: which dependency failed.
 EXIT_CONFIG, EXIT_CAMUNDA, EXIT_POSTGRES, EXIT_OLLAMA, EXIT_MODEL, EXIT_SCHEMA = 2, 3, 4, 5, 6, 7
 
@@ -37,7 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     init.add_argument("--file", type=Path, help="build a fresh database from this SQL file instead of the bundled "
                                                 "init-db.sql")
     sub.add_parser("check", help="reach Camunda, PostgreSQL and Ollama; check the model is present")
-    sub.add_parser("health", help="exit 0 if a running worker refreshed its health file recently")
+    health = sub.add_parser("health", help="exit 0 while the running worker is live: asks its /healthz "
+                                           "(the health file when OPS_HTTP_PORT is 0)")
+    health.add_argument("--ready", action="store_true", help="ask /readyz instead: dependencies up, schema current, "
+                                                             "model present")
+    context_cli.add_parser(sub)
+    purge_cli.add_parser(sub)
     args = parser.parse_args(argv)
 
     try:
@@ -47,18 +53,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(settings)
 
-    if args.command == "run":
-        try:
-            worker = Worker(settings)
-        except TaskConfigError as exc:  # TASK_TOPIC_DEFAULTS names an unknown property or a bad value
-            print(f"procos-worker: invalid settings: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        return worker.run()
-    if args.command == "init-db":
-        return _init_db(settings, args.file)
-    if args.command == "check":
-        return _check(settings)
-    return _health(settings)
+    commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+        "run": lambda s, _a: _run(s),
+        "init-db": lambda s, a: _init_db(s, a.file),
+        "check": lambda s, _a: _check(s),
+        "health": lambda s, a: _health(s, a.ready),
+        "context": context_cli.run,
+        "purge": purge_cli.run,
+    }
+    return commands[args.command](settings, args)
+
+
+def _run(settings: Settings) -> int:
+    # Imported here: the worker's dependencies (ollama, the engine client...) cost every other command
+    # about half a second of start-up.
+    from procos_worker.ops import daemon  # noqa: PLC0415
+
+    try:
+        return daemon.run(settings)
+    except TaskConfigError as exc:  # TASK_TOPIC_DEFAULTS names an unknown property or a bad value
+        print(f"procos-worker: invalid settings: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _init_db(settings: Settings, path: Path | None) -> int:
@@ -71,12 +86,16 @@ def _init_db(settings: Settings, path: Path | None) -> int:
         except ProcosError as exc:
             log.error("db.init_failed", error=str(exc))
             return EXIT_POSTGRES
-    log.info("db.initialised", steps=steps or ["nothing to do"], schema=status.describe())
-    return 0
+        log.info("db.initialised", steps=steps or ["nothing to do"], schema=status.describe())
+        from procos_worker.ops.daemon import tune_camunda  # noqa: PLC0415 - loads the whole worker
+
+        return 0 if tune_camunda(store) else EXIT_POSTGRES
 
 
 def _check(settings: Settings) -> int:
     """One line per dependency; the exit code names the first that failed."""
+    from procos_worker.engine.client import EngineClient  # noqa: PLC0415 - see _run
+
     results: list[tuple[str, int, str]] = []
     engine = EngineClient(settings.camunda, settings.worker.id, async_response_timeout_ms=0, pool_size=1)
     try:
@@ -103,6 +122,9 @@ def _check(settings: Settings) -> int:
 
 def _check_ollama(settings: Settings) -> list[tuple[str, int, str]]:
     """One line per Ollama endpoint: reachable (probe timeouts) and serving OLLAMA_MODEL."""
+    from procos_worker.ai.endpoints import full_model_name  # noqa: PLC0415 - see _run
+    from procos_worker.ai.llm import LlmClient  # noqa: PLC0415
+
     endpoints = settings.ollama.endpoints
     wanted = full_model_name(settings.ollama.model)
     results: list[tuple[str, int, str]] = []
@@ -121,14 +143,21 @@ def _check_ollama(settings: Settings) -> list[tuple[str, int, str]]:
     return results
 
 
-def _health(settings: Settings) -> int:
+def _health(settings: Settings, ready: bool) -> int:
+    """Ask the running worker's /healthz (or /readyz); read its health file when the HTTP port is off."""
+    if settings.ops.http_port:
+        return _health_http(settings, "/readyz" if ready else "/healthz")
+    if ready:
+        print("procos-worker health --ready needs the HTTP port (OPS_HTTP_PORT is 0)", file=sys.stderr)
+        return EXIT_CONFIG
     path = settings.worker.health_file
     try:
         record = HealthRecord.read(path)
     except (OSError, ValueError) as exc:
         print(f"unhealthy: no readable health file at {path} ({exc})", file=sys.stderr)
         return 1
-    problem = record.problem(now=time.time(), max_age_s=settings.worker.health_max_age_s)
+    problem = record.problem(now=time.time(), max_age_s=settings.worker.health_max_age_s,
+                             liveness_max_s=settings.ops.liveness_max_s)
     if problem is not None:
         print(f"unhealthy: {problem}", file=sys.stderr)
         return 1
@@ -136,3 +165,29 @@ def _health(settings: Settings) -> int:
     print(f"healthy: worker {record.worker_id} in_flight={record.in_flight} "
           f"age={time.time() - record.ts:.1f}s" + (f" waiting for {', '.join(down)}" if down else ""))
     return 0
+
+
+def _health_http(settings: Settings, path: str) -> int:
+    host = settings.ops.http_host
+    # A worker listening on every interface is asked on the loopback one.
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    url = f"http://{host}:{settings.ops.http_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=_HEALTH_TIMEOUT_S) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except OSError as exc:
+        print(f"unhealthy: no worker answers on {url} ({exc})", file=sys.stderr)
+        return 1
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {"status": body[:200].decode("utf-8", "replace")}
+    summary = " ".join(f"{k}={answer[k]}" for k in ("status", "state", "worker_id", "in_flight", "problem")
+                       if k in answer)
+    if "checks" in answer:
+        summary += " " + " ".join(f"{name}={'ok' if c.get('ok') else 'FAILED: ' + str(c.get('detail'))}"
+                                  for name, c in answer["checks"].items())
+    print(summary, file=sys.stdout if status == 200 else sys.stderr)
+    return 0 if status == 200 else 1

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
-from procos_worker.models import LlmResult, ModelRow, StoredOutput, Task, TaskInputs
+from procos_worker.models import LlmResult, ModelRow, StoredContext, StoredOutput, Task, TaskInputs
 
 __all__ = ["ModelTableApi", "StoreApi"]
 
@@ -25,11 +25,17 @@ class StoreApi(Protocol):
     def ping(self) -> None: ...
 
     def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
-                   model: str, options: Mapping[str, Any],
-                   think: bool | str | None = None) -> tuple[UUID, StoredOutput | None]: ...
+                   model: str, options: Mapping[str, Any], think: bool | str | None = None,
+                   context_type: str = "input",
+                   extra: Mapping[str, Any] | None = None) -> tuple[UUID, StoredOutput | None]: ...
 
     def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *,
-                    prompt_chars: int | None = None) -> StoredOutput: ...
+                    prompt_chars: int | None = None, context_type: str = "output",
+                    extra: Mapping[str, Any] | None = None) -> StoredOutput: ...
+
+    def get(self, context_id: UUID | str) -> StoredContext | None: ...
+
+    def answer_to(self, task_id: str, input_id: UUID, context_type: str) -> StoredContext | None: ...
 
 
 class ModelTableApi(Protocol):

@@ -4,6 +4,11 @@ Writes are keyed by (task_id, context_type) (unique index in sql/init-db.sql): a
 after a crash or an expired lock finds its rows instead of writing second ones. Each write is one
 autocommitted statement, so a row the worker sees has been committed.
 
+Row types: ``input`` and ``output`` (the answer the task completes with). A structured task
+(``procos.outputSchema``) also writes, per answer that breaks its schema, ``invalid_output_<n>`` (the
+answer of attempt n) and ``repair_input_<n+1>`` (the request to repair it); ``output`` is written only
+for an answer that passed the check.
+
 psycopg errors are turned into the project's errors here: can't connect / connection lost ->
 ``StoreUnavailable`` (the worker waits for the database); anything else PostgreSQL rejects ->
 ``PermanentError`` (an incident, with PostgreSQL's message).
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -25,7 +31,7 @@ from procos_worker import textcodec
 from procos_worker.errors import PermanentError, StoreUnavailable
 from procos_worker.models import LlmResult, StoredContext, StoredOutput, Task, TaskInputs
 from procos_worker.settings import DatabaseSettings
-from procos_worker.store import migrations
+from procos_worker.store import camunda_tuning, migrations, queries
 
 __all__ = ["ContextStore"]
 
@@ -41,7 +47,7 @@ _INSERT_OUTPUT = f"""
     INSERT INTO procos_ai_context
         (process_instance_id, task_id, activity_id, process_definition_key, activity_instance_id,
          context_type, content_data, content_text, ai_provider, model_used, token_usage{{thinking_column}})
-    VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s, 'output',
+    VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s, %(type)s,
             jsonb_build_object('content', {{text}}) || %(meta)s::jsonb, {{text}},
             %(provider)s, %(model)s, %(usage)s{{thinking_value}})
     ON CONFLICT (task_id, context_type) DO NOTHING
@@ -102,18 +108,24 @@ class ContextStore:
         """Create the schema, or apply the migrations it lacks (``migrations.upgrade``)."""
         return self._run(lambda cur: migrations.upgrade(cur.connection, init_sql=init_sql))
 
+    def tune_camunda(self) -> list[str]:
+        """Build procos' indexes on Camunda's tables without blocking the engine (``camunda_tuning.tune``)."""
+        return self._run(lambda cur: camunda_tuning.tune(cur.connection))
+
     def schema_status(self) -> migrations.SchemaStatus:
         return self._run(lambda cur: migrations.schema_status(cur.connection))
 
     # -- worker writes ---------------------------------------------------------------------------
 
     def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
-                   model: str, options: Mapping[str, Any],
-                   think: bool | str | None = None) -> tuple[UUID, StoredOutput | None]:
+                   model: str, options: Mapping[str, Any], think: bool | str | None = None,
+                   context_type: str = "input",
+                   extra: Mapping[str, Any] | None = None) -> tuple[UUID, StoredOutput | None]:
         """Store what the model is asked (once per task id): every message in order, the inputs they were
         made from (variables, or templates and the values they used), the model, its options and ``think``
         (when sent); in the same round trip look for an output row an earlier attempt committed. Returns
-        (input row id, that output or None).
+        (input row id, that output or None). ``context_type``: ``repair_input_<n>`` for a structured task's
+        repair request; ``extra`` goes into ``content_data`` too (the output schema, the attempt).
         """
         prompt = messages[-1]["content"]
         data: dict[str, Any] = {
@@ -133,6 +145,7 @@ class ContextStore:
         if inputs.templates:
             data["templates"] = dict(inputs.templates)
             data["variables"] = dict(inputs.template_variables)
+        data.update(extra or {})
         data, text = _storable(data, prompt)
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
@@ -144,19 +157,20 @@ class ContextStore:
                         (process_instance_id, task_id, activity_id, process_definition_key,
                          activity_instance_id, context_type, content_data, content_text, ai_provider, model_used)
                     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s,
-                            'input', %(data)s, %(text)s, %(provider)s, %(model)s)
+                            %(type)s, %(data)s, %(text)s, %(provider)s, %(model)s)
                     ON CONFLICT (task_id, context_type) DO NOTHING
                     RETURNING id
                 )
                 SELECT COALESCE((SELECT id FROM ins),
                                 (SELECT id FROM procos_ai_context
-                                 WHERE task_id = %(task)s AND context_type = 'input')) AS input_id,
+                                 WHERE task_id = %(task)s AND context_type = %(type)s)) AS input_id,
                        output.*
                 FROM (SELECT 1) AS one
                 LEFT JOIN LATERAL (SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context
                                    WHERE task_id = %(task)s AND context_type = 'output') AS output ON true
                 """,
-                {**_step(task), "data": Jsonb(data), "text": text, "provider": self._provider, "model": model},
+                {**_step(task), "type": context_type, "data": Jsonb(data), "text": text, "provider": self._provider,
+                 "model": model},
             )
             row = cur.fetchone()
             assert row is not None
@@ -166,9 +180,12 @@ class ContextStore:
         return UUID(str(row["input_id"])), (None if row["id"] is None else self._to_output(row))
 
     def save_output(self, task: Task, result: LlmResult, input_id: UUID | None, *,
-                    prompt_chars: int | None = None) -> StoredOutput:
+                    prompt_chars: int | None = None, context_type: str = "output",
+                    extra: Mapping[str, Any] | None = None) -> StoredOutput:
         """Store the answer; if an earlier attempt already did, return that row instead (exactly once).
-        ``prompt_chars`` (all messages sent) goes with the token counts, for characters per token."""
+        ``prompt_chars`` (all messages sent) goes with the token counts, for characters per token.
+        ``context_type``: ``invalid_output_<n>`` for a structured answer that broke its schema; ``extra``
+        goes into ``content_data`` too (the parsed answer, the attempt, what was wrong)."""
         meta: dict[str, Any] = {
             "model": result.model,
             "done_reason": result.done_reason,
@@ -181,6 +198,7 @@ class ContextStore:
             "input_context_id": None if input_id is None else str(input_id),
             "topic": task.topic,
             "worker_id": task.worker_id,
+            **(extra or {}),
         }
         thinking = result.thinking
         if thinking:
@@ -205,7 +223,7 @@ class ContextStore:
             "prompt_chars": prompt_chars,
         }
 
-        params = {**_step(task), "text": text, "meta": Jsonb(meta), "provider": self._provider,
+        params = {**_step(task), "type": context_type, "text": text, "meta": Jsonb(meta), "provider": self._provider,
                   "model": result.model, "usage": Jsonb(usage), "thinking": thinking}
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
@@ -221,8 +239,8 @@ class ContextStore:
             if row is None:
                 cur.execute(
                     f"SELECT {_OUTPUT_COLUMNS} FROM procos_ai_context "
-                    "WHERE task_id = %s AND context_type = 'output'",
-                    (task.id,),
+                    "WHERE task_id = %s AND context_type = %s",
+                    (task.id, context_type),
                 )
                 row = cur.fetchone()
             assert row is not None
@@ -261,6 +279,16 @@ class ContextStore:
         )
         return rows[0] if rows else None
 
+    def answer_to(self, task_id: str, input_id: UUID, context_type: str) -> StoredContext | None:
+        """The row of type ``context_type`` that answered the input row ``input_id`` of task ``task_id``, if
+        an earlier delivery of the task stored one (a structured task's invalid answer, found again)."""
+        rows = self._select(
+            f"""SELECT {_ROW_COLUMNS} FROM procos_ai_context
+                WHERE task_id = %s AND context_type = %s AND content_data->>'input_context_id' = %s""",
+            (task_id, context_type, str(input_id)),
+        )
+        return rows[0] if rows else None
+
     def step_answers(self, process_definition_key: str, activity_id: str, *,
                      process_instance_id: str | None = None) -> list[StoredContext]:
         """Every answer (output row) of one BPMN step, oldest first; of one process instance if given
@@ -290,6 +318,14 @@ class ContextStore:
                 ORDER BY created_at, context_type, id""",
             (process_instance_id,),
         )
+
+    def search(self, text: str, *, limit: int = 20, context_type: str | None = None) -> list[queries.SearchHit]:
+        """Rows whose text contains ``text``, newest first (``queries.search``)."""
+        return self._run(lambda cur: queries.search(cur, text, limit=limit, context_type=context_type))
+
+    def stats(self, *, since: datetime | None = None) -> queries.Stats:
+        """Calls, tokens and latency per model and per BPMN step (``queries.stats``)."""
+        return self._run(lambda cur: queries.stats(cur, since=since))
 
     # -- plumbing --------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ statically.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 import uuid
@@ -61,6 +62,12 @@ def image() -> Iterator[str]:
     podman("rmi", tag, check=False)  # the tag only: the layers stay cached for the next build
     # Each build whose sources changed leaves its build stage behind untagged: drop the old ones.
     podman("image", "prune", "-f", "--filter", "until=24h", check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _env(settings: Settings, **extra: str) -> list[str]:
@@ -111,10 +118,11 @@ def test_serves_a_real_task_turns_healthy_and_stops_cleanly_on_sigterm(
     name = f"procos-test-{uuid.uuid4().hex[:8]}"
     podman("run", "-d", "--name", name, "--network", "host", *LIMITS,
            *_env(settings, WORKER_TOPICS=topic, WORKER_ID=worker_id, WORKER_SHUTDOWN_GRACE_S="5",
-                 OLLAMA_OPTIONS='{"num_predict": 16}'), image)
+                 OLLAMA_OPTIONS='{"num_predict": 16}', OPS_HTTP_PORT=str(_free_port())), image)
     try:
         assert podman("exec", name, "id", "-u").stdout.strip() == "10001"
-        # The HEALTHCHECK command: healthy once the running worker refreshes its health file.
+        # The HEALTHCHECK command: healthy once the running worker's /healthz says so. The container shares
+        # the host's network here, so the worker gets a port of its own (OPS_HTTP_PORT), not the default.
         wait_until(lambda: podman("healthcheck", "run", name, check=False).returncode == 0, 60,
                    "the container's health check to pass")
         assert podman("inspect", "--format", "{{.State.Health.Status}}", name).stdout.strip() == "healthy"

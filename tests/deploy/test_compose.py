@@ -100,7 +100,7 @@ def test_the_schema_rejects_a_broken_file(compose: dict[str, Any], tmp_path: Pat
 
 
 @pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "ENGINE_ADMIN_PASSWORD",
-                                     "POSTGRES_WORKER_USER", "POSTGRES_WORKER_PASSWORD"])
+                                     "POSTGRES_WORKER_USER", "POSTGRES_WORKER_PASSWORD", "GRAFANA_ADMIN_PASSWORD"])
 def test_credentials_are_required_from_env(
     compose_raw: dict[str, Any], env_example: dict[str, str], missing: str
 ) -> None:
@@ -112,7 +112,8 @@ def test_credentials_are_required_from_env(
 
 
 def test_no_credential_is_written_into_the_deployment_files(env_example: dict[str, str]) -> None:
-    secrets = {env_example[key] for key in ("POSTGRES_PASSWORD", "ENGINE_ADMIN_PASSWORD", "POSTGRES_WORKER_PASSWORD")}
+    secrets = {env_example[key] for key in ("POSTGRES_PASSWORD", "ENGINE_ADMIN_PASSWORD", "POSTGRES_WORKER_PASSWORD",
+                                            "GRAFANA_ADMIN_PASSWORD")}
     for path in (COMPOSE_FILE, CAMUNDA_DEFAULT_YML, DOCKERFILE):
         text = path.read_text(encoding="utf-8")
         for secret in secrets:
@@ -173,6 +174,8 @@ def test_worker_starts_after_everything_it_needs(services: dict[str, dict[str, A
     }
     assert services["camunda"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert services["ollama-pull"]["depends_on"] == {"ollama": {"condition": "service_healthy"}}
+    # init-db builds procos' indexes on Camunda's tables, so it runs once Camunda has made them.
+    assert services["init-db"]["depends_on"]["camunda"] == {"condition": "service_healthy"}
 
 
 def test_every_service_waited_on_as_healthy_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
@@ -201,7 +204,7 @@ def test_postgres_health_check_and_data_volume(services: dict[str, dict[str, Any
     # TCP, not the socket: the init-time server listens on the socket only.
     assert "-h 127.0.0.1" in check
     assert ("postgres-data", "/var/lib/postgresql/data") in _volumes(postgres)
-    assert set(compose["volumes"]) == {"postgres-data", "ollama-data"}
+    assert set(compose["volumes"]) == {"postgres-data", "ollama-data", "prometheus-data", "grafana-data"}
     # A fixed project name gives fixed volume names: procos_postgres-data, procos_ollama-data.
     assert compose["name"] == "procos"
 

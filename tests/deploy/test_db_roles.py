@@ -170,3 +170,25 @@ def test_an_older_database_gets_the_grants_from_init_db(cluster: Cluster) -> Non
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM procos_ai_context").fetchone() == (0,)
 
+
+
+def test_the_worker_login_leaves_camunda_tuning_to_the_owner(cluster: Cluster) -> None:
+    """A worker starting with the DML-only login checks Camunda's indexes and leaves the building to
+    `init-db` with the owner's login (only a table's owner may index it)."""
+    name = cluster.new_database()
+    for table in ("act_ru_variable", "act_hi_varinst"):  # the columns the indexes use, owned like Camunda's
+        cluster.psql(name, "-c", f"CREATE TABLE {table} (id_ varchar(64), name_ varchar(255), text_ varchar(4000))")
+    worker = ContextStore(DatabaseSettings(url=SecretStr(cluster.url(name, WORKER, WORKER_PW))))
+    owner = ContextStore(DatabaseSettings(url=SecretStr(cluster.url(name))))
+    with worker, owner:
+        steps = worker.tune_camunda()
+        assert [s for s in steps if s.startswith("not the owner of act_")] == [
+            "not the owner of act_ru_variable: idx_act_ru_variable_ai_context_id not built (run procos-worker "
+            "init-db with the owner's login)",
+            "not the owner of act_hi_varinst: idx_act_hi_varinst_ai_context_id not built (run procos-worker "
+            "init-db with the owner's login)"]
+        assert steps[-1] == "optimize_camunda_for_ai() not called"
+        assert [s for s in owner.tune_camunda() if "built concurrently" in s] != []
+        again = worker.tune_camunda()
+        assert "idx_act_ru_variable_ai_context_id present" in again
+        assert again[-1].startswith("optimize_camunda_for_ai(): ")

@@ -14,8 +14,8 @@ from tests.deploy.deploykit import COMPOSE_BLOCK, WORKER_BLOCK, EnvEntry, refere
 pytestmark = pytest.mark.deploy
 
 # Settings whose compose value differs from the worker's own default on purpose: inside compose the
-# services are reached by their service names.
-COMPOSE_SPECIFIC = {"CAMUNDA_BASE_URL", "OLLAMA_BASE_URL", "DATABASE_URL"}
+# services are reached by their service names, and the worker's HTTP port listens beyond the loopback.
+COMPOSE_SPECIFIC = {"CAMUNDA_BASE_URL", "OLLAMA_BASE_URL", "DATABASE_URL", "OPS_HTTP_HOST"}
 
 
 def _block(entries: list[EnvEntry], title: str) -> list[EnvEntry]:
@@ -126,3 +126,4 @@ def test_the_worker_accepts_the_environment_compose_gives_it(
     assert first.camunda.username is None and first.camunda.password is None
     assert first.ollama.keep_alive is None
     assert first.worker.topics == ["ai-query"]
+    assert (first.ops.http_host, first.ops.http_port) == ("0.0.0.0", 9464), "Prometheus reaches every replica"

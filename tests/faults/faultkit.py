@@ -49,6 +49,9 @@ def worker_env(tmp: Path, topic: str, **overrides: str) -> dict[str, str]:
         # Short backoffs keep recovery inside the CI budget; the schedule's shape is what is tested.
         "BACKOFF_INITIAL_S": "0.2",
         "BACKOFF_MAX_S": "2",
+        # No HTTP port unless a test asks for one: workers of tests running side by side must not
+        # compete for the default 9464 (nor answer each other's health checks).
+        "OPS_HTTP_PORT": "0",
     }
     env.update(overrides)
     return env

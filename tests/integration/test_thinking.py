@@ -12,7 +12,7 @@ import pytest
 from procos_testkit.pg import scratch_database
 from procos_worker.ai.llm import LlmClient
 from procos_worker.errors import LlmRequestInvalid
-from procos_worker.models import LlmResult, Task
+from procos_worker.models import LlmResult, Task, TaskInputs
 from procos_worker.settings import DatabaseSettings, Settings
 from procos_worker.store import migrations
 from procos_worker.store.context import ContextStore
@@ -53,3 +53,30 @@ def test_thinking_is_stored_apart_from_the_answer(settings: Settings) -> None:
                                     (str(thought.id),)).fetchone()
             assert data is not None and data[0]["thinking_length"] == len("Let me think\x00 about it.")
             assert "thinking" not in data[0] and "think" not in data[0]["content"]
+
+
+def test_a_structured_attempt_keeps_its_own_thinking(settings: Settings) -> None:
+    # A structured task's rejected answer (invalid_output_<n>, with what was wrong) and its valid one
+    # (output) each keep the thinking of their own attempt; the input rows record think.
+    task = _task()
+    with scratch_database(settings.database.url.get_secret_value()) as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            migrations.upgrade(conn)
+        with ContextStore(DatabaseSettings(url=url)) as store:
+            input_id, _ = store.save_input(task, TaskInputs(query="q"), [{"role": "user", "content": "q"}],
+                                           model="r1:1b", options={}, think="low", extra={"attempt": 1})
+            invalid = store.save_output(task, _result("nope", "first try"), input_id,
+                                        context_type="invalid_output_1", extra={"errors": ["not JSON"]})
+            repair_id, _ = store.save_input(task, TaskInputs(query="q"), [{"role": "user", "content": "again"}],
+                                            model="r1:1b", options={}, think="low", context_type="repair_input_2")
+            valid = store.save_output(task, _result('{"a": 1}', "second try"), input_id,
+                                      extra={"structured": {"a": 1}, "repair_input_id": str(repair_id)})
+            assert store.thinking(invalid.id) == "first try" and store.thinking(valid.id) == "second try"
+            rejected = store.answer_to(task.id, input_id, "invalid_output_1")
+            assert rejected is not None and rejected.id == invalid.id and rejected.content_text == "nope"
+            assert rejected.content_data["errors"] == ["not JSON"]
+            answer, question = store.get(valid.id), store.get(input_id)
+            assert answer is not None and answer.context_type == "output"
+            assert answer.content_data["structured"] == {"a": 1}
+            assert question is not None and question.content_data["think"] == "low"
+            assert question.content_data["attempt"] == 1

@@ -5,6 +5,7 @@ stack cache), in step with the properties the worker knows, and used by the exam
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import jsonschema
 import pytest
 
 from procos_testkit.npm import npm_package
+from procos_worker.ai.structured import structured_output
 from procos_worker.ai.taskconfig import KNOWN_PROPERTIES, parse_properties
 
 pytestmark = pytest.mark.modeler
@@ -82,3 +84,22 @@ def test_the_example_bpmn_uses_the_template_with_properties_the_worker_accepts(t
         properties = {p.get("name"): p.get("value") for p in task.findall(".//camunda:property", NS)}
         assert {"procos.prompt", "procos.resultPrefix", "procos.resultScope"} <= set(properties)
         parse_properties(properties, f"activity '{task.get('id')}'")  # raises on anything the worker refuses
+
+
+def test_the_triage_example_uses_the_template_with_a_schema_the_worker_accepts(template: dict[str, Any]) -> None:
+    tree = ET.parse(ROOT / "bpmn" / "ai-ticket-triage.bpmn")
+    (task,) = tree.getroot().findall(".//bpmn:serviceTask", NS)
+    assert task.get(f"{{{NS['camunda']}}}modelerTemplate") == template["id"]
+    assert task.get(f"{{{NS['camunda']}}}modelerTemplateVersion") == str(template["version"])
+    properties = {p.get("name"): p.get("value") for p in task.findall(".//camunda:property", NS)}
+    parsed = parse_properties(properties, "activity 'triage'")
+    output = structured_output(parsed["procos.outputSchema"], parsed["procos.outputVariables"])
+    assert output.variables == ("category", "urgent", "priority", "summary")
+    assert output.types["summary"] == frozenset({"string"})
+    assert output.schema["properties"]["summary"]["maxLength"] <= 4000
+    # The template's own checks accept what the example holds.
+    patterns = {p["binding"]["name"]: p["constraints"]["pattern"]["value"] for p in template["properties"]
+                if "pattern" in p.get("constraints", {})}
+    for name in ("procos.outputSchema", "procos.outputVariables", "procos.options"):
+        assert re.fullmatch(patterns[name], properties[name] or ""), name
+    assert not re.fullmatch(patterns["procos.outputVariables"], "category; urgent")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 PACKAGE = "procos_worker"
 ROOT = Path(__file__).resolve().parents[2]
-BASE = ("settings", "errors", "models", "textcodec", "backoff", "health")
-PIPELINE = ("inputs", "flags", "outcomes", "gate", "taskrun", "heartbeat", "handler", "worker")
+BASE = ("settings", "errors", "models", "textcodec", "backoff", "health", "metrics")
+PIPELINE = ("inputs", "flags", "outcomes", "gate", "taskrun", "heartbeat", "handler", "worker", "retention")
 CLIENT_FOLDERS = ("engine", "ai", "store")
 OPS_FOLDER = "ops"
 OUTSIDE_THE_RUNTIME = ("procos_testkit", "procos_bench")

@@ -17,6 +17,7 @@ from procos_worker.errors import ModelRefused, TaskConfigError
 from procos_worker.models import ModelRow, Task
 from procos_worker.settings import OllamaSettings, RegistrySettings, Settings, TaskSettings
 
+SCHEMA = '{"type": "object", "properties": {"urgent": {"type": "boolean"}}, "required": ["urgent"]}'
 ROWS = [
     ModelRow(name="smollm2:135m", provider="ollama", version="1", active=True,
              config_data={"options": {"num_ctx": 4096, "temperature": 0.7}}),
@@ -113,6 +114,14 @@ def test_the_model_registry_can_refuse_the_tasks_model() -> None:
         ({"procos.model": "my model"}, "property procos.model: 'my model' is not an Ollama model name"),
         ({"procos.prompt": "Hi {{ name "}, "property procos.prompt: template syntax error on line 1"),
         ({"procos.systemPrompt": "a\n{% if %}"}, "property procos.systemPrompt: template syntax error on line 2"),
+        ({"procos.outputSchema": "{type: object}"}, "property procos.outputSchema: is not valid JSON"),
+        ({"procos.outputSchema": '{"type": "array"}'}, "property procos.outputSchema: must describe a JSON object"),
+        ({"procos.outputSchema": '{"type": "object", "properties": {"a": {"type": "text"}}}'},
+         "property procos.outputSchema: is not a valid JSON Schema: at /properties/a/type"),
+        ({"procos.outputVariables": "urgent"},
+         "property procos.outputVariables: names answer properties, but there is no procos.outputSchema"),
+        ({"procos.outputSchema": SCHEMA, "procos.outputVariables": "urgent, colour"},
+         "property procos.outputVariables: 'colour' is not a property of procos.outputSchema (it declares: urgent)"),
     ],
 )
 def test_a_bad_property_is_an_incident_naming_activity_and_property(properties: dict[str, str], problem: str) -> None:
@@ -139,12 +148,33 @@ def test_the_same_properties_on_two_activities_name_each_activity() -> None:
         ({"t": {"procos.modle": "x"}}, "TASK_TOPIC_DEFAULTS topic 't': unknown property procos.modle"),
         ({"t": {"procos.options": "{"}}, "TASK_TOPIC_DEFAULTS topic 't', property procos.options: is not valid JSON"),
         ({"t": {"procos.resultPrefix": 5}}, "property procos.resultPrefix: must be text, got int"),
+        ({"t": {"procos.outputSchema": {"type": "object", "properties": {"model": {"type": "string"}}}}},
+         "TASK_TOPIC_DEFAULTS topic 't', property procos.outputSchema: answer property 'model' would overwrite"),
     ],
 )
 def test_bad_topic_defaults_fail_when_the_worker_starts(defaults: dict[str, Any], problem: str) -> None:
     with pytest.raises(TaskConfigError) as info:
         _configs(topic_defaults=defaults)
     assert problem in info.value.message
+
+
+def test_an_output_schema_from_the_task_or_its_topic_with_the_variables_it_exposes() -> None:
+    schema = {"type": "object", "properties": {"category": {"enum": ["a", "b"]}, "urgent": {"type": "boolean"},
+                                               "items": {"type": "array"}}}
+    configs = _configs(topic_defaults={"triage": {"procos.outputSchema": schema}})
+    from_topic = configs.resolve(_task(topic="triage"))
+    assert from_topic.output is not None and from_topic.output.schema == schema
+    assert from_topic.output.variables == ("category", "urgent")  # not the array
+    limited = configs.resolve(_task(topic="triage", **_props(procos_outputVariables="urgent")))
+    assert limited.output is not None and limited.output.variables == ("urgent",)
+    own = configs.resolve(_task(**_props(procos_outputSchema=SCHEMA)))
+    assert own.output is not None and own.output.variables == ("urgent",)
+    assert configs.resolve(_task()).output is None
+    # Names alone in a topic's defaults are for tasks that bring their schema: checked per task.
+    names_only = _configs(topic_defaults={"t": {"procos.outputVariables": "urgent"}})
+    assert names_only.resolve(_task(topic="t", **_props(procos_outputSchema=SCHEMA))).output is not None
+    with pytest.raises(TaskConfigError, match=r"there is no procos\.outputSchema"):
+        names_only.resolve(_task(topic="t"))
 
 
 def test_parsed_properties_are_cached_per_text() -> None:
@@ -158,7 +188,7 @@ def test_parsed_properties_are_cached_per_text() -> None:
 
 def test_the_known_properties_are_the_contracts_of_this_issue() -> None:
     assert {"procos.model", "procos.options", "procos.prompt", "procos.systemPrompt", "procos.resultPrefix",
-            "procos.resultScope"} <= KNOWN_PROPERTIES
+            "procos.resultScope", "procos.outputSchema", "procos.outputVariables"} <= KNOWN_PROPERTIES
 
 
 def test_the_worker_refuses_to_start_with_bad_topic_defaults(tmp_path: Path) -> None:
