@@ -3,8 +3,8 @@
 Prints progress on stderr, the table on stdout, and as its last stdout line one JSON object with
 the keys p1_ratio_vs_ceiling, p2_ratio_vs_library_worker, p3_overhead_ratio,
 p3_structured_overhead_ratio, p4_seconds, p4_rss_ratio, p5_scaleout_ratio, p5_duplicates,
-p5_worker_cpu_ratio (from the P1 runs), p7_memory_overhead_ratio, p7_budget_fill, p7_overflows,
-p8_orphan_recovery_s (null for a scenario not run) and "details".
+p5_worker_cpu_ratio (from the P1 runs), p6_endpoints_ratio, p7_memory_overhead_ratio, p7_budget_fill,
+p7_overflows, p8_orphan_recovery_s (null for a scenario not run) and "details".
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from procos_bench.scenarios import Bench, Config
 
 __all__ = ["main"]
 
-SCENARIOS = ("curve", "p2", "p3", "p3s", "p4", "p5", "p7", "p8")  # "curve" yields P1; "p3s" P3 with a structured answer
+SCENARIOS = ("curve", "p2", "p3", "p3s", "p4", "p5", "p6", "p7", "p8")  # "curve" yields P1; "p3s": P3, structured
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller run (about 3 minutes)")
     parser.add_argument("--only", default="",
-                        help="comma-separated subset of: p1 (=curve), p2, p3, p3s, p4, p5, p7, p8")
+                        help="comma-separated subset of: p1 (=curve), p2, p3, p3s, p4, p5, p6, p7, p8")
     parser.add_argument("--reps", type=int, help="repetitions per comparison (default 3)")
     parser.add_argument("--levels", help="tasks in flight for the curve, e.g. 1,2,4,8,16")
     parser.add_argument("--tasks", type=int, help="tasks per curve run")
@@ -45,6 +45,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--p5-tasks", type=int)
     parser.add_argument("--p7-reps", type=int, help="repetitions of each P7 measure (default 3)")
     parser.add_argument("--p8-reps", type=int, help="kill -9 repetitions for P8 (default 3)")
+    parser.add_argument("--p6-tasks", type=int)
     parser.add_argument("--camunda-url", default=Stack.camunda_url)
     parser.add_argument("--database-url", default=Stack.database_url)
     parser.add_argument("--ollama-url", default=Stack.ollama_url, help="the real Ollama (P3)")
@@ -69,7 +70,7 @@ def _config(args: argparse.Namespace) -> Config:
         changes["curve_tasks"] = args.tasks
         changes["p2_tasks"] = args.tasks
         changes["p2_library_tasks"] = max(5, args.tasks // 5)
-    for name in ("p2_in_flight", "p3_reps", "p4_bytes", "p4_reps", "p5_tasks", "p7_reps", "p8_reps"):
+    for name in ("p2_in_flight", "p3_reps", "p4_bytes", "p4_reps", "p5_tasks", "p6_tasks", "p7_reps", "p8_reps"):
         value = getattr(args, name)
         if value:
             changes[name] = value

@@ -21,6 +21,7 @@ TARGETS = {
     "p5_scaleout_ratio": ">= 3.2",
     "p5_duplicates": "0",
     "p5_worker_cpu_ratio": "<= 0.15",
+    "p6_endpoints_ratio": ">= 1.7",
     "p7_memory_overhead_ratio": "<= 1.05",
     "p7_budget_fill": ">= 0.8",
     "p7_overflows": "0",
@@ -47,8 +48,8 @@ def _m(d: dict[str, Any] | None, key: str = "median") -> float | None:
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers (the keys of the JSON last line)."""
-    p1, p2, p3, p3s, p4, p5, p7, p8 = (results.get(k) or {}
-                                       for k in ("p1", "p2", "p3", "p3s", "p4", "p5", "p7", "p8"))
+    p1, p2, p3, p3s, p4, p5, p6, p7, p8 = (results.get(k) or {}
+                                           for k in ("p1", "p2", "p3", "p3s", "p4", "p5", "p6", "p7", "p8"))
     out: dict[str, Any] = {
         "p1_ratio_vs_ceiling": _m(p1.get("ratio")),
         "p2_ratio_vs_library_worker": _m(p2.get("ratio")),
@@ -60,6 +61,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "p5_duplicates": p5.get("duplicates"),
         # Measured in the P1 runs: worker CPU ms per task / (Camunda + PostgreSQL CPU ms per task).
         "p5_worker_cpu_ratio": _m(p1.get("worker_cpu_ratio")),
+        # Real model: tasks/s with two Ollama endpoints / with one.
+        "p6_endpoints_ratio": _m(p6.get("ratio")),
         "p7_memory_overhead_ratio": _m(p7.get("ratio")),
         "p7_budget_fill": _m(p7.get("fill")),
         "p7_overflows": p7.get("overflows"),
@@ -109,9 +112,9 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         "| # | measure | procos-worker | baseline | ratio median (min-max) | target |",
         "|---|---|---|---|---|---|",
     ]
-    names = ("p1", "p2", "p3", "p3s", "p4", "p5", "p7", "p8")
+    names = ("p1", "p2", "p3", "p3s", "p4", "p5", "p6", "p7", "p8")
     failed = {k for k in names if "error" in (results.get(k) or {})}
-    p1, p2, p3, p3s, p4, p5, p7, p8 = ({} if k in failed else results.get(k) or {} for k in names)
+    p1, p2, p3, p3s, p4, p5, p6, p7, p8 = ({} if k in failed else results.get(k) or {} for k in names)
     if p1:
         lines.append(f"| P1 | tasks/s, instant LLM, full storage, {p1['in_flight']} in flight vs raw-REST ceiling "
                      f"({p1['in_flight']} threads, keep-alive) | {_fmt(p1.get('procos'))} | {_fmt(p1.get('ceiling'))} "
@@ -138,6 +141,11 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         lines.append(f"| P5 | tasks/s, {p5['tasks']} tasks, {p5['delay_ms']} ms LLM: {p5['processes']} processes vs 1 "
                      f"| {_fmt(p5.get('many'))} | {_fmt(p5.get('one'))} | {_fmt(p5.get('ratio'), 2)}; "
                      f"duplicates {p5.get('duplicates')} | {TARGETS['p5_scaleout_ratio']}, 0 dup |")
+    if p6:
+        lines.append(f"| P6 | tasks/s, {p6['tasks']} tasks, real {p6['model']} (num_predict "
+                     f"{p6['options']['num_predict']}), {p6['in_flight']} in flight: 2 Ollama endpoints vs 1 "
+                     f"| {_fmt(p6.get('two'), 2)} | {_fmt(p6.get('one'), 2)} | {_fmt(p6.get('ratio'), 2)} "
+                     f"| {TARGETS['p6_endpoints_ratio']} |")
     lines += _p7_rows(p7)
     if p8:
         lines.append(f"| P8 | kill -9 of a worker holding {p8['tasks']} tasks (lock {p8['lock_ms'] // 1000} s), "

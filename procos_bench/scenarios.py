@@ -1,5 +1,5 @@
 """The measurements: the throughput curve (and P1 from it), P2, P3 (and P3s: structured answers), P4, P5,
-P7 (``procos_bench.memory``), P8 (orphan recovery).
+P6 (several Ollama endpoints), P7 (``procos_bench.memory``), P8 (orphan recovery).
 
 Every timed run goes through :meth:`Bench.measure`: a fresh :class:`Batch` on its own topic, the
 consumer started and polling, the batch released, completion polled, CPU of each process group taken
@@ -33,6 +33,7 @@ from procos_bench.procs import (
     start_worker,
 )
 from procos_testkit.engine import EngineRest
+from procos_testkit.second_ollama import SecondOllama
 from procos_testkit.worker_process import WorkerProcess
 from procos_worker.settings import DatabaseSettings
 from procos_worker.store.context import ContextStore
@@ -81,11 +82,13 @@ class Config:
     p8_tasks: int = 4
     p8_lock_ms: int = 60_000
     p8_answer_delay_ms: int = 100
+    p6_tasks: int = 24
+    p6_num_predict: int = 32
 
     @classmethod
     def quick(cls) -> Config:
         return cls(levels=(1, 4), curve_tasks=60, p2_library_tasks=15, p2_tasks=60, p3_reps=3, p4_reps=1,
-                   p5_tasks=100, p7_reps=1)
+                   p5_tasks=100, p6_tasks=12, p7_reps=1)
 
 
 @dataclass
@@ -458,6 +461,33 @@ class Bench:
             "ratio": paired([r.rate for r in many], [r.rate for r in one]).as_dict(),
             "duplicates": sum(d["duplicates"] for d in dup), "per_run": dup,
             "cpu_many": _median_cpu(many), "cpu_one": _median_cpu(one),
+        }
+
+    # -- P6 ----------------------------------------------------------------------------------------
+
+    def p6(self) -> None:
+        """Real model: one worker with two Ollama endpoints vs the same worker with one of them; 2 tasks in
+        flight both times. Both endpoints are servers of this run's own (``stack/ollama.sh`` on free ports,
+        sharing the model store), not the stack's shared one, whose load from other users would favour
+        the two-endpoint side. Each runs one request at a time with one llama.cpp thread (the stack's model
+        params)."""
+        cfg = self.config
+        options = {"temperature": 0, "seed": 42, "num_predict": cfg.p6_num_predict, "num_ctx": 4096}
+        env = {"OLLAMA_OPTIONS": json.dumps(options)}
+        runs: dict[int, list[Run]] = {1: [], 2: []}
+        with SecondOllama() as first, SecondOllama() as second:
+            both = {**env, "OLLAMA_BASE_URLS": f"{first.base_url},{second.base_url}"}
+            for _ in range(cfg.reps):
+                runs[1].append(self.measure("procos-worker, 1 endpoint", cfg.p6_tasks,
+                                            self.worker(first.base_url, 2, env=env)))
+                runs[2].append(self.measure("procos-worker, 2 endpoints", cfg.p6_tasks,
+                                            self.worker(first.base_url, 2, env=both)))
+        one, two = runs[1], runs[2]
+        self.results["p6"] = {
+            "tasks": cfg.p6_tasks, "model": self.stack.model, "options": options, "in_flight": 2,
+            "one": spread(r.rate for r in one).as_dict(), "two": spread(r.rate for r in two).as_dict(),
+            "ratio": paired([r.rate for r in two], [r.rate for r in one]).as_dict(),
+            "cpu_one": _median_cpu(one), "cpu_two": _median_cpu(two),
         }
 
     # -- P8 ----------------------------------------------------------------------------------------

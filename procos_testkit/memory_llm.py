@@ -18,6 +18,7 @@ from typing import Any
 from procos_testkit.scripted import Scripted
 from procos_worker.errors import LlmUnavailable, RunCancelled
 from procos_worker.models import LlmResult, ModelFacts
+from procos_worker.settings import ThinkLevel
 
 __all__ = ["ScriptedLlm"]
 
@@ -59,9 +60,9 @@ class ScriptedLlm(Scripted):
 
     def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
              options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None,
-             cancel: threading.Event | None = None) -> LlmResult:
+             think: bool | ThinkLevel | None = None, cancel: threading.Event | None = None) -> LlmResult:
         self._called("chat", messages=messages, model=model, options=None if options is None else dict(options),
-                     format=None if format is None else dict(format))
+                     format=None if format is None else dict(format), think=think)
         with self._cond:
             self.in_chat += 1
             self._cond.notify_all()

@@ -82,10 +82,11 @@ class InMemoryStore(Scripted):
         self._called("ping")
 
     def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
-                   model: str, options: Mapping[str, Any], context_type: str = "input",
-                   extra: Mapping[str, Any] | None = None, window: Mapping[str, Any] | None = None,
+                   model: str, options: Mapping[str, Any], think: bool | str | None = None,
+                   context_type: str = "input", extra: Mapping[str, Any] | None = None,
+                   window: Mapping[str, Any] | None = None,
                    memory_key: str | None = None) -> tuple[UUID, StoredOutput | None]:
-        self._called("save_input", task_id=task.id, context_type=context_type)
+        self._called("save_input", task_id=task.id, think=think, context_type=context_type)
         if len(model) > MODEL_NAME_MAX_CHARS:
             raise PermanentError(f"model name is {len(model)} characters; procos_ai_context.model_used holds "
                                  f"{MODEL_NAME_MAX_CHARS}")

@@ -31,7 +31,9 @@
     │   │                          lock, and the poll loop fetches nothing new; it leaves the handler
     │   │                          only when the run was released or lost meanwhile, and then
     │   │                          nothing is reported (the engine no longer expects it)
-    │   ├── LlmUnavailable         Ollama refuses connections
+    │   ├── LlmUnavailable         Ollama refuses connections or accepts none within the connect
+    │   │   │                      timeout (with several endpoints: every endpoint that could serve)
+    │   │   └── LlmAuthFailed      Ollama (an authenticating proxy in front) refuses the credentials
     │   └── StoreUnavailable       PostgreSQL can't be reached
     ├── PurgeStopped               retention gave up before the end (a row lock held too long, an
     │                              engine without history): what was deleted stays deleted, run again
@@ -74,6 +76,7 @@ __all__ = [
     "EngineRejected",
     "EngineUnavailable",
     "InputError",
+    "LlmAuthFailed",
     "LlmBusy",
     "LlmRequestInvalid",
     "LlmUnavailable",
@@ -181,7 +184,12 @@ class ServiceUnavailable(ProcosError):
 
 
 class LlmUnavailable(ServiceUnavailable):
-    """Ollama refuses connections."""
+    """Ollama refuses connections, or none is accepted within the connect timeout."""
+
+
+class LlmAuthFailed(LlmUnavailable):
+    """Ollama, or the authenticating proxy in front of it, answers 401/403: every task would fail alike,
+    so the worker waits (fetching nothing) until the credentials are fixed."""
 
 
 class StoreUnavailable(ServiceUnavailable):

@@ -182,7 +182,8 @@ class TaskHandler:
         window, key = (step.prompt.record(), step.prompt.memory_key) if context_type == "input" else (None, None)
         input_id, stored = self._store_gate.call(
             lambda: self._store.save_input(step.task, step.inputs, messages, model=config.model, options=config.options,
-                                           context_type=context_type, extra=extra, window=window, memory_key=key),
+                                           think=config.think, context_type=context_type, extra=extra,
+                                           window=window, memory_key=key),
             step.cancel)
         if stored is None:
             metrics.stored("input", time.perf_counter() - t0)
@@ -203,7 +204,7 @@ class TaskHandler:
         config = step.config
         result = self._llm_gate.call(
             lambda: self._llm.chat(messages, model=config.model, options=config.options, format=format,
-                                   cancel=step.cancel),
+                                   think=config.think, cancel=step.cancel),
             step.cancel)
         metrics.llm_answered(result.model, time.perf_counter() - t0, result.prompt_eval_count, result.eval_count)
         step.log.debug("task.llm_answered", response_length=len(result.content),

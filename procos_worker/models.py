@@ -119,7 +119,8 @@ class TaskInputs:
 
 @dataclass(frozen=True, slots=True)
 class LlmResult:
-    """What Ollama answered, with its own timings (nanoseconds) and token counts."""
+    """What Ollama answered, with its own timings (nanoseconds) and token counts. ``thinking``: a reasoning
+    model's thinking text (asked with ``think``), kept apart from the answer in ``content``."""
 
     content: str
     model: str
@@ -131,6 +132,7 @@ class LlmResult:
     prompt_eval_duration_ns: int
     eval_duration_ns: int
     wall_s: float
+    thinking: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from ollama._client import _parse_host  # the ollama client's own reading of OLLAMA_HOST
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -41,11 +51,13 @@ __all__ = [
     "RetentionSettings",
     "Settings",
     "TaskSettings",
+    "ThinkLevel",
     "TopicFetch",
     "WindowSettings",
     "WorkerSettings",
     "default_worker_id",
     "env_var_names",
+    "ollama_url",
     "parse_age",
     "settings_error_text",
 ]
@@ -268,20 +280,102 @@ class TaskSettings(BaseModel):
         return self
 
 
-class OllamaSettings(BaseModel):
-    """The model server and the request sent to it."""
+ThinkLevel = Literal["low", "medium", "high", "max"]
+# Header names that carry credentials: OLLAMA_API_KEY and OLLAMA_HEADERS must not both set them.
+_AUTH_HEADERS = frozenset({"authorization"})
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
 
-    base_url: str = "http://127.0.0.1:11434"
+
+def ollama_url(value: str) -> str:
+    """An Ollama address the way the ``ollama`` client reads ``OLLAMA_HOST``: ``host``, ``host:port``,
+    ``:port``, ``http(s)://host[:port][/path]``; no scheme means http, no port 11434 (80/443 with a scheme)."""
+    text = value.strip()
+    if not text:
+        raise ValueError("an Ollama address is empty")
+    if "@" in text.partition("://")[2].partition("/")[0]:
+        # The ollama client drops a login written into the URL: say where credentials go instead.
+        raise ValueError("an Ollama address must not hold a login; use OLLAMA_API_KEY or OLLAMA_HEADERS")
+    return _parse_host(text)
+
+
+class OllamaSettings(BaseModel):
+    """The model server(s) and the request sent to them.
+
+    Where the server is: ``OLLAMA_BASE_URLS`` (several endpoints, comma-separated) if set, else
+    ``OLLAMA_BASE_URL``, else ``OLLAMA_HOST`` (the name Ollama's own tools read, e.g. ``127.0.0.1:11434``),
+    else ``http://127.0.0.1:11434``. ``endpoints`` is the resulting list.
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    # AliasChoices: the first name found wins, so OLLAMA_BASE_URL is preferred over OLLAMA_HOST.
+    base_url: str = Field(default="http://127.0.0.1:11434", validation_alias=AliasChoices("base_url", "host"))
+    base_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="several Ollama endpoints, comma-separated; replaces base_url")
     model: str = Field(default="smollm2:135m", min_length=1, max_length=MODEL_NAME_MAX_CHARS)
-    timeout_s: float = Field(default=600.0, gt=0)
+    # The whole request, generation included (the name kept from before connect/read were split off).
+    timeout_s: float = Field(default=600.0, gt=0, description="total time of one chat request")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP (and TLS) connect to Ollama")
+    read_timeout_s: float = Field(
+        default=300.0, gt=0, description="longest wait for the next bytes: the first chunk (model load, prompt "
+                                         "evaluation), then between streamed chunks")
+    probe_timeout_s: float = Field(default=10.0, gt=0, description="each step of a probe (/api/tags)")
     options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict, description="JSON object of Ollama options, e.g. {\"temperature\": 0.2}")
     keep_alive: str | None = None
+    think: bool | ThinkLevel | None = Field(
+        default=None, description="Ollama's think for reasoning models; None: not sent (the model's default)")
+    headers: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict, description="JSON object of extra HTTP headers (an authenticating proxy's)")
+    api_key: SecretStr | None = Field(default=None, description="sent as Authorization: Bearer <key>")
     attempts: int = Field(default=3, ge=1, description="in-process tries on a transient Ollama error")
     provider: str = Field(default="ollama", min_length=1, max_length=PROVIDER_NAME_MAX_CHARS)
 
     _parse_options = field_validator("options", mode="before")(
         _parse_json_object("OLLAMA_OPTIONS", '{"temperature": 0.2}'))
+    _parse_headers = field_validator("headers", mode="before")(
+        _parse_json_object("OLLAMA_HEADERS", '{"X-Api-Key": "..."}'))
+    _split_urls = field_validator("base_urls", mode="before")(_split_csv)
+
+    @field_validator("base_url")
+    @classmethod
+    def _normalise_url(cls, value: str) -> str:
+        return ollama_url(value)
+
+    @field_validator("base_urls")
+    @classmethod
+    def _normalise_urls(cls, values: list[str]) -> list[str]:
+        urls = [ollama_url(v) for v in values]
+        twice = sorted({u for u in urls if urls.count(u) > 1})
+        if twice:
+            raise ValueError(f"OLLAMA_BASE_URLS lists an endpoint twice: {', '.join(twice)}")
+        return urls
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, values: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        bad = sorted(name for name in values if not _HEADER_NAME.match(name))
+        if bad:
+            raise ValueError(f"OLLAMA_HEADERS has names that are not HTTP header names: {', '.join(bad)}")
+        return values
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> OllamaSettings:
+        if self.api_key is not None and any(name.lower() in _AUTH_HEADERS for name in self.headers):
+            raise ValueError("set OLLAMA_API_KEY or an Authorization header in OLLAMA_HEADERS, not both")
+        return self
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The Ollama servers to use, in the order given (one unless OLLAMA_BASE_URLS is set)."""
+        return list(self.base_urls) or [self.base_url]
+
+    def http_headers(self) -> dict[str, str]:
+        """The extra headers of every request: OLLAMA_HEADERS and the API key's Authorization."""
+        sent = {name: value.get_secret_value() for name, value in self.headers.items()}
+        if self.api_key is not None:
+            sent["Authorization"] = f"Bearer {self.api_key.get_secret_value()}"
+        return sent
 
 
 class RegistrySettings(BaseModel):
@@ -506,5 +600,10 @@ def env_var_names() -> set[str]:
     for section, field in Settings.model_fields.items():
         model = field.annotation
         assert isinstance(model, type) and issubclass(model, BaseModel)
-        names.update(f"{section}_{name}".upper() for name in model.model_fields)
+        for name, sub in model.model_fields.items():
+            names.add(f"{section}_{name}".upper())
+            # Other names a field answers to (OLLAMA_HOST for OLLAMA_BASE_URL).
+            if isinstance(sub.validation_alias, AliasChoices):
+                names.update(f"{section}_{choice}".upper() for choice in sub.validation_alias.choices
+                             if isinstance(choice, str))
     return names

@@ -42,7 +42,7 @@ from structlog.stdlib import BoundLogger
 
 from procos_worker import metrics
 from procos_worker.ai.api import LlmApi
-from procos_worker.ai.llm import LlmClient
+from procos_worker.ai.endpoints import EndpointPool
 from procos_worker.ai.registry import ModelRegistry, StatsRefresher
 from procos_worker.ai.taskconfig import TaskConfigs
 from procos_worker.backoff import Backoff
@@ -138,7 +138,7 @@ class Worker:
         context = store or ContextStore(settings.database, provider=settings.ollama.provider,
                                         pool_size=settings.pool_size)
         self.store: StoreApi = context
-        self.llm: LlmApi = llm or LlmClient(settings.ollama)
+        self.llm: LlmApi = llm or EndpointPool(settings.ollama, settings.backoff, clock=clock, draw=draw)
         if models is None or (leases is None and settings.orphans.recovery):
             if not isinstance(context, ContextStore):
                 raise TypeError("a store that is not a ContextStore comes with its models and leases tables "

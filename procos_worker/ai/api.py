@@ -10,16 +10,18 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from procos_worker.models import LlmResult, ModelFacts
+from procos_worker.settings import ThinkLevel
 
 __all__ = ["LlmApi"]
 
 
 class LlmApi(Protocol):
-    """Chat with a model; list the models; what a model's context is (see ``ai.llm.LlmClient``)."""
+    """Chat with a model; list the models; what a model's context is (see ``ai.llm.LlmClient``, one
+    server, and ``ai.endpoints.EndpointPool``, several)."""
 
     def chat(self, messages: list[dict[str, str]], *, model: str | None = None,
              options: Mapping[str, Any] | None = None, format: Mapping[str, Any] | None = None,
-             cancel: threading.Event | None = None) -> LlmResult:
+             think: bool | ThinkLevel | None = None, cancel: threading.Event | None = None) -> LlmResult:
         """``RunCancelled`` once ``cancel`` is set (the answer is not wanted any more)."""
         ...
 

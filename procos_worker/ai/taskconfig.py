@@ -5,7 +5,7 @@ First found wins, per setting:
 1. the service task's extension properties (``<camunda:property name="procos.model" .../>``);
 2. the per-topic defaults ``TASK_TOPIC_DEFAULTS`` (the same property names and parsers);
 3. the model's row in procos_ai_models (``config_data.options``), for options only;
-4. the global settings (``OLLAMA_MODEL``, ``OLLAMA_OPTIONS``).
+4. the global settings (``OLLAMA_MODEL``, ``OLLAMA_OPTIONS``, ``OLLAMA_THINK``).
 
 Options are merged key by key in that order (a task's ``{"temperature": 0}`` keeps the topic's
 ``num_predict``). Properties without the ``procos.`` prefix are not ours and are ignored; an empty
@@ -47,7 +47,7 @@ from procos_worker.ai.template import PromptTemplate, compile_template
 from procos_worker.ai.window import OnOverflow, parse_on_overflow
 from procos_worker.errors import TaskConfigError
 from procos_worker.models import Task
-from procos_worker.settings import Settings, TaskSettings
+from procos_worker.settings import Settings, TaskSettings, ThinkLevel
 
 __all__ = ["KNOWN_PROPERTIES", "PROPERTY_PREFIX", "ResultScope", "TaskConfig", "TaskConfigs", "parse_properties"]
 
@@ -70,6 +70,7 @@ class TaskConfig:
     system_prompt: PromptTemplate | None = None
     result_prefix: str = "ai"
     result_scope: ResultScope = "process"
+    think: bool | ThinkLevel | None = None  # Ollama's think; None: not sent
     output: StructuredOutput | None = None
     memory: MemoryScope = NO_MEMORY
     on_overflow: OnOverflow = "error"
@@ -143,6 +144,19 @@ def _result_scope(raw: Any) -> ResultScope:
     raise ValueError(f"must be 'process' or 'local', got {scope[:80]!r}")
 
 
+_THINK_WORDS: dict[str, bool | ThinkLevel] = {"true": True, "false": False, "low": "low", "medium": "medium",
+                                              "high": "high", "max": "max"}
+
+
+def _think(raw: Any) -> bool | ThinkLevel:
+    if isinstance(raw, bool):  # a topic default written as JSON true/false
+        return raw
+    word = _text(raw).strip().lower()
+    if word not in _THINK_WORDS:
+        raise ValueError(f"must be true, false, low, medium, high or max, got {word[:80]!r}")
+    return _THINK_WORDS[word]
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "procos.model": _model,
     "procos.options": _options,
@@ -150,6 +164,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "procos.systemPrompt": _template,
     "procos.resultPrefix": _result_prefix,
     "procos.resultScope": _result_scope,
+    # Ollama's think for reasoning models; the thinking text is stored apart from the answer.
+    "procos.think": _think,
     "procos.outputSchema": parse_output_schema,
     "procos.outputVariables": parse_output_variables,
     "procos.memory": parse_memory,
@@ -230,6 +246,7 @@ class TaskConfigs:
             system_prompt=merged.get("procos.systemPrompt"),
             result_prefix=merged.get("procos.resultPrefix", "ai"),
             result_scope=merged.get("procos.resultScope", "process"),
+            think=merged.get("procos.think", self._settings.ollama.think),
             output=_output(merged, f"activity '{activity}'"),
             memory=merged.get("procos.memory", NO_MEMORY),
             on_overflow=merged.get("procos.onOverflow", "error"),

@@ -94,8 +94,7 @@ def _init_db(settings: Settings, path: Path | None) -> int:
 
 def _check(settings: Settings) -> int:
     """One line per dependency; the exit code names the first that failed."""
-    from procos_worker.ai.llm import LlmClient  # noqa: PLC0415 - see _run
-    from procos_worker.engine.client import EngineClient  # noqa: PLC0415
+    from procos_worker.engine.client import EngineClient  # noqa: PLC0415 - see _run
 
     results: list[tuple[str, int, str]] = []
     engine = EngineClient(settings.camunda, settings.worker.id, async_response_timeout_ms=0, pool_size=1)
@@ -114,21 +113,34 @@ def _check(settings: Settings) -> int:
         except ProcosError as exc:
             results.append(("postgresql", EXIT_POSTGRES, f"FAILED: {exc}"))
 
-    llm = LlmClient(settings.ollama)
-    try:
-        models = llm.ping()
-        if settings.ollama.model in models or f"{settings.ollama.model}:latest" in models:
-            results.append(("ollama", 0, f"ok: model {settings.ollama.model} present"))
-        else:
-            results.append(("ollama", EXIT_MODEL,
-                            f"FAILED: model {settings.ollama.model} not on {settings.ollama.base_url} "
-                            f"(has: {', '.join(models) or 'none'})"))
-    except ProcosError as exc:
-        results.append(("ollama", EXIT_OLLAMA, f"FAILED: {exc}"))
+    results += _check_ollama(settings)
 
     for name, _code, message in results:
         print(f"{name:<11} {message}")
     return next((code for _name, code, _msg in results if code), 0)
+
+
+def _check_ollama(settings: Settings) -> list[tuple[str, int, str]]:
+    """One line per Ollama endpoint: reachable (probe timeouts) and serving OLLAMA_MODEL."""
+    from procos_worker.ai.endpoints import full_model_name  # noqa: PLC0415 - see _run
+    from procos_worker.ai.llm import LlmClient  # noqa: PLC0415
+
+    endpoints = settings.ollama.endpoints
+    wanted = full_model_name(settings.ollama.model)
+    results: list[tuple[str, int, str]] = []
+    for n, url in enumerate(endpoints, start=1):
+        label = "ollama" if len(endpoints) == 1 else f"ollama[{n}]"
+        try:
+            models = LlmClient(settings.ollama, url).ping()
+        except ProcosError as exc:
+            results.append((label, EXIT_OLLAMA, f"FAILED: {exc}"))
+            continue
+        if wanted in {full_model_name(m) for m in models}:
+            results.append((label, 0, f"ok: model {settings.ollama.model} present at {url}"))
+        else:
+            results.append((label, EXIT_MODEL, f"FAILED: model {settings.ollama.model} not on {url} "
+                                               f"(has: {', '.join(models) or 'none'})"))
+    return results
 
 
 def _health(settings: Settings, ready: bool) -> int:

@@ -1,8 +1,9 @@
 """structlog set-up: JSON lines when not on a terminal, readable console on one.
 
 Prompts and answers are never logged (only lengths). As a last line of defence, every configured
-secret (database URL and its password, Camunda password, token and OAuth client secret) is masked in
-every log line, including the lines that libraries write through the standard logging module.
+secret (database URL and its password, Camunda password, token and OAuth client secret, the Ollama
+API key and every OLLAMA_HEADERS value) is masked in every log line, including the lines that
+libraries write through the standard logging module.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def secrets_of(settings: Settings) -> list[str]:
     password = urlsplit(url).password
     if password:
         found += [url, password]
-    for secret in (settings.camunda.password, settings.camunda.token, settings.camunda.oauth_client_secret):
+    for secret in (settings.camunda.password, settings.camunda.token, settings.camunda.oauth_client_secret,
+                   settings.ollama.api_key, *settings.ollama.headers.values()):
         if secret is not None:
             found.append(secret.get_secret_value())
     return [s for s in found if len(s) >= 3]

@@ -4,7 +4,9 @@ Ready means all of: the Camunda REST API answers, PostgreSQL answers and holds t
 this worker expects (``migrations.schema_status(...).current``), and Ollama answers and has the
 configured model. Each check has ``OPS_READINESS_TIMEOUT_S``; the three run side by side, so an
 answer never takes much longer than one timeout. The probes use clients of their own (with that
-timeout), never the worker's, so a probe can't hold up a task.
+timeout), never the worker's, so a probe can't hold up a task. With several Ollama endpoints
+(OLLAMA_BASE_URLS) one that serves the model is enough (the worker routes around the others); they
+are asked in turn until one does, so a down endpoint before it adds one timeout.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from procos_worker.ai.endpoints import full_model_name
 from procos_worker.ai.llm import LlmClient
 from procos_worker.engine.client import EngineClient
 from procos_worker.errors import ProcosError
@@ -41,7 +44,9 @@ class Readiness:
                                     async_response_timeout_ms=0, pool_size=1)
         self._store = ContextStore(settings.database.model_copy(update={"connect_timeout_s": timeout_s,
                                                                         "pool_max_size": 1}))
-        self._llm = LlmClient(settings.ollama.model_copy(update={"timeout_s": timeout_s}))
+        ollama = settings.ollama.model_copy(update={
+            "probe_timeout_s": timeout_s, "connect_timeout_s": min(timeout_s, settings.ollama.connect_timeout_s)})
+        self._llms = [LlmClient(ollama, url) for url in settings.ollama.endpoints]
         self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="procos-readyz")
         # The answer goes out on the network: no configured secret may appear in an error text.
         self._secrets = sorted(secrets_of(settings), key=len, reverse=True)
@@ -77,10 +82,22 @@ class Readiness:
         return Check(status.current, status.describe())
 
     def _ollama(self) -> Check:
-        models = self._llm.ping()
-        if self._model in models or f"{self._model}:latest" in models:
-            return Check(True, f"model {self._model} present")
-        return Check(False, f"model {self._model} missing (has: {', '.join(models) or 'none'})")
+        several = len(self._llms) > 1
+        wanted = full_model_name(self._model)
+        failed: list[str] = []
+        for llm in self._llms:
+            where = f" at {llm.base_url}" if several else ""
+            try:
+                models = llm.ping()
+            except ProcosError as exc:
+                if not several:
+                    raise
+                failed.append(exc.message)
+                continue
+            if wanted in {full_model_name(m) for m in models}:
+                return Check(True, f"model {self._model} present{where}")
+            failed.append(f"model {self._model} missing{where} (has: {', '.join(models) or 'none'})")
+        return Check(False, "; ".join(failed))
 
 
 def _guarded(probe: Callable[[], Check]) -> Check:

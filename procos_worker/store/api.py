@@ -26,8 +26,9 @@ class StoreApi(Protocol):
     def ping(self) -> None: ...
 
     def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
-                   model: str, options: Mapping[str, Any], context_type: str = "input",
-                   extra: Mapping[str, Any] | None = None, window: Mapping[str, Any] | None = None,
+                   model: str, options: Mapping[str, Any], think: bool | str | None = None,
+                   context_type: str = "input", extra: Mapping[str, Any] | None = None,
+                   window: Mapping[str, Any] | None = None,
                    memory_key: str | None = None) -> tuple[UUID, StoredOutput | None]: ...
 
     def amend_input(self, input_id: UUID, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,

@@ -60,12 +60,12 @@ _INSERT_OUTPUT = f"""
     INSERT INTO procos_ai_context
         (process_instance_id, task_id, activity_id, process_definition_key, activity_instance_id,
          context_type, content_data, content_text, ai_provider, model_used, token_usage,
-         input_context_id, memory_key, text_chars, text_bytes, text_encoding, input_hash)
+         input_context_id, memory_key, text_chars, text_bytes, text_encoding, input_hash{{thinking_column}})
     VALUES (%(pi)s, %(task)s, %(activity)s, %(definition_key)s, %(activity_instance)s, %(type)s,
             jsonb_build_object('content', {{text}}) || %(meta)s::jsonb, {{text}},
             %(provider)s, %(model)s, %(usage)s,
             %(input_id)s, %(memory_key)s, %(chars)s, octet_length({{text}}), %(encoding)s,
-            (SELECT input_hash FROM procos_ai_context WHERE id = %(input_id)s))
+            (SELECT input_hash FROM procos_ai_context WHERE id = %(input_id)s){{thinking_value}})
     ON CONFLICT (task_id, context_type, input_hash) DO NOTHING
     RETURNING {_OUTPUT_COLUMNS}
 """
@@ -78,6 +78,10 @@ _SAVED_INPUT = f"""
                        WHERE task_id = %(task)s AND context_type = 'output' AND input_hash = %(hash)s) AS output
            ON true
 """
+# thinking_text (migration 0050) is named only when there is thinking: the answers of models that don't
+# think are stored alike on a database that has not applied 0050 yet.
+_THINKING = {"thinking_column": ", thinking_text", "thinking_value": ", %(thinking)s::text"}
+_NO_THINKING = {"thinking_column": "", "thinking_value": ""}
 # Answers longer than this go to PostgreSQL by COPY, in pieces (see _copy_to_pending).
 _COPY_ABOVE_CHARS = 1 << 20
 _COPY_PIECE_CHARS = 1 << 20
@@ -170,22 +174,25 @@ class ContextStore:
     # -- worker writes ---------------------------------------------------------------------------
 
     def save_input(self, task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *,
-                   model: str, options: Mapping[str, Any], context_type: str = "input",
-                   extra: Mapping[str, Any] | None = None, window: Mapping[str, Any] | None = None,
+                   model: str, options: Mapping[str, Any], think: bool | str | None = None,
+                   context_type: str = "input", extra: Mapping[str, Any] | None = None,
+                   window: Mapping[str, Any] | None = None,
                    memory_key: str | None = None) -> tuple[UUID, StoredOutput | None]:
         """Store what the model is asked (once per attempt: the task id and ``fingerprint.input_hash`` of the
         messages, model, options and process instance): every message in order (system, memory turns,
         user), the inputs they were made from (variables, or templates and the values they used), the model
-        and its options, and ``window`` (memory_context_ids, the budget: ``ai.window.Prompt.record``); in
-        the same round trip look for an output row the same attempt committed. Returns (input row id, that
-        output or None). ``context_type``: ``repair_input_<n>`` for a structured task's repair request;
-        ``extra`` goes into ``content_data`` too (the output schema, the attempt).
+        and its options, ``think`` (when sent), and ``window`` (memory_context_ids, the budget:
+        ``ai.window.Prompt.record``); in the same round trip look for an output row the same attempt
+        committed. Returns (input row id, that output or None). ``context_type``: ``repair_input_<n>`` for
+        a structured task's repair request; ``extra`` goes into ``content_data`` too (the output schema, the
+        attempt).
         """
         if len(model) > MODEL_NAME_MAX_CHARS:
             # Refused before the model is asked: model_used could not hold the name of what answered.
             raise PermanentError(f"model name is {len(model)} characters; procos_ai_context.model_used holds "
                                  f"{MODEL_NAME_MAX_CHARS} (procos.model / TASK_TOPIC_DEFAULTS / OLLAMA_MODEL)")
-        data, text = _input_data(task, inputs, messages, model=model, options=options, window=window, extra=extra)
+        data, text = _input_data(task, inputs, messages, model=model, options=options, window=window, extra=extra,
+                                 think=think)
 
         attempt = input_hash(task.process_instance_id, messages, model, options)
         params = {**_step(task), "type": context_type, "data": Jsonb(data), "text": text, "provider": self._provider,
@@ -272,7 +279,15 @@ class ContextStore:
         }
         if prompt_truncated:
             meta["prompt_truncated"] = True
+        thinking = result.thinking
+        if thinking:
+            # A reasoning model's thinking: its own column (thinking_text), never in the answer's.
+            meta["thinking_length"] = len(thinking)
+            if textcodec.needs_escape(thinking):
+                meta["thinking_encoding"] = textcodec.ESCAPE_ENCODING
+                thinking = textcodec.encode(thinking)
         meta, text = _storable(meta, result.content)
+        columns = _THINKING if thinking else _NO_THINKING
         usage = {
             "prompt_tokens": result.prompt_eval_count,
             "completion_tokens": result.eval_count,
@@ -291,17 +306,18 @@ class ContextStore:
 
         params = {**_step(task), "type": context_type, "text": text, "meta": Jsonb(meta), "provider": self._provider,
                   "model": result.model, "usage": Jsonb(usage), "input_id": None if input_id is None else str(input_id),
-                  "memory_key": memory_key, "chars": len(text), "encoding": meta.get("text_encoding")}
+                  "memory_key": memory_key, "chars": len(text), "encoding": meta.get("text_encoding"),
+                  "thinking": thinking}
 
         def insert(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
             if len(text) <= _COPY_ABOVE_CHARS:
                 # The answer is sent once ($n reused) and goes into both content_text and content_data.
-                cur.execute(_INSERT_OUTPUT.format(text="%(text)s::text"), params)
+                cur.execute(_INSERT_OUTPUT.format(text="%(text)s::text", **columns), params)
                 row = cur.fetchone()
             else:
                 with cur.connection.transaction():
                     _copy_to_pending(cur, text)
-                    cur.execute(_INSERT_OUTPUT.format(text="(SELECT t FROM procos_pending_text)"), params)
+                    cur.execute(_INSERT_OUTPUT.format(text="(SELECT t FROM procos_pending_text)", **columns), params)
                     row = cur.fetchone()
             if row is None:
                 cur.execute(
@@ -332,6 +348,20 @@ class ContextStore:
         """One stored row by its id (the ``ai_context_id`` flag), text decoded back to the original."""
         rows = self._select(f"SELECT {_ROW_COLUMNS} FROM procos_ai_context WHERE id = %s", (str(context_id),))
         return rows[0] if rows else None
+
+    def thinking(self, context_id: UUID | str) -> str | None:
+        """A reasoning model's thinking stored with the answer ``context_id`` (``thinking_text``, migration
+        0050), decoded back to the original; None when the model did not think."""
+        def query(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any] | None:
+            cur.execute("SELECT thinking_text, content_data->>'thinking_encoding' AS encoding "
+                        "FROM procos_ai_context WHERE id = %s", (str(context_id),))
+            return cur.fetchone()
+
+        row = self._run(query)
+        if row is None or row["thinking_text"] is None:
+            return None
+        text: str = row["thinking_text"]
+        return textcodec.decode(text) if row["encoding"] == textcodec.ESCAPE_ENCODING else text
 
     def get_input_for(self, context_id: UUID | str) -> StoredContext | None:
         """The input row the output row ``context_id`` answered (a task may have several attempts)."""
@@ -490,7 +520,7 @@ class ContextStore:
 
 def _input_data(task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, str]], *, model: str,
                 options: Mapping[str, Any], window: Mapping[str, Any] | None,
-                extra: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+                extra: Mapping[str, Any] | None = None, think: bool | str | None = None) -> tuple[dict[str, Any], str]:
     """content_data and content_text (the user message) of an input row, escaped if they must be."""
     prompt = messages[-1]["content"]
     data: dict[str, Any] = {
@@ -505,6 +535,8 @@ def _input_data(task: Task, inputs: TaskInputs, messages: Sequence[Mapping[str, 
         "prompt_length": len(prompt),
         "prompt_chars": sum(len(m["content"]) for m in messages),
     }
+    if think is not None:
+        data["think"] = think
     if inputs.templates:
         data["templates"] = dict(inputs.templates)
         data["variables"] = dict(inputs.template_variables)

@@ -18,7 +18,7 @@ from procos_worker.settings import Settings
 
 KEYS = {"p1_ratio_vs_ceiling", "p2_ratio_vs_library_worker", "p3_overhead_ratio", "p3_structured_overhead_ratio",
         "p4_seconds", "p4_rss_ratio", "p5_scaleout_ratio", "p5_duplicates", "p5_worker_cpu_ratio",
-        "p8_orphan_recovery_s"}
+        "p6_endpoints_ratio", "p8_orphan_recovery_s"}
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,9 @@ def test_bench_tiny_run_prints_the_json_summary_last(settings: Settings) -> None
     summary = json.loads(lines[-1])
     assert summary.keys() >= KEYS
     assert summary["p3_overhead_ratio"] is None and summary["p3_structured_overhead_ratio"] is None  # not run
-    assert summary["p8_orphan_recovery_s"] is None
-    for key in KEYS - {"p3_overhead_ratio", "p3_structured_overhead_ratio", "p5_duplicates", "p8_orphan_recovery_s"}:
+    assert summary["p6_endpoints_ratio"] is None and summary["p8_orphan_recovery_s"] is None  # not run
+    for key in KEYS - {"p3_overhead_ratio", "p3_structured_overhead_ratio", "p5_duplicates", "p6_endpoints_ratio",
+                       "p8_orphan_recovery_s"}:
         assert isinstance(summary[key], float) and summary[key] > 0, (key, summary[key])
     assert summary["p5_duplicates"] == 0
     assert "| P1 |" in done.stdout and "| P5 |" in done.stdout

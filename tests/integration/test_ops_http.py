@@ -264,3 +264,28 @@ def test_readyz_never_shows_a_configured_secret(settings: Settings, ollama_up: s
         readiness.close()
     assert result["ollama"].detail.startswith("model *** missing")
     assert all(secret not in check.detail for check in result.values())
+
+
+def test_readyz_with_several_endpoints_wants_one_that_serves_the_model(settings: Settings, ollama_up: str) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    several = settings.ollama.model_copy(update={"base_urls": [dead, ollama_up]})
+    readiness = Readiness(settings.model_copy(update={"ollama": several}))
+    readiness.open()
+    try:
+        result = readiness.check()
+    finally:
+        readiness.close()
+    assert result["ollama"].ok, result["ollama"].detail
+    assert result["ollama"].detail == f"model {settings.ollama.model} present at {ollama_up}"
+
+    absent = several.model_copy(update={"model": "absent-model:1b"})
+    readiness = Readiness(settings.model_copy(update={"ollama": absent}))
+    readiness.open()
+    try:
+        result = readiness.check()
+    finally:
+        readiness.close()
+    detail = result["ollama"].detail
+    assert not result["ollama"].ok
+    assert f"Ollama at {dead}" in detail, detail
+    assert f"absent-model:1b missing at {ollama_up}" in detail, detail

@@ -186,3 +186,16 @@ def test_a_free_text_task_sends_no_format() -> None:
     outcome = run(store, llm, plain)
     assert llm.calls_to("chat")[0].args["format"] is None
     assert not any(isinstance(v, TypedValue) for v in outcome.variables.values())
+
+
+def test_think_goes_with_the_format_on_every_attempt_and_into_every_input_row() -> None:
+    config = Settings(backoff=BackoffSettings(initial_s=0.001, max_s=0.002),
+                      task=TaskSettings(output_repair_attempts=1, topic_defaults={
+                          "triage": {"procos.outputSchema": SCHEMA, "procos.resultPrefix": "triage",
+                                     "procos.think": "low"}}))
+    store, llm = InMemoryStore(), ScriptedLlm(VALID)
+    llm.answer_next(WRONG)
+    run(store, llm, config)
+    assert [(c.args["format"], c.args["think"]) for c in llm.calls_to("chat")] == [(SCHEMA, "low")] * 2
+    assert [(c.args["context_type"], c.args["think"]) for c in store.calls_to("save_input")] == [
+        ("input", "low"), ("repair_input_2", "low")]
