@@ -88,11 +88,7 @@ def _show(store: ContextStore, args: argparse.Namespace, out: TextIO) -> int:
     row = store.get(args.id)
     if row is None:
         return _not_found(f"no row with id {args.id}")
-    if args.json:
-        _write_json(out, _row_json(row))
-    else:
-        _write_exact(out, row.content_text or "")
-    return 0
+    return _write_row(out, row, as_json=args.json)
 
 
 def _input(store: ContextStore, args: argparse.Namespace, out: TextIO) -> int:
@@ -102,10 +98,15 @@ def _input(store: ContextStore, args: argparse.Namespace, out: TextIO) -> int:
     prompt = row if row.context_type == "input" else store.get_input_for(args.id)
     if prompt is None:
         return _not_found(f"row {args.id} has no input row (no task id, or it was purged)")
-    if args.json:
-        _write_json(out, _row_json(prompt))
+    return _write_row(out, prompt, as_json=args.json)
+
+
+def _write_row(out: TextIO, row: StoredContext, *, as_json: bool) -> int:
+    """One row: as JSON, or its text exactly as stored."""
+    if as_json:
+        _write_json(out, _row_json(row))
     else:
-        _write_exact(out, prompt.content_text or "")
+        _write_exact(out, row.content_text or "")
     return 0
 
 
