@@ -52,8 +52,11 @@ def add_parser(sub: Any) -> None:
     show.add_argument("id", type=_uuid, help="ai_context_id (or any row id)")
     inp = commands.add_parser("input", help="print the prompt of the task that wrote row ID (--json: the row)")
     inp.add_argument("id", type=_uuid, help="ai_context_id of the answer (or the input row's id)")
-    conv = commands.add_parser("conversation", help="every stored row of a process instance, in order")
-    conv.add_argument("process_instance_id")
+    conv = commands.add_parser("conversation", help="every stored row of a process instance, in order; or with "
+                                                    "--memory-key the turns kept under a memory key")
+    conv.add_argument("process_instance_id", nargs="?")
+    conv.add_argument("--memory-key", help="NAME=value of procos.memory=variable:NAME: its turns (question and "
+                                           "answer), oldest first, across process instances")
     search = commands.add_parser("search", help="rows whose text contains TEXT (trigram index), newest first")
     search.add_argument("text")
     search.add_argument("--limit", type=int, default=20, help="most rows to print (default 20)")
@@ -111,6 +114,12 @@ def _write_row(out: TextIO, row: StoredContext, *, as_json: bool) -> int:
 
 
 def _conversation(store: ContextStore, args: argparse.Namespace, out: TextIO) -> int:
+    if (args.process_instance_id is None) == (args.memory_key is None):
+        print("procos-worker context conversation: give a PROCESS_INSTANCE_ID or --memory-key, not both",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.memory_key is not None:
+        return _memory_conversation(store, args.memory_key, out, as_json=args.json)
     rows = store.conversation(args.process_instance_id)
     if not rows:
         return _not_found(f"no rows for process instance {args.process_instance_id}")
@@ -126,6 +135,25 @@ def _conversation(store: ContextStore, args: argparse.Namespace, out: TextIO) ->
         out.write(f"--- {' '.join(header)} ---\n")
         text = row.content_text or ""
         out.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _memory_conversation(store: ContextStore, key: str, out: TextIO, *, as_json: bool) -> int:
+    """The turns of a memory key as later tasks are given them: each task's question and final answer."""
+    turns = store.turns(memory_key=key)
+    if not turns:
+        return _not_found(f"no turns under memory key {key!r}")
+    if as_json:
+        _write_json(out, [{"id": str(t.id), "input_id": str(t.input_id), "process_instance_id": t.process_instance_id,
+                           "task_id": t.task_id, "activity_id": t.activity_id, "model": t.model,
+                           "created_at": t.created_at.isoformat(), "question": t.question, "answer": t.answer}
+                          for t in turns])
+        return 0
+    for turn in turns:
+        out.write(f"--- turn {turn.id} {turn.created_at:%Y-%m-%d %H:%M:%S%z} process={turn.process_instance_id} "
+                  f"activity={turn.activity_id} model={turn.model} ---\n")
+        for text in (turn.question, turn.answer):
+            out.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 

@@ -253,3 +253,38 @@ def test_stats_per_model_and_activity_match_the_rows_and_the_registry(
     table = run_cli("context", "stats", "--since", "7d", cwd=tmp_path, env=_env(settings, url)).stdout.decode()
     line = next(line for line in table.splitlines() if line.startswith("smollm2:135m"))
     assert line.split()[3:6] == ["3", "45", "61"]
+
+
+# -- the turns of a memory key -----------------------------------------------------------------------
+
+
+def test_conversation_by_memory_key_prints_its_turns_across_process_instances(
+    scratch: tuple[str, ContextStore], tmp_path: Path, settings: Settings,
+) -> None:
+    url, store = scratch
+    key = f"customerId=c-{uuid.uuid4().hex[:8]}"
+    written = []
+    for n, pi in enumerate([f"pi-{uuid.uuid4()}", f"pi-{uuid.uuid4()}"]):
+        task = _task(pi)
+        prompt = f"question {n} of {key}"
+        input_id, _ = store.save_input(task, TaskInputs(query=prompt), [{"role": "user", "content": prompt}],
+                                       model="smollm2:135m", options={}, memory_key=key)
+        output = store.save_output(task, _result(f"answer {n}"), input_id, prompt_chars=len(prompt), memory_key=key)
+        written.append((str(output.id), pi, prompt, f"answer {n}"))
+    _write(store, f"pi-{uuid.uuid4()}", f"question of another key than {key}", "not in it")
+
+    turns = json.loads(run_cli("context", "conversation", "--memory-key", key, "--json", cwd=tmp_path,
+                               env=_env(settings, url)).stdout)
+    assert [(t["id"], t["process_instance_id"], t["question"], t["answer"]) for t in turns] == written
+    text = run_cli("context", "conversation", "--memory-key", key, cwd=tmp_path, env=_env(settings, url))
+    lines = text.stdout.decode().splitlines()
+    assert lines[1:3] == [written[0][2], written[0][3]] and lines[4:6] == [written[1][2], written[1][3]]
+    assert lines[0].startswith(f"--- turn {written[0][0]} ") and lines[3].startswith(f"--- turn {written[1][0]} ")
+
+    unknown = run_cli("context", "conversation", "--memory-key", f"k={uuid.uuid4()}", cwd=tmp_path,
+                      env=_env(settings, url))
+    assert unknown.returncode == 1 and b"no turns under memory key" in unknown.stderr
+    both = run_cli("context", "conversation", "pi-x", "--memory-key", key, cwd=tmp_path, env=_env(settings, url))
+    neither = run_cli("context", "conversation", cwd=tmp_path, env=_env(settings, url))
+    for bad in (both, neither):
+        assert bad.returncode == 2 and b"not both" in bad.stderr and bad.stdout == b""
