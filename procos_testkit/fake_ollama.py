@@ -210,9 +210,13 @@ class FakeOllama(BackgroundServer):
         behaviour: Behaviour | None = None,
         models: Sequence[str] = DEFAULT_MODELS,
         max_in_flight: int = 0,
+        context_length: int = 8192,
     ) -> None:
-        """``max_in_flight`` > 0 answers 503 busy to chats beyond that many at once (Ollama's queue)."""
+        """``max_in_flight`` > 0 answers 503 busy to chats beyond that many at once (Ollama's queue);
+        ``context_length`` is the context ``/api/show`` says the model was trained for (the worker's window
+        is capped at it: a test that sends a prompt of megabytes raises it, with a ``num_ctx`` to match)."""
         super().__init__(port)
+        self.context_length = context_length
         self._behaviour = behaviour or Behaviour()
         self.models: tuple[str, ...] = tuple(_full_name(m) for m in models)
         self.max_in_flight = max_in_flight
@@ -306,7 +310,7 @@ class FakeOllama(BackgroundServer):
                 "model_info": {
                     "general.architecture": "llama",
                     "general.parameter_count": 134515008,
-                    "llama.context_length": 8192,
+                    "llama.context_length": self.context_length,
                 },
                 "tensors": [{"name": "token_embd.weight", "type": "Q8_0", "shape": [576, 49152]}],
                 "capabilities": ["completion"],

@@ -9,6 +9,7 @@ unknown-model and invalid-options cases ask the real Ollama.
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Case:
     answer_has: str | None = None  # a character the stored answer must contain
     context: Any = None  # the context as the input row must hold it
     upload_query_bytes: int = 0  # replace 'query' by a Bytes variable this big (multipart: no JSON limit)
+    fake_context: int = 0  # the fake model's context (tokens), for a prompt of megabytes that must fit
 
 
 _TEN_MB_CONTEXT = {"rows": [{"id": i, "text": f"row {i} " + "x" * 1000, "ok": i % 2 == 0} for i in range(10_000)]}
@@ -71,8 +73,10 @@ CASES: dict[str, Case] = {
                                     query="x\ud800y"),
     "nul-in-answer": Case(lambda: {"query": "say [[fake:nul]]"}, "completed", answer_has="\x00"),
     "surrogate-in-answer": Case(lambda: {"query": "say [[fake:surrogate]]"}, "completed", answer_has="\ud800"),
+    # A prompt of 10 MB fits only a model with a context that large (the window refuses it otherwise):
+    # the fake says it has one, and the topic's tasks ask for it (over the registry's num_ctx).
     "10-MB-json-context": Case(lambda: {"query": "summarise", "context": json_variable(_TEN_MB_CONTEXT)},
-                               "completed", query="summarise", context=_TEN_MB_CONTEXT),
+                               "completed", query="summarise", context=_TEN_MB_CONTEXT, fake_context=16_000_000),
     "sql-looking-query": Case(lambda: {"query": SQL, "system_prompt": SQL}, "completed", query=SQL),
     "emoji-and-rtl": Case(lambda: {"query": EMOJI_RTL}, "completed", query=EMOJI_RTL),
     "3000-variables": Case(lambda: {"query": "hello", **{f"v{i:04d}": f"value {i}" for i in range(3000)}},
@@ -125,6 +129,8 @@ def test_hostile_input(
         options = {"options": REAL_SMALL}
     else:
         base_url, options = fake_or_none.base_url, {}
+        if case.fake_context:
+            fake_or_none.context_length = case.fake_context
     ollama = {"base_url": base_url, **options, **case.settings.get("ollama", {})}
     pi = engine_rest.start(key, case.variables())
     if case.upload_query_bytes:
@@ -134,6 +140,8 @@ def test_hostile_input(
             data={"valueType": "Bytes"}, timeout=120)
         assert uploaded.status_code == 204, uploaded.text
     sections = {name: fields for name, fields in case.settings.items() if name != "ollama"}
+    if case.fake_context:
+        sections["task"] = {"topic_defaults": {topic: {"procos.options": json.dumps({"num_ctx": case.fake_context})}}}
     running = run_worker(topic, ollama=ollama, worker={"lock_duration_ms": 20_000}, **sections)
 
     if case.expect == "rejected":

@@ -15,6 +15,7 @@ heap is not for that.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -100,8 +101,10 @@ def test_large_inputs_in_flight_share_one_budget(
         pi = engine_rest.start(key, {"query": "placeholder"})
         _upload_bytes(engine_rest, pi, "query", f"[[fake:delay_ms=3000]] {i} ".encode() + b"q" * 12_000_000)
         pis.append(pi)
+    fake.context_length = 16_000_000  # 12 MB prompts must fit the model's context (else AI_PROMPT_TOO_LONG)
     worker = spawn(topic, OLLAMA_BASE_URL=fake.base_url, WORKER_MAX_TASKS_IN_FLIGHT="4",
-                   TASK_MAX_INPUT_CHARS_IN_FLIGHT="20000000", WORKER_LOCK_DURATION_MS="30000")
+                   TASK_MAX_INPUT_CHARS_IN_FLIGHT="20000000", WORKER_LOCK_DURATION_MS="30000",
+                   TASK_TOPIC_DEFAULTS=json.dumps({topic: {"procos.options": '{"num_ctx": 16000000}'}}))
     worker.wait_for("task.completed", count=2, timeout_s=120)
     spans = []
     for event in worker.find("task.completed"):
