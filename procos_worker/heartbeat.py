@@ -12,6 +12,10 @@ answers decides:
   (``lock``): a run whose answer is stored or coming is never thrown away for a late extension;
 * anything else (unreachable, 5xx, 401/403/429): not a lost lock; tried again next tick (``complete``
   does not check the lock's expiry, only the worker id).
+
+Liveness (``on_tick``, read by ``/healthz``): a tick counts as progress only while no extension has been
+in flight for longer than its lock's duration: a call hung that long (a wedged connection to the engine)
+can't keep that lock, and the loop is reported as making no progress until it returns.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class Heartbeat:
         self._tick_s = min(1.0, shortest_lock_duration_ms / 4000)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="procos-heartbeat", daemon=True)
-        self._busy: set[str] = set()  # task ids with an extension in flight: never two at once
+        # Task ids with an extension in flight (never two at once): when it started, how long it may take.
+        self._busy: dict[str, tuple[float, float]] = {}
         self._busy_lock = threading.Lock()
         self._log = structlog.get_logger("procos_worker.heartbeat")
 
@@ -66,8 +71,9 @@ class Heartbeat:
     def tick(self) -> None:
         """One pass: start an extension of every held lock that is due and has none in flight (the
         thread calls this every tick)."""
-        self._on_tick()
         now = self._clock()
+        if not self._stuck(now):
+            self._on_tick()
         for run in self._snapshot():
             if run.state in (RunState.RUNNING, RunState.REPORTING) and self._due(run, now) and self._claim(run):
                 self._start_extension(functools.partial(self._extend_then_release, run),
@@ -84,15 +90,19 @@ class Heartbeat:
         with self._busy_lock:
             if run.task.id in self._busy:
                 return False
-            self._busy.add(run.task.id)
+            self._busy[run.task.id] = (self._clock(), run.lock_duration_ms / 1000)
             return True
+
+    def _stuck(self, now: float) -> bool:
+        with self._busy_lock:
+            return any(now - started > limit_s for started, limit_s in self._busy.values())
 
     def _extend_then_release(self, run: TaskRun) -> None:
         try:
             self._extend(run)
         finally:
             with self._busy_lock:
-                self._busy.discard(run.task.id)
+                self._busy.pop(run.task.id, None)
 
     def _extend(self, run: TaskRun) -> None:
         log = self._log.bind(task_id=run.task.id, process_instance_id=run.task.process_instance_id,

@@ -211,3 +211,28 @@ def test_the_thread_ticks_until_stopped(engine: InMemoryEngine, clock: FakeClock
     wait_until(lambda: engine.calls_to("extend_lock"), 5, "an extension by the thread", interval_s=0.001)
     beat.stop()
     assert engine.calls_to("extend_lock")[0].args["new_duration_ms"] == 40
+
+
+def test_an_extension_in_flight_longer_than_its_lock_stops_the_liveness_beat(
+    engine: InMemoryEngine, clock: FakeClock,
+) -> None:
+    """A tick is progress (``on_tick``) only while no extension has hung longer than its lock's duration:
+    a wedged engine call makes ``/healthz`` fail, and its return brings the beat back."""
+    run = fetched(engine, clock)
+    started: list[Callable[[], None]] = []
+    beats: list[float] = []
+    beat = Heartbeat(engine, lambda: [run], LOCK_MS, clock=clock, on_tick=lambda: beats.append(clock()),
+                     start_extension=lambda call, _name: started.append(call))  # held: not run yet
+    clock.advance(5.1)
+    beat.tick()
+    assert len(started) == 1 and len(beats) == 1, "the extension just began: progress"
+    clock.advance(LOCK_MS / 1000 - 0.2)
+    beat.tick()
+    assert len(beats) == 2 and len(started) == 1, "in flight, not yet longer than the lock: still progress"
+    clock.advance(0.5)
+    beat.tick()
+    beat.tick()
+    assert len(beats) == 2, "hung longer than the lock: no progress"
+    started[0]()  # the call returns
+    beat.tick()
+    assert len(beats) == 3
