@@ -6,7 +6,8 @@ It keeps what the worker relies on from Camunda 7.24:
 * ``fetch_and_lock`` is a long poll: it returns at once when a task is free, else waits (up to
   ``poll_timeout_s``) until one is created or unlocked, or the double is closed. It locks at most
   ``max_tasks`` tasks of the given topics for this worker id and returns only the requested variables
-  (the worker asks for none: each task reads its own with ``variable_instances``).
+  (Bytes as base64, a File without content); over ``max_answer_bytes`` it returns None and the tasks
+  stay locked (a client that stopped reading the answer).
 * ``unlock`` wakes every pending long poll, which then locks the task again (what makes the worker
   sweep twice at shutdown).
 * ``complete``, ``handle_failure``, ``handle_bpmn_error``, ``extend_lock``, ``lock`` and ``unlock`` of a
@@ -31,12 +32,13 @@ something changes. Failures are scripted with ``fail`` and ``down`` (see ``proco
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from procos_testkit.scripted import Scripted
@@ -137,11 +139,15 @@ class InMemoryEngine(Scripted):
 
     # -- the EngineApi -----------------------------------------------------------------------------
 
-    def fetch_and_lock(self, topics: Sequence[Subscription], *, max_tasks: int) -> list[Task]:
-        """Camunda's long poll; each task comes with its topic's variables and lock duration."""
+    def fetch_and_lock(self, topics: Sequence[Subscription], *, max_tasks: int,
+                       max_answer_bytes: int | None = None) -> list[Task] | None:
+        """Camunda's long poll; each task comes with its topic's variables (a Bytes value as base64, a
+        File's without its content) and lock duration. None when the answer would be over
+        ``max_answer_bytes``: its tasks stay locked, as in Camunda when the client stops reading."""
         by_topic = {sub.topic: sub for sub in topics}
         variables = list(dict.fromkeys(v for sub in topics for v in sub.variables))
-        self._called("fetch_and_lock", topics=list(by_topic), max_tasks=max_tasks, variables=variables)
+        self._called("fetch_and_lock", topics=list(by_topic), max_tasks=max_tasks, variables=variables,
+                     max_answer_bytes=max_answer_bytes)
         deadline = time.monotonic() + self.poll_timeout_s
         with self._cond:
             self.polls_waiting += 1
@@ -153,6 +159,8 @@ class InMemoryEngine(Scripted):
                         locked = [self._lock(t, by_topic[t.topic]) for t in free]
                         if self.before_return is not None:
                             self.before_return()
+                        if max_answer_bytes is not None and _answer_bytes(locked) > max_answer_bytes:
+                            return None
                         return locked
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -290,8 +298,9 @@ class InMemoryEngine(Scripted):
                     process_instance_id=task.process_instance_id, execution_id=task.process_instance_id,
                     activity_id=task.activity_id, activity_instance_id=f"{task.activity_id}:{task.id}",
                     process_definition_id=task.definition_id,
-                    retries=task.retries, variables={k: v for k, v in task.variables.items() if k in variables},
-                    extension_properties=dict(task.properties))
+                    retries=task.retries,
+                    variables={k: _as_fetched(v) for k, v in task.variables.items() if k in variables},
+                    extension_properties=dict(task.properties), fetched_variables=frozenset(variables))
 
     def _existing(self, task_id: str) -> EngineTask:
         task = self.tasks.get(task_id)
@@ -330,6 +339,21 @@ class InMemoryEngine(Scripted):
 
 def _instance_id(process_instance_id: str, name: str) -> str:
     return f"{process_instance_id}/{name}"
+
+
+def _as_fetched(variable: Variable) -> Variable:
+    """A variable as fetchAndLock sends it: Bytes as base64 text, a File without its content."""
+    if variable.type in ("File", "file"):
+        return replace(variable, value=None)
+    if isinstance(variable.value, bytes):
+        return replace(variable, value=base64.b64encode(variable.value).decode("ascii"))
+    return variable
+
+
+def _answer_bytes(tasks: list[Task]) -> int:
+    """About what fetchAndLock's JSON answer for ``tasks`` takes (the values dominate)."""
+    return sum(512 + sum(len(str(v.value)) + 64 for v in t.variables.values())
+               + sum(len(k) + len(v) for k, v in t.extension_properties.items()) for t in tasks)
 
 
 def _variable(value: Any) -> Variable:

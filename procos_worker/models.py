@@ -75,10 +75,13 @@ class Task:
     retries: int | None = None
     variables: Mapping[str, Variable] = field(default_factory=dict)
     extension_properties: Mapping[str, str] = field(default_factory=dict)
+    fetched_variables: frozenset[str] = frozenset()
+    """The names fetchAndLock was asked to bring with their values: one of them missing from
+    ``variables`` does not exist in the task's scope (``engine.variables`` reads the others itself)."""
 
     @classmethod
-    def from_rest(cls, data: Mapping[str, Any]) -> Task:
-        """Build from one element of ``fetchAndLock``'s answer."""
+    def from_rest(cls, data: Mapping[str, Any], fetched_variables: frozenset[str] = frozenset()) -> Task:
+        """Build from one element of ``fetchAndLock``'s answer (asked for ``fetched_variables``)."""
         variables = {
             name: Variable(value=v.get("value"), type=v.get("type") or "String", value_info=v.get("valueInfo") or {})
             for name, v in (data.get("variables") or {}).items()
@@ -98,6 +101,7 @@ class Task:
             retries=data.get("retries"),
             variables=variables,
             extension_properties=dict(data.get("extensionProperties") or {}),
+            fetched_variables=fetched_variables,
         )
 
 

@@ -208,6 +208,11 @@ class WorkerSettings(BaseModel):
         default="none", description="then order by creation time (oldest first: asc)")
     max_tasks_in_flight: int = Field(default=4, ge=1, le=256)
     async_response_timeout_ms: int = Field(default=20_000, ge=0, le=_MAX_ASYNC_RESPONSE_TIMEOUT_MS)
+    # fetchAndLock brings the values of the variables a topic's tasks read while its answer stays under this
+    # many bytes per task asked for; a bigger answer is not read: its tasks are handed back and fetched
+    # again without values, each reading its own sizes first (engine.variables).
+    fetch_values_max_bytes: int = Field(
+        default=1_048_576, ge=0, description="bytes per task a fetch answer with values may take; 0: never")
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     # After the grace: unlocking, waiting for reports, sweeping, all engine calls included. Grace + this
     # must stay below the orchestrator's kill timeout (compose's stop_grace_period is 45 s).

@@ -1,8 +1,9 @@
 """The worker: the poll loop, capacity, heartbeat, shutdown; it sends each outcome to Camunda.
 
 Threads: the main thread waits for a stop and then shuts down; one poll thread long-polls
-``fetchAndLock`` (no variable values) for as many tasks as there is free capacity; one thread per task
-in flight reads its variables (sizes first, ``engine.variables``), takes its share of the input budget,
+``fetchAndLock`` for as many tasks as there is free capacity (with the values of the variables its
+topic reads, while the answer stays small); one thread per task in flight reads the variables it still
+needs (sizes first, ``engine.variables``), takes its share of the input budget,
 runs the handler and reports its outcome; the heartbeat extends locks; the lease thread keeps this
 worker's lease and recovers dead workers' tasks (``orphans``). Task threads are daemons so that an LLM
 call still running at the end of the grace period does not hold the process.
@@ -88,6 +89,9 @@ _REPORTS: dict[type, metrics.Report] = {Complete: "complete", Failure: "failure"
 # Camunda's unlock wakes pending long polls, so our own poll still waiting in the engine re-locks a task we
 # release at shutdown and returns it at once; this long is enough for it to come back and be unlocked again.
 _POLL_RETURN_S = 2.0
+# After a fetch answer too large to read, fetches go without values this long (one large input rarely
+# comes alone, and each try costs a download up to the limit and an unlock).
+_VALUES_PAUSE_S = 60.0
 
 
 @dataclass
@@ -133,7 +137,7 @@ class Worker:
         self.engine: EngineApi = engine or EngineClient(
             settings.camunda, w.id, async_response_timeout_ms=w.async_response_timeout_ms,
             order=fetch_order(w), pool_size=w.max_tasks_in_flight + 3)
-        # No variable values in fetchAndLock: each task reads the ones it needs, sizes first (engine.variables).
+        # Without variable values: each task reads the ones it needs, sizes first (engine.variables).
         self._subscriptions = [dataclasses.replace(sub, variables=()) for sub in subscriptions(w, [])]
         context = store or ContextStore(settings.database, provider=settings.ollama.provider,
                                         pool_size=settings.pool_size)
@@ -155,6 +159,10 @@ class Worker:
         self.configs = TaskConfigs(settings, ModelRegistry(settings.registry, models.load, clock=clock))
         self.handler = TaskHandler(settings, self.store, self.llm, self.configs,
                                    store_gate=self.store_gate, llm_gate=self.llm_gate)
+        # With the values of what a topic's tasks read (those reading more read the rest themselves).
+        self._with_values = [dataclasses.replace(sub, variables=tuple(sorted(
+            self.configs.topic_variables(sub.topic) | set(sub.variables)))) for sub in subscriptions(w, [])]
+        self._values_paused_until = 0.0
         # An input row with no answer after every try of the longest call is an error, not a call running.
         table = models
         self._stats = StatsRefresher(settings.registry.stats_interval_s, lambda: table.refresh_stats(
@@ -228,8 +236,10 @@ class Worker:
             if free == 0 or not self._dependencies_up():
                 continue
             started = time.perf_counter()
+            values_max_bytes = self._values_max_bytes(free)
             try:
-                tasks = self.engine.fetch_and_lock(self._subscriptions, max_tasks=free)
+                tasks = self.engine.fetch_and_lock(self._with_values if values_max_bytes else self._subscriptions,
+                                                   max_tasks=free, max_answer_bytes=values_max_bytes)
             except EngineError as exc:
                 metrics.service_state("camunda", not isinstance(exc, EngineUnavailable))
                 delay = backoff.next_delay_s()
@@ -239,8 +249,35 @@ class Worker:
             backoff.reset()
             metrics.polled(time.perf_counter() - started)
             metrics.service_state("camunda", True)
+            if tasks is None:
+                self._hand_back_unread(values_max_bytes or 0)
+                continue
             for task in tasks:
                 self._dispatch(task)
+
+    def _values_max_bytes(self, free: int) -> int | None:
+        """How large a fetch answer with variable values may be; None: fetch without values."""
+        per_task = self.settings.worker.fetch_values_max_bytes
+        if per_task == 0 or self._clock() < self._values_paused_until:
+            return None
+        return free * per_task
+
+    def _hand_back_unread(self, limit_bytes: int) -> None:
+        """A fetch answer with values was too large to read (a variable of megabytes): the tasks it locked
+        are unknown, so every task this worker id holds and does not run is unlocked (no retry spent),
+        and fetches go without values for a while, each task reading its sizes first."""
+        self._values_paused_until = self._clock() + _VALUES_PAUSE_S
+        with self._cond:
+            running = set(self._runs)
+        try:
+            unread = [task_id for task_id in self.engine.locked_task_ids() if task_id not in running]
+            for task_id in unread:
+                self.engine.unlock(task_id)
+        except EngineError as exc:  # their locks expire and they are fetched again
+            self._log.warning("engine.hand_back_failed", error=str(exc))
+            return
+        self._log.warning("engine.fetch_answer_too_large", limit_bytes=limit_bytes, handed_back=len(unread),
+                          without_values_s=_VALUES_PAUSE_S)
 
     def _wait_for_capacity(self) -> int:
         limit = self.settings.worker.max_tasks_in_flight

@@ -229,6 +229,10 @@ class TaskConfigs:
         """The variables the task reads (no database access); ``TaskConfigError`` like ``resolve``."""
         return self._spec_of(task).variables_needed(self._settings.task)
 
+    def topic_variables(self, topic: str) -> frozenset[str]:
+        """The variables a task of ``topic`` reads when it sets no property of its own."""
+        return self._spec(topic, f"topic '{topic}'", ()).variables_needed(self._settings.task)
+
     def _spec_of(self, task: Task) -> TaskConfig:
         ours = tuple(sorted((k, v) for k, v in task.extension_properties.items() if k.startswith(PROPERTY_PREFIX)))
         return self._spec(task.topic, _activity(task), ours)

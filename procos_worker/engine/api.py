@@ -18,7 +18,8 @@ __all__ = ["EngineApi"]
 class EngineApi(Protocol):
     """One worker's view of the Camunda 7 external-task API (see ``engine.client.EngineClient``)."""
 
-    def fetch_and_lock(self, topics: Sequence[Subscription], *, max_tasks: int) -> list[Task]: ...
+    def fetch_and_lock(self, topics: Sequence[Subscription], *, max_tasks: int,
+                       max_answer_bytes: int | None = None) -> list[Task] | None: ...
 
     def complete(self, task_id: str, variables: Mapping[str, Any],
                  local_variables: Mapping[str, Any] | None = None) -> None: ...

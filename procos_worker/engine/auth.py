@@ -94,23 +94,27 @@ class ClientCredentials(AuthBase):
     def _retry_on_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
         if response.status_code != 401:
             return response
-        sent = str(response.request.headers.get("Authorization", "")).removeprefix("Bearer ")
-        with self._lock:
-            if sent == self._token:  # not already replaced by another thread's retry
-                self._fetch()
-                self.refreshed_on_401 += 1
-            token = self._token
-            self.retried_401 += 1
+        login = self.renewed_after_401(str(response.request.headers.get("Authorization", "")))
         response.content  # noqa: B018 - read the body so the connection goes back to the pool
         response.close()
         retry = response.request.copy()
-        retry.headers["Authorization"] = f"Bearer {token}"
+        retry.headers["Authorization"] = login
         # The adapter's send runs no hooks: a second 401 goes back to the caller as it is.
         assert response.connection is not None
         second: requests.Response = response.connection.send(retry, **kwargs)
         second.history.append(response)
         second.request = retry
         return second
+
+    def renewed_after_401(self, sent: str) -> str:
+        """The Authorization header to send again after the engine answered 401 to ``sent``: a new token,
+        unless another thread's retry already replaced the one that was refused."""
+        with self._lock:
+            if sent.removeprefix("Bearer ") == self._token:
+                self._fetch()
+                self.refreshed_on_401 += 1
+            self.retried_401 += 1
+            return f"Bearer {self._token}"
 
     def _fetch(self) -> None:
         """Ask the token endpoint for a new token (the caller holds ``_lock``)."""

@@ -33,7 +33,7 @@ import requests
 
 from procos_worker.engine.fetch import FetchOrder, Subscription
 from procos_worker.engine.library import LibraryClient
-from procos_worker.engine.session import engine_session
+from procos_worker.engine.session import AnswerTooLarge, EngineSession, engine_session
 from procos_worker.errors import (
     EngineError,
     EngineRefused,
@@ -79,7 +79,7 @@ class EngineClient:
                                      config=config)
 
     @property
-    def session(self) -> requests.Session:
+    def session(self) -> EngineSession:
         return self._session
 
     def close(self) -> None:
@@ -90,10 +90,17 @@ class EngineClient:
 
     # -- the library's calls ---------------------------------------------------------------------
 
-    def fetch_and_lock(self, topics: Sequence[Subscription], *, max_tasks: int) -> list[Task]:
-        """Long-poll for up to ``max_tasks`` tasks on ``topics`` (each with its lock, variables, filters)."""
-        answer = self._converting(lambda: self._client.fetch_subscriptions(topics, max_tasks))
-        return [Task.from_rest(item) for item in answer or []]
+    def fetch_and_lock(self, topics: Sequence[Subscription], *, max_tasks: int,
+                       max_answer_bytes: int | None = None) -> list[Task] | None:
+        """Long-poll for up to ``max_tasks`` tasks on ``topics`` (each with its lock, variables, filters).
+        None when the answer is over ``max_answer_bytes``: it is not read further, and the tasks it
+        locked stay locked by this worker id until they are unlocked or their locks expire."""
+        try:
+            answer = self._converting(lambda: self._client.fetch_subscriptions(topics, max_tasks, max_answer_bytes))
+        except AnswerTooLarge:
+            return None
+        asked = {sub.topic: frozenset(sub.variables) for sub in topics}
+        return [Task.from_rest(item, asked.get(str(item.get("topicName")), frozenset())) for item in answer or []]
 
     def complete(self, task_id: str, variables: Mapping[str, Any],
                  local_variables: Mapping[str, Any] | None = None) -> None:
@@ -151,17 +158,28 @@ class EngineClient:
     def variable_instances(self, process_instance_id: str, names: list[str], *,
                            max_bytes: int) -> list[dict[str, Any]] | None:
         """Every instance of the variables ``names`` in the process instance, all scopes, serialized; Bytes
-        values are left out by the engine (``value`` null). None when the answer is over ``max_bytes``:
-        it is not read further (a Json variable is inline and may be huge)."""
-        def call() -> list[dict[str, Any]] | None:
+        values are left out by the engine (``value`` null). None when the answers are over ``max_bytes``
+        together: the one that crosses it is not read further (a Json variable is inline and may be huge).
+
+        One query per name: Camunda 7.24's runtime variable query has ``variableName`` but no list of
+        names (it ignores ``variableNameIn``, a history-query parameter, and answers every variable of
+        the instance)."""
+        def call(name: str, left: int) -> bytes | None:
             with self._session.post(f"{self._base_url}/variable-instance", params={"deserializeValues": "false"},
-                                    json={"processInstanceIdIn": [process_instance_id], "variableNameIn": names},
+                                    json={"processInstanceIdIn": [process_instance_id], "variableName": name},
                                     timeout=self._timeout_s, stream=True) as response:
                 _raise_for(response)
-                body = _read_capped(response, max_bytes)
-            return None if body is None else list(json.loads(body))
+                return _read_capped(response, left)
 
-        return self._converting(call)
+        rows: list[dict[str, Any]] = []
+        left = max_bytes
+        for name in names:
+            body = self._converting(lambda name=name, left=left: call(name, left))  # type: ignore[misc]
+            if body is None:
+                return None
+            rows += [row for row in json.loads(body) if row.get("name") == name]
+            left -= len(body)
+        return rows
 
     def activity_instance_ancestry(self, process_instance_id: str, activity_instance_id: str) -> list[str]:
         """The activity instance ids from ``activity_instance_id`` up to the process instance (its scopes)."""

@@ -3,10 +3,12 @@
 The library builds every request itself (URLs, bodies, typed variables, its error messages) but sends
 each with the module-level ``requests.post``: a new TCP connection per call, and no way to pass a
 session. So the name ``requests`` inside the library's module is pointed at ``_SessionRouter``: its
-``post`` goes through the session of the ``LibraryClient`` whose call is running (a context variable,
-so threads never see each other's), and to ``requests.post`` as before for any other user of the
-library. ``LibraryClient._get_topics`` replaces the library's one-size topic list with the
-``Subscription`` bodies (lock duration, variables and filters per topic).
+``post`` goes through ``EngineSession.post_json`` of the ``LibraryClient`` whose call is running (a
+context variable, so threads never see each other's), and to ``requests.post`` as before for any other
+user of the library. The library reads of an answer only what ``JsonAnswer`` has (``ok``,
+``status_code``, ``json()``, ``raise_for_status()``). ``LibraryClient._get_topics`` replaces the
+library's one-size topic list with the ``Subscription`` bodies (lock duration, variables and filters
+per topic).
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ from camunda.client import external_task_client as _library
 from camunda.client.external_task_client import ExternalTaskClient
 
 from procos_worker.engine.fetch import FetchOrder, Subscription
+from procos_worker.engine.session import EngineSession, JsonAnswer
 
 __all__ = ["LibraryClient"]
 
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    session: requests.Session
+    session: EngineSession
     topics: Sequence[Subscription] = ()
+    max_answer_bytes: int | None = None
 
 
 _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("procos_engine_call", default=None)
@@ -38,11 +42,13 @@ _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("procos_eng
 class _SessionRouter:
     """Stands in for the ``requests`` module inside the library's module."""
 
-    def post(self, url: str, **kwargs: Any) -> requests.Response:
+    def post(self, url: str, **kwargs: Any) -> requests.Response | JsonAnswer:
         call = _CALL.get()
         if call is None:
             return requests.post(url, **kwargs)
-        return call.session.post(url, **kwargs)
+        # The library sends a JSON body with its own Content-Type header, and a timeout in seconds.
+        return call.session.post_json(url, kwargs.get("json"), timeout=float(kwargs["timeout"]),
+                                      max_bytes=call.max_answer_bytes)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(requests, name)
@@ -55,7 +61,7 @@ if not isinstance(_library.requests, _SessionRouter):
 class LibraryClient(ExternalTaskClient):  # type: ignore[misc]  # the library is untyped
     """``ExternalTaskClient`` whose calls go through ``session`` and whose fetch sends ``Subscription``s."""
 
-    def __init__(self, worker_id: str, base_url: str, session: requests.Session, *, order: FetchOrder,
+    def __init__(self, worker_id: str, base_url: str, session: EngineSession, *, order: FetchOrder,
                  config: dict[str, Any]) -> None:
         sorting = [dict(s) for s in order.sorting] or None
         super().__init__(worker_id, engine_base_url=base_url,
@@ -63,17 +69,20 @@ class LibraryClient(ExternalTaskClient):  # type: ignore[misc]  # the library is
         self._session = session
 
     @contextmanager
-    def _routed(self, topics: Sequence[Subscription] = ()) -> Iterator[None]:
-        token = _CALL.set(_Call(self._session, topics))
+    def _routed(self, topics: Sequence[Subscription] = (), max_answer_bytes: int | None = None) -> Iterator[None]:
+        token = _CALL.set(_Call(self._session, topics, max_answer_bytes))
         try:
             yield
         finally:
             _CALL.reset(token)
 
-    def fetch_subscriptions(self, topics: Sequence[Subscription], max_tasks: int) -> Any:
+    def fetch_subscriptions(self, topics: Sequence[Subscription], max_tasks: int,
+                            max_answer_bytes: int | None = None) -> Any:
+        """``AnswerTooLarge`` when the answer is over ``max_answer_bytes`` (then the tasks it locked are
+        unknown: see ``Worker._hand_back_unread``)."""
         # The library reads maxTasks from its config; only the poll thread fetches.
         self.config["maxTasks"] = max_tasks
-        with self._routed(topics):
+        with self._routed(topics, max_answer_bytes):
             return self.fetch_and_lock(",".join(t.topic for t in topics))
 
     def _get_topics(self, topic_names: str, process_variables: Any, variables: Any) -> list[dict[str, Any]]:

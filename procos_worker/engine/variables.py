@@ -1,12 +1,15 @@
 """A task's input variables, sizes first (fetchAndLock -> **variables** -> inputs).
 
-fetchAndLock fetches no variable values: a Bytes variable comes inline as base64 there, so a 300 MB one
-would be downloaded and held several times over before anyone could look at its size, by every worker
-that fetches the task again. Instead, per task:
+fetchAndLock brings the values of the variables a topic's tasks read, but only while its whole answer
+stays under ``WORKER_FETCH_VALUES_MAX_BYTES`` per task (``EngineClient.fetch_and_lock`` stops reading
+a bigger one, and the worker fetches without values for a while): a Bytes variable comes inline as
+base64 there, so a 300 MB one must never be downloaded before anyone could look at its size. A name the
+fetch brought is used as it came (a Bytes value decoded); the others, and a File (whose content never
+comes inline), are read per task:
 
-1. ``measure``: one variable-instance query for the input names (serialized values, Bytes values left
-   out by the engine; the answer is read only up to what the limit allows), the instance visible from
-   the task's execution picked per name (local, then enclosing scopes, then the process instance, as
+1. ``measure``: one variable-instance query for those names (serialized values, Bytes values left out
+   by the engine; the answer is read only up to what the limit allows), the instance visible from the
+   task's execution picked per name (local, then enclosing scopes, then the process instance, as
    fetchAndLock would), and for a Bytes variable its length (counted as it streams by, up to the limit,
    never kept: the engine sends no Content-Length for large values). Over TASK_MAX_INPUT_CHARS together
    -> ``InputError`` (BPMN error), nothing held.
@@ -19,6 +22,8 @@ bytes (UTF-8 text never has more characters than bytes, so the check never lets 
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -55,12 +60,17 @@ class VariableLoader:
     def measure(self, task: Task, names: list[str]) -> SizedTask:
         """Metadata and lengths of the task's variables ``names`` (its inputs, or what its templates read);
         ``InputError`` when they are over the limit together."""
-        rows = self._engine.variable_instances(task.process_instance_id, names,
-                                               max_bytes=_JSON_BYTES_PER_CHAR * self._limit + _ANSWER_OVERHEAD_BYTES)
-        if rows is None:
-            raise InputError(f"the inputs are over {self._limit:,} characters (TASK_MAX_INPUT_CHARS): "
-                             "their values were not read")
-        visible = self._visible(task, rows)
+        visible = {name: _decoded(name, v) for name, v in task.variables.items()
+                   if name in names and name in task.fetched_variables and _came_whole(v)}
+        unread = [name for name in names if name not in visible
+                  and (name not in task.fetched_variables or name in task.variables)]
+        if unread:
+            rows = self._engine.variable_instances(
+                task.process_instance_id, unread, max_bytes=_JSON_BYTES_PER_CHAR * self._limit + _ANSWER_OVERHEAD_BYTES)
+            if rows is None:
+                raise InputError(f"the inputs are over {self._limit:,} characters (TASK_MAX_INPUT_CHARS): "
+                                 "their values were not read")
+            visible.update(self._visible(task, rows))
         sizes = {name: self._length(v) for name, v in visible.items()}
         total = sum(sizes.values())
         if total > self._limit:
@@ -82,6 +92,8 @@ class VariableLoader:
         return replace(sized.task, variables=variables)
 
     def _length(self, variable: Variable) -> int:
+        if isinstance(variable.value, bytes):
+            return len(variable.value)
         if variable.type in _BINARY_TYPES:
             return self._engine.binary_length(variable.instance_id, up_to=self._limit) if variable.instance_id else 0
         if isinstance(variable.value, str):
@@ -109,6 +121,22 @@ class VariableLoader:
                 visible[name] = Variable(value=chosen.get("value"), type=str(chosen.get("type") or "String"),
                                          value_info=chosen.get("valueInfo") or {}, instance_id=str(chosen["id"]))
         return visible
+
+
+def _came_whole(variable: Variable) -> bool:
+    """A File's content never comes with fetchAndLock (only its name and type): it is read like a variable
+    the fetch did not bring."""
+    return not (variable.type in _BINARY_TYPES and variable.value is None)
+
+
+def _decoded(name: str, variable: Variable) -> Variable:
+    """A Bytes value as fetchAndLock sends it (base64) -> ``bytes``, as ``load`` would have read it."""
+    if variable.type not in _BINARY_TYPES or not isinstance(variable.value, str):
+        return variable
+    try:
+        return replace(variable, value=base64.b64decode(variable.value, validate=True))
+    except binascii.Error as exc:
+        raise InputError(f"variable '{name}' ({variable.type}) came as invalid base64: {exc}") from exc
 
 
 def _obvious(task: Task, candidates: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:

@@ -2,9 +2,11 @@
 
 Sizes are checked before anything is decoded: the worker reads its input variables' metadata first (the
 engine's serialized values; for a Bytes variable only its length) and refuses an input over
-TASK_MAX_INPUT_CHARS with the BPMN error AI_INPUT_INVALID without downloading it. Before, fetchAndLock
-carried a Bytes variable inline as base64: a 300 MB one became a 400 MB answer held several times over,
-and every worker that fetched the task again went down the same way.
+TASK_MAX_INPUT_CHARS with the BPMN error AI_INPUT_INVALID without downloading it. fetchAndLock carries a
+Bytes variable inline as base64: before issue 9 a 300 MB one became a 400 MB answer held several times
+over, and every worker that fetched the task again went down the same way. Now a fetch answer with
+values is read only up to WORKER_FETCH_VALUES_MAX_BYTES per task: a larger one is dropped, its tasks
+handed back and fetched again without values (sizes first).
 
 And the tasks in flight share one budget (TASK_MAX_INPUT_CHARS_IN_FLIGHT): large inputs wait for each
 other instead of all being held at once.
@@ -82,6 +84,7 @@ def test_300_mb_bytes_variable_is_refused_from_its_length(
     assert variables["ai_error_code"]["value"] == "AI_INPUT_INVALID"
     assert "TASK_MAX_INPUT_CHARS" in variables["ai_error_message"]["value"]
     assert fake.chat_calls == 0
+    assert worker.find("engine.fetch_answer_too_large"), "the fetch with values was dropped unread"
     ratio = peak_kib / idle_kib
     assert ratio < RSS_RATIO_LIMIT, f"peak RSS {peak_kib / 1024:.0f} MiB = {ratio:.2f} x idle {idle_kib / 1024:.0f} MiB"
     assert worker.alive

@@ -4,6 +4,7 @@ carries)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from procos_testkit.fake_ollama import FakeOllama
 from procos_testkit.ollama_proxy import OllamaProxy
 from procos_worker.engine.client import EngineClient
 from procos_worker.engine.fetch import Subscription
+from procos_worker.engine.variables import VariableLoader
 from procos_worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -70,3 +72,41 @@ def test_a_busy_worker_keeps_its_connections(settings: Settings, engine_rest: En
     assert running.worker.counters.completed == 20
     assert calls >= 25, calls  # a fetch or more per batch, a complete per task, the shutdown sweep
     assert engine_proxy.accepted <= 4 + 3, f"{engine_proxy.accepted} TCP connections for {calls} calls"
+
+
+def test_a_fetch_with_values_brings_small_ones_and_stops_reading_a_large_answer(
+        settings: Settings, engine_rest: EngineRest) -> None:
+    """What the real engine sends (a Bytes value as base64, a File without content), and an answer over
+    the limit: not read, its task locked by this worker id until it is unlocked."""
+    topic, key = engine_rest.deploy_example()
+    small = engine_rest.start(key, {"query": "q", "context": {"value": "YWJj", "type": "Bytes"},
+                                    "doc": {"value": "ZmlsZQ==", "type": "File",
+                                            "valueInfo": {"filename": "a.txt", "mimeType": "text/plain"}}})
+    client = EngineClient(settings.camunda, f"values-{uuid.uuid4().hex[:8]}", async_response_timeout_ms=0)
+    large = ""
+    try:
+        names = ("context", "doc", "query")
+        (task,) = client.fetch_and_lock([Subscription(topic, 30_000, names)], max_tasks=1,
+                                        max_answer_bytes=1_048_576) or []
+        assert task.fetched_variables == frozenset(names)
+        assert (task.variables["context"].type, task.variables["context"].value) == ("Bytes", "YWJj")
+        assert (task.variables["doc"].type, task.variables["doc"].value) == ("File", None)
+        sized = VariableLoader(client, settings.task).measure(task, list(names))
+        assert sized.task.variables["context"].value == b"abc", "decoded from base64"
+        assert sized.task.variables["doc"].instance_id, "a File is read from its instance"
+        assert VariableLoader(client, settings.task).load(sized).variables["doc"].value == b"file"
+        client.complete(task.id, {})
+
+        large = engine_rest.start(key, {"query": "q", "context": "y" * 3_000})
+        assert client.fetch_and_lock([Subscription(topic, 30_000, names)], max_tasks=1,
+                                     max_answer_bytes=2_000) is None
+        (locked,) = client.locked_task_ids()
+        client.unlock(locked)
+        (again,) = client.fetch_and_lock([Subscription(topic, 30_000, ())], max_tasks=1) or []
+        assert again.id == locked and not again.variables
+        client.complete(again.id, {})
+    finally:
+        client.close()
+        for pi in (small, large):
+            if pi and engine_rest.external_tasks(processInstanceId=pi):
+                engine_rest.delete_instance(pi)

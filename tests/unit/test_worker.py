@@ -87,11 +87,11 @@ def test_a_task_is_completed_with_the_flags_of_its_stored_row(doubles: Doubles, 
     stored, text = doubles.store.outputs[task_id]
     assert text == doubles.llm.answer
     assert doubles.engine.tasks[task_id].reported == {"variables": build_flags(stored), "local_variables": {}}
-    # fetchAndLock carries no values; the task reads the names it needs itself, sizes first.
+    # fetchAndLock brings the values of what the topic's tasks read, its answer read up to 1 MiB a task.
     fetch = doubles.engine.calls_to("fetch_and_lock")[0].args
-    assert fetch == {"topics": ["ai-query"], "max_tasks": 2, "variables": []}
-    assert [c.args for c in doubles.engine.calls_to("variable_instances")] == [
-        {"process_instance_id": "pi-1", "names": ["context", "query", "system_prompt"]}]
+    assert fetch == {"topics": ["ai-query"], "max_tasks": 2, "variables": ["context", "query", "system_prompt"],
+                     "max_answer_bytes": 2 * 1_048_576}
+    assert not doubles.engine.calls_to("variable_instances")
     assert running.worker.counters.as_dict() == {"fetched": 1, "completed": 1, "failed": 0, "bpmn_errors": 0,
                                                  "abandoned": 0, "released": 0, "reclaimed": 0}
     assert _events(logs, "task.completed", task_id=task_id, ai_context_id=str(stored.id))
@@ -154,7 +154,8 @@ def test_a_task_whose_template_reads_a_variable_reads_it_itself(
     start()
     _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
     assert not _events(logs, "task.released"), "no fetch again: the task reads what its template needs"
-    assert [c.args["names"] for c in doubles.engine.calls_to("variable_instances")] == [["system_prompt", "ticket"]]
+    # The topic's names came with the fetch; the one only its own template reads is queried.
+    assert [c.args["names"] for c in doubles.engine.calls_to("variable_instances")] == [["ticket"]]
     assert doubles.store.inputs[task_id].prompt == "Summarise: printer on fire"
 
 

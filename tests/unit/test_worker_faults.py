@@ -25,6 +25,7 @@ from procos_worker.errors import (
     StoreUnavailable,
 )
 from procos_worker.health import Counters
+from procos_worker.models import Variable
 from procos_worker.orphans import OrphanRecovery
 from procos_worker.settings import Settings, TaskSettings
 
@@ -75,6 +76,75 @@ def _with_task(settings: Settings, **task: Any) -> Settings:
     return settings.model_copy(update={"task": TaskSettings(**task)})
 
 
+# -- variables with the fetch ------------------------------------------------------------------------
+
+
+def test_values_that_came_with_the_fetch_are_not_read_again(
+    doubles: Doubles, start: Callable[..., RunningWorker],
+) -> None:
+    task_id = doubles.engine.add_task({"query": b"Summarise: ok", "context": {"k": 1}})
+    start()
+    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
+    inputs = doubles.store.inputs[task_id].inputs
+    assert (inputs.query, inputs.context) == ("Summarise: ok", {"k": 1}), "a Bytes value decoded from base64"
+    for call in ("variable_instances", "binary_length", "binary_value"):
+        assert not doubles.engine.calls_to(call), call
+
+
+def test_inputs_that_came_with_the_fetch_over_the_limit_are_refused(
+    doubles: Doubles, start: Callable[..., RunningWorker], unit_settings: Callable[..., Settings],
+) -> None:
+    task_id = doubles.engine.add_task({"query": "x" * 500})
+    start(_with_task(unit_settings(), max_input_chars=100, max_input_chars_in_flight=100))
+    _soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
+    assert "inputs are 500 characters" in doubles.engine.tasks[task_id].reported["message"]
+    assert not doubles.store.calls and not doubles.llm.calls
+
+
+def test_a_file_input_is_read_from_its_instance(doubles: Doubles, start: Callable[..., RunningWorker]) -> None:
+    """A File's content never comes with the fetch: it is read (and refused: a File is not text input)."""
+    task_id = doubles.engine.add_task({"query": Variable(value=b"from a file", type="File")})
+    start()
+    _soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
+    assert [c.args["names"] for c in doubles.engine.calls_to("variable_instances")] == [["query"]]
+    assert len(doubles.engine.calls_to("binary_value")) == 1
+    assert "got File (bytes)" in doubles.engine.tasks[task_id].reported["message"]
+
+
+def test_a_fetch_answer_too_large_is_handed_back_and_fetched_without_values(
+    doubles: Doubles, start: Callable[..., RunningWorker], logs: Logs,
+) -> None:
+    doubles.llm.hold()
+    running_id = doubles.engine.add_task({"query": "small"})
+    running = start(fetch_values_max_bytes=4_000, max_tasks_in_flight=2)
+    doubles.llm.wait_in_chat(1)
+    large_id = doubles.engine.add_task({"query": "q", "context": "y" * 10_000})
+    _soon(lambda: _events(logs, "engine.fetch_answer_too_large"), "the answer to be dropped")
+    event = _events(logs, "engine.fetch_answer_too_large")[0]
+    assert event["handed_back"] == 1 and event["limit_bytes"] == 4_000
+    assert [c.args["task_id"] for c in doubles.engine.calls_to("unlock")] == [large_id], "the running task kept"
+    doubles.llm.release()
+    _soon(lambda: doubles.engine.state(large_id) == doubles.engine.state(running_id) == "completed", "both")
+    fetches = [c.args for c in doubles.engine.calls_to("fetch_and_lock")]
+    dropped = next(i for i, f in enumerate(fetches) if f["max_answer_bytes"] == 4_000 and i > 0)
+    assert fetches[dropped + 1]["variables"] == [] and fetches[dropped + 1]["max_answer_bytes"] is None
+    assert [c.args["names"] for c in doubles.engine.calls_to("variable_instances")] == [
+        ["context", "query", "system_prompt"]], "the handed-back task read its sizes first"
+    assert doubles.store.inputs[large_id].inputs.context == "y" * 10_000
+    running.stop()
+    assert running.worker.counters.released == 0
+
+
+def test_a_fetch_answer_too_large_whose_tasks_cant_be_listed_waits_for_their_locks(
+    doubles: Doubles, start: Callable[..., RunningWorker], logs: Logs,
+) -> None:
+    doubles.engine.fail("locked_task_ids", EngineUnavailable("refused"))
+    doubles.engine.add_task({"query": "q", "context": "y" * 10_000})
+    start(fetch_values_max_bytes=4_000)
+    _soon(lambda: _events(logs, "engine.hand_back_failed"), "the hand-back to fail")
+    assert not doubles.engine.calls_to("unlock")
+
+
 # -- variables, sizes first ---------------------------------------------------------------------------
 
 
@@ -82,7 +152,7 @@ def test_inputs_over_the_limit_are_refused_from_their_size_before_they_are_downl
     doubles: Doubles, start: Callable[..., RunningWorker], unit_settings: Callable[..., Settings],
 ) -> None:
     task_id = doubles.engine.add_task({"query": b"x" * 500})
-    start(_with_task(unit_settings(), max_input_chars=100, max_input_chars_in_flight=100))
+    start(_with_task(unit_settings(fetch_values_max_bytes=0), max_input_chars=100, max_input_chars_in_flight=100))
     _soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
     reported = doubles.engine.tasks[task_id].reported
     assert reported["code"] == "AI_INPUT_INVALID" and "TASK_MAX_INPUT_CHARS" in reported["message"]
@@ -94,14 +164,14 @@ def test_an_answer_to_the_variable_query_over_the_limit_is_not_read(
     doubles: Doubles, start: Callable[..., RunningWorker], unit_settings: Callable[..., Settings],
 ) -> None:
     task_id = doubles.engine.add_task({"query": "q", "context": {"blob": "y" * 10_000_000}})
-    start(_with_task(unit_settings(), max_input_chars=100, max_input_chars_in_flight=100))
+    start(_with_task(unit_settings(fetch_values_max_bytes=0), max_input_chars=100, max_input_chars_in_flight=100))
     _soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
     assert "their values were not read" in doubles.engine.tasks[task_id].reported["message"]
 
 
 def test_a_bytes_input_is_downloaded_once_it_fits(doubles: Doubles, start: Callable[..., RunningWorker]) -> None:
     task_id = doubles.engine.add_task({"query": b"Summarise: ok"})
-    start()
+    start(fetch_values_max_bytes=0)
     _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
     assert len(doubles.engine.calls_to("binary_value")) == 1
     assert doubles.store.inputs[task_id].prompt == "Summarise: ok"
@@ -112,7 +182,7 @@ def test_variables_are_read_again_while_the_engine_is_unreachable(
 ) -> None:
     doubles.engine.fail("variable_instances", EngineUnavailable("refused"), EngineUnavailable("refused"))
     task_id = doubles.engine.add_task({"query": "q"})
-    start()
+    start(fetch_values_max_bytes=0)
     _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
     assert len(_events(logs, "task.variables_retry", task_id=task_id)) == 2
 
@@ -122,7 +192,7 @@ def test_a_task_lost_while_its_variables_are_read_is_not_reported(
 ) -> None:
     doubles.engine.fail("variable_instances", LockLost("External task does not exist"))
     task_id = doubles.engine.add_task({"query": "q"})
-    running = start()
+    running = start(fetch_values_max_bytes=0)
     _soon(lambda: _events(logs, "task.not_reported", task_id=task_id, state="lost"), "the run to end")
     assert not doubles.engine.calls_to("complete") and not doubles.llm.calls
     running.stop()
@@ -134,7 +204,7 @@ def test_variables_the_engine_refuses_to_give_are_an_incident(
 ) -> None:
     doubles.engine.fail("variable_instances", EngineRejected(403, "AuthorizationException", "no READ"))
     task_id = doubles.engine.add_task({"query": "q"})
-    start()
+    start(fetch_values_max_bytes=0)
     _soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
     assert "refused to give the task's variables" in doubles.engine.tasks[task_id].reported["message"]
 
@@ -144,7 +214,7 @@ def test_a_run_released_while_it_waits_for_the_engine_stops_there(
 ) -> None:
     doubles.engine.fail("variable_instances", *[EngineUnavailable("refused")] * 10_000)
     task_id = doubles.engine.add_task({"query": "q"})
-    running = start(shutdown_grace_s=0)
+    running = start(shutdown_grace_s=0, fetch_values_max_bytes=0)
     _soon(lambda: _events(logs, "task.variables_retry", task_id=task_id), "a retry")
     running.stop()
     assert _events(logs, "task.not_reported", task_id=task_id, state="released")
