@@ -173,25 +173,36 @@ def test_init_db_builds_the_indexes_concurrently_while_the_engine_serves_and_twi
     with psycopg.connect(url, autocommit=True) as conn:
         for name in INDEXES:
             conn.execute(f"DROP INDEX CONCURRENTLY {name}")
+    deadlocks: list[str] = []
+
+    def plain_build(conn: psycopg.Connection[Any]) -> None:
+        try:
+            conn.execute("SELECT optimize_camunda_for_ai()")
+        except psycopg.errors.DeadlockDetected as exc:  # PostgreSQL chose the build as the victim this time
+            deadlocks.append(str(exc).splitlines()[0])
+
     with EngineLoad(engine, key) as load, LockSampler(url, "procos-plain") as plain:
         time.sleep(1.0)
         with psycopg.connect(url, autocommit=True, application_name="procos-plain") as conn:
-            start, end = _timed(lambda: conn.execute("SELECT optimize_camunda_for_ai()"))
+            start, end = _timed(lambda: plain_build(conn))
         time.sleep(0.5)
     plain_worst = load.slowest_between(start - 0.5, end)
     # The plain build holds SHARE on act_ru_variable until it has built on act_hi_varinst too: an engine
-    # transaction holding act_hi_varinst and waiting for act_ru_variable then deadlocks (seen, not forced).
+    # transaction holding act_hi_varinst and waiting for act_ru_variable then deadlocks (seen, not forced;
+    # either side may be the one PostgreSQL aborts).
     failed = [body for t, body in load.failures if start - 0.5 <= t <= end]
     print(f"plain build: {end - start:.2f} s, slowest engine call meanwhile {plain_worst:.3f} s; "
-          f"locks {sorted(plain.modes)}; engine calls failed meanwhile: {len(failed)}")
+          f"locks {sorted(plain.modes)}; engine calls failed meanwhile: {len(failed)}; build aborted: {deadlocks}")
     assert "ShareLock" in plain.modes, plain.modes
-    assert _index_state(url) == dict.fromkeys(INDEXES, True)
+    if not deadlocks:
+        assert _index_state(url) == dict.fromkeys(INDEXES, True)
 
 
 def test_the_indexes_fit_what_a_real_worker_task_writes(
-    engine_db: tuple[str, str], run_worker: Callable[..., Any], ollama_up: str,
+    engine_db: tuple[str, str], run_worker: Callable[..., Any], ollama_up: str, tmp_path: Path,
 ) -> None:
     url, rest = engine_db
+    _init_db(url, tmp_path)  # built here, whatever the test before left (its plain build may have been aborted)
     engine = EngineRest(rest)
     topic, key = engine.deploy_example()
     pi = engine.start(key, {"query": "Say yes."})

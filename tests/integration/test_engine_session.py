@@ -4,6 +4,7 @@ carries)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -95,6 +96,9 @@ def test_a_fetch_with_values_brings_small_ones_and_stops_reading_a_large_answer(
         assert sized.task.variables["context"].value == b"abc", "decoded from base64"
         assert sized.task.variables["doc"].instance_id, "a File is read from its instance"
         assert VariableLoader(client, settings.task).load(sized).variables["doc"].value == b"file"
+        bare = dataclasses.replace(task, variables={}, fetched_variables=frozenset())
+        only = VariableLoader(client, settings.task).measure(bare, ["query"])
+        assert set(only.task.variables) == {"query"}, "only the names asked for (7.24 ignores variableNameIn)"
         client.complete(task.id, {})
 
         large = engine_rest.start(key, {"query": "q", "context": "y" * 3_000})
