@@ -1,6 +1,7 @@
 """Issue 9, item 9: the lowest version pyproject.toml allows of a runtime dependency has the API the
 worker calls. tenacity 9.0/9.1 lack ``wait_exponential_jitter(multiplier=...)``: with them installed every
-Ollama call raised TypeError, an incident for every task.
+Ollama call raised TypeError, an incident for every task. requests and urllib3: ``engine.session`` uses
+requests' adapter and urllib3's pool directly.
 
 The floor is installed from PyPI (``pip install --no-deps --target``) and the worker's own retry path runs
 against it in a subprocess, talking to the fake Ollama (one 503, then an answer: the retry is exercised).
@@ -21,10 +22,7 @@ from tests.faults.faultkit import REPO
 
 pytestmark = pytest.mark.faults
 
-# Runtime dependencies whose API the worker uses beyond what every release offers.
-CHECKED = ("tenacity",)
-
-_PROBE = """
+_TENACITY = """
 import sys
 import tenacity
 from procos_worker.ai.llm import LlmClient
@@ -33,6 +31,28 @@ client = LlmClient(OllamaSettings(base_url=sys.argv[1], attempts=3))
 result = client.chat([{"role": "user", "content": "floor check [[fake:fail_first_n=1]]"}])
 print("tenacity", tenacity.__version__ if hasattr(tenacity, "__version__") else "?", "answer", len(result.content))
 """
+
+# engine.session: the library's calls on the requests session's own urllib3 pool, and an answer over a limit
+# left unread (sent to the fake Ollama's /api/chat: any JSON endpoint shows the session's side).
+_SESSION = """
+import sys
+import requests, urllib3
+from procos_worker.engine.session import AnswerTooLarge, EngineSession
+session = EngineSession(2, None)
+body = {"model": "fake:latest", "messages": [{"role": "user", "content": "floor check"}], "stream": False}
+answer = session.post_json(sys.argv[1] + "/api/chat", body, timeout=10)
+assert answer.ok and answer.json()["done"], answer.status_code
+try:
+    session.post_json(sys.argv[1] + "/api/chat", body, timeout=10, max_bytes=10)
+    raise SystemExit("an answer over max_bytes was read")
+except AnswerTooLarge:
+    pass
+print("requests", requests.__version__, "urllib3", urllib3.__version__, "answer", len(answer.content))
+"""
+
+# Runtime dependencies whose API the worker uses beyond what every release offers: the probe that calls
+# it, and the chat calls the probe makes at the fake.
+CHECKED = {"tenacity": (_TENACITY, 2), "requests": (_SESSION, 2), "urllib3": (_SESSION, 2)}
 
 
 def _floor(name: str) -> str:
@@ -48,6 +68,7 @@ def _floor(name: str) -> str:
 
 @pytest.mark.parametrize("name", CHECKED)
 def test_lowest_allowed_version_has_the_api_used(name: str, tmp_path: Path, fake: FakeOllama) -> None:
+    probe_code, chat_calls = CHECKED[name]
     floor = _floor(name)
     target = tmp_path / "floor"
     installed = subprocess.run(
@@ -55,8 +76,9 @@ def test_lowest_allowed_version_has_the_api_used(name: str, tmp_path: Path, fake
         capture_output=True, text=True, timeout=300, check=False)
     assert installed.returncode == 0, installed.stderr[-2000:]
     # The floor first on the path, then the checkout (the worker itself), then the venv (its other deps).
-    probe = subprocess.run([sys.executable, "-c", _PROBE, fake.base_url], capture_output=True, text=True, timeout=120,
-                           check=False, cwd=REPO, env={"PYTHONPATH": f"{target}:{REPO}", "PATH": "/usr/bin:/bin"})
+    env = {"PYTHONPATH": f"{target}:{REPO}", "PATH": "/usr/bin:/bin"}
+    probe = subprocess.run([sys.executable, "-c", probe_code, fake.base_url], capture_output=True, text=True,
+                           timeout=120, check=False, cwd=REPO, env=env)
     assert probe.returncode == 0, f"{name}=={floor}: {probe.stderr[-3000:]}"
     assert "answer" in probe.stdout
-    assert fake.chat_calls == 2, "one 503, then the retry answered"
+    assert fake.chat_calls == chat_calls, probe.stdout
