@@ -33,7 +33,7 @@ import requests
 
 from procos_worker.engine.fetch import FetchOrder, Subscription
 from procos_worker.engine.library import LibraryClient
-from procos_worker.engine.session import AnswerTooLarge, EngineSession, engine_session
+from procos_worker.engine.session import AnswerTooLarge, EngineSession, engine_session, read_capped
 from procos_worker.errors import (
     EngineError,
     EngineRefused,
@@ -360,16 +360,7 @@ def _seconds_left(lock_expiration: Any, engine_now: datetime | None) -> float | 
 
 
 def _read_capped(response: requests.Response, max_bytes: int) -> bytes | None:
-    """The body, or None as soon as it is known to be over ``max_bytes`` (the rest is never read)."""
-    declared = response.headers.get("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        return None
-    body = bytearray()
-    for piece in response.iter_content(chunk_size=1 << 20):
-        body += piece
-        if len(body) > max_bytes:
-            return None
-    return bytes(body)
+    return read_capped(response.iter_content(chunk_size=1 << 20), response.headers.get("Content-Length"), max_bytes)
 
 
 def _raise_for(response: requests.Response, task_id: str | None = None) -> None:

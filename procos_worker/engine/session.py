@@ -14,7 +14,7 @@ read of a response, and it can stop reading an answer that grows over a limit (`
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +29,7 @@ from requests.structures import CaseInsensitiveDict
 from procos_worker.engine.auth import ClientCredentials, engine_auth
 from procos_worker.settings import CamundaSettings
 
-__all__ = ["AnswerTooLarge", "EngineSession", "JsonAnswer", "engine_session"]
+__all__ = ["AnswerTooLarge", "EngineSession", "JsonAnswer", "engine_session", "read_capped"]
 
 _UNREAD = object()
 _CHUNK_BYTES = 1 << 16
@@ -77,7 +77,6 @@ class EngineSession(requests.Session):
         self.mount("http://", self._adapter)
         self.mount("https://", self._adapter)
         self.auth = auth
-        self._login_auth = auth
         self._pools: dict[tuple[str, str], urllib3.HTTPConnectionPool] = {}
         # Settings are the one source of configuration: no proxy, CA bundle or .netrc from the environment
         # (requests would look them up again on every call).
@@ -93,8 +92,8 @@ class EngineSession(requests.Session):
             raise requests.exceptions.InvalidJSONError(exc) from exc
         login = self._login()
         answer = self._post(url, data, login, timeout, max_bytes)
-        if answer.status_code == 401 and isinstance(self._login_auth, ClientCredentials) and login is not None:
-            answer = self._post(url, data, self._login_auth.renewed_after_401(login), timeout, max_bytes)
+        if answer.status_code == 401 and isinstance(self.auth, ClientCredentials) and login is not None:
+            answer = self._post(url, data, self.auth.renewed_after_401(login), timeout, max_bytes)
         return answer
 
     def _pool_for(self, url: str) -> urllib3.HTTPConnectionPool:
@@ -109,12 +108,12 @@ class EngineSession(requests.Session):
 
     def _login(self) -> str | None:
         """The Authorization header the session's auth object would set (basic, bearer, or a current token)."""
-        if self._login_auth is None:
+        if not isinstance(self.auth, AuthBase):  # engine_auth gives an AuthBase or None
             return None
         probe = requests.PreparedRequest()
         probe.headers = CaseInsensitiveDict()
         probe.hooks = {"response": []}
-        self._login_auth(probe)
+        self.auth(probe)
         return probe.headers.get("Authorization")
 
     def _post(self, url: str, data: bytes, login: str | None, timeout: float, max_bytes: int | None) -> JsonAnswer:
@@ -155,15 +154,24 @@ def _read(response: urllib3.BaseHTTPResponse, max_bytes: int | None) -> bytes:
     if max_bytes is None:
         return response.read()
     declared = response.headers.get("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        response.close()
-        raise AnswerTooLarge(f"the answer is {int(declared):,} bytes, over {max_bytes:,}")
+    body = read_capped(response.stream(_CHUNK_BYTES), declared, max_bytes)
+    if body is None:
+        response.close()  # the rest is never read: the connection is dropped
+        size = f"{int(declared):,} bytes, over" if declared is not None and declared.isdigit() else "over"
+        raise AnswerTooLarge(f"the answer is {size} {max_bytes:,} bytes")
+    return body
+
+
+def read_capped(chunks: Iterable[bytes], content_length: str | None, max_bytes: int) -> bytes | None:
+    """The body from ``chunks``, or None as soon as it is known to be over ``max_bytes`` (from its
+    Content-Length, else counted as it streams by): the rest is never read."""
+    if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes:
+        return None
     body = bytearray()
-    for piece in response.stream(_CHUNK_BYTES):
+    for piece in chunks:
         body += piece
         if len(body) > max_bytes:
-            response.close()  # the rest is never read: the connection is dropped
-            raise AnswerTooLarge(f"the answer is over {max_bytes:,} bytes")
+            return None
     return bytes(body)
 
 
