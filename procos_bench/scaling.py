@@ -239,12 +239,20 @@ def _fill(url: str, rows: int) -> dict[str, Any]:
             "bytes_per_row": {k: round(v / rows, 1) for k, v in sizes.items()}}
 
 
+def _sampled(conn: psycopg.Connection[Any], column: str, where: str = "TRUE") -> list[str]:
+    """Up to 200 values of ``column`` from 1 % of the table's pages; a small table's 1 % can be no
+    page at all, so it falls back to the first rows."""
+    for source in ("procos_ai_context TABLESAMPLE SYSTEM (1)", "procos_ai_context"):
+        values = [str(r[0]) for r in conn.execute(f"SELECT {column} FROM {source} WHERE {where} LIMIT 200")]
+        if values:
+            return values
+    raise RuntimeError("procos_ai_context is empty: nothing to sample")
+
+
 def _samples(url: str) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
-        outputs = [str(r[0]) for r in conn.execute(
-            "SELECT id FROM procos_ai_context TABLESAMPLE SYSTEM (1) WHERE context_type = 'output' LIMIT 200")]
-        pis = [str(r[0]) for r in conn.execute(
-            "SELECT process_instance_id FROM procos_ai_context TABLESAMPLE SYSTEM (1) LIMIT 200")]
+        outputs = _sampled(conn, "id", "context_type = 'output'")
+        pis = _sampled(conn, "process_instance_id")
         common = conn.execute("""SELECT w FROM (SELECT split_part(content_text, ' ', 3) AS w FROM procos_ai_context
                                  TABLESAMPLE SYSTEM (1) WHERE context_type = 'output') s
                                  WHERE length(w) >= 4 GROUP BY w ORDER BY count(*) DESC LIMIT 1""").fetchone()

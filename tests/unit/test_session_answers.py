@@ -20,6 +20,7 @@ from procos_worker.engine.session import AnswerTooLarge, EngineSession, JsonAnsw
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     seen: ClassVar[list[dict[str, Any]]] = []
+    dropped: ClassVar[threading.Event] = threading.Event()
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -32,8 +33,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
+            piece = b"x" * 4096
             for _ in range(64):
-                piece = b"x" * 4096
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
             return
@@ -46,6 +47,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):
+            # A client that stops reading past its cap closes with unread data: the kernel resets.
+            _Handler.dropped.set()
+
     def log_message(self, *args: Any) -> None:
         pass
 
@@ -53,6 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture()
 def server() -> Iterator[str]:
     _Handler.seen.clear()
+    _Handler.dropped.clear()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -85,6 +94,7 @@ def test_an_answer_over_the_limit_is_not_read_and_the_session_goes_on(server: st
         session.post_json(f"{server}/big", {}, timeout=5, max_bytes=10_000)
     with pytest.raises(AnswerTooLarge, match="over 10,000 bytes"):  # counted as it streams (chunked)
         session.post_json(f"{server}/chunked", {}, timeout=5, max_bytes=10_000)
+    assert _Handler.dropped.wait(5), "the connection is dropped, not read to the end"
     assert session.post_json(f"{server}/big", {}, timeout=5, max_bytes=200_000).json() == ["y" * 100_000]
 
 
