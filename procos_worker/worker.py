@@ -71,6 +71,7 @@ from procos_worker.heartbeat import Heartbeat
 from procos_worker.models import BpmnError, Complete, Failure, Outcome, Task
 from procos_worker.orphans import OrphanRecovery
 from procos_worker.outcomes import internal_error, outcome_for, report_refused, uncaught_bpmn_error
+from procos_worker.runners import Runners
 from procos_worker.settings import Settings
 from procos_worker.store.api import LeaseApi, ModelTableApi, StoreApi
 from procos_worker.store.context import ContextStore
@@ -186,6 +187,7 @@ class Worker:
         self._health_state: HealthState = "running"
         self._health_path = record_path(w.health_file, os.getpid())
         self._poll_thread = threading.Thread(target=self._poll_main, name="procos-poll", daemon=True)
+        self._task_threads: Runners[TaskRun] = Runners(self._run_task, name="procos-task")
         self._log: BoundLogger = structlog.get_logger("procos_worker.worker").bind(worker_id=w.id)
 
     # -- public ----------------------------------------------------------------------------------
@@ -319,7 +321,7 @@ class Worker:
             self._unlock(task, log, f"{' and '.join(down)} down")
             return
         log.debug("task.fetched", retries=task.retries)
-        threading.Thread(target=self._run_task, args=(run,), name=f"procos-task-{task.id[:8]}", daemon=True).start()
+        self._task_threads.run(run)
 
     # -- one task --------------------------------------------------------------------------------
 
@@ -517,6 +519,7 @@ class Worker:
             self._sweep(end)
         if self._left(end) == 0:
             self._log.warning("worker.release_cut_short", shutdown_release_s=w.shutdown_release_s)
+        self._task_threads.close()
         self._heartbeat.stop()
         self._stats.stop()
         if self.orphans is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 PACKAGE = "procos_worker"
 ROOT = Path(__file__).resolve().parents[2]
-BASE = ("settings", "errors", "models", "textcodec", "backoff", "health", "metrics", "fingerprint")
+BASE = ("settings", "errors", "models", "textcodec", "backoff", "health", "metrics", "fingerprint", "runners")
 PIPELINE = ("inputs", "flags", "outcomes", "gate", "taskrun", "heartbeat", "prompting", "handler", "budget", "orphans",
             "worker", "retention")
 CLIENT_FOLDERS = ("engine", "ai", "store")
