@@ -115,7 +115,13 @@ class ContextStore:
         """``pool_size``: the worker passes ``Settings.pool_size``; other users get DATABASE_POOL_MAX_SIZE or 4."""
         self._provider = provider
         self._timeout_s = settings.connect_timeout_s
-        self._attempts = settings.attempts
+        # One for every call: tenacity keeps each call's state per thread.
+        self._retrying = Retrying(
+            retry=retry_if_exception_type(StoreRefused),
+            stop=stop_after_attempt(settings.attempts),
+            wait=wait_exponential_jitter(multiplier=0.5, max=5.0),
+            reraise=True,
+        )
         self._conninfo = settings.url.get_secret_value()
         self._connect_kwargs = _connect_kwargs(settings, self._conninfo)
         self._pool = psycopg_pool.ConnectionPool(
@@ -451,13 +457,7 @@ class ContextStore:
     def _run(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
         """Run ``work`` on a pooled connection; ``StoreRefused`` is tried DATABASE_ATTEMPTS times (every
         write here is idempotent), a refusal that lasts goes to the caller (a failure spending a retry)."""
-        retrying = Retrying(
-            retry=retry_if_exception_type(StoreRefused),
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(multiplier=0.5, max=5.0),
-            reraise=True,
-        )
-        result: _T = retrying(self._run_converted, work)
+        result: _T = self._retrying(self._run_converted, work)
         return result
 
     def _run_converted(self, work: Callable[[psycopg.Cursor[dict[str, Any]]], _T]) -> _T:
