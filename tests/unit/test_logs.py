@@ -3,12 +3,25 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 import structlog
 
 from procos_worker.ops.logs import configure_logging
 from procos_worker.settings import CamundaSettings, DatabaseSettings, LogSettings, Settings
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    # configure_logging sets process-wide state (structlog's level filter, the root handler): later tests
+    # capture DEBUG lines and must not inherit it.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture()
@@ -43,3 +56,19 @@ def test_console_format_on_request(settings: Settings) -> None:
     structlog.get_logger("t").info("worker.started", topics=["ai-query"])
     line = out.getvalue()
     assert "worker.started" in line and not line.lstrip().startswith("{")
+
+
+def test_lines_below_the_level_are_not_written_above_it_are(settings: Settings) -> None:
+    out = io.StringIO()
+    configure_logging(settings.model_copy(update={"log": LogSettings(level="INFO", format="json")}), stream=out)
+    log = structlog.get_logger("t").bind(task_id="t1")
+    log.debug("task.fetched")
+    log.info("task.completed")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("task.unexpected_error")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["event"], line["level"]) for line in lines] == [("task.completed", "info"),
+                                                                  ("task.unexpected_error", "error")]
+    assert "ValueError: boom" in lines[1]["exception"] and lines[1]["logger"] == "t"
