@@ -124,6 +124,12 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         lines.append(f"| P5' | CPU ms per task in P1: worker / (Camunda + PostgreSQL) | {_fmt(ms['worker'], 2)} ms "
                      f"| {_fmt(ms['camunda'], 2)} + {_fmt(ms['postgres'], 2)} ms "
                      f"| {_fmt(p1['worker_cpu_ratio'], 3)} | {TARGETS['p5_worker_cpu_ratio']} |")
+        ceiling = p1.get("ceiling_cpu")
+        if ceiling:
+            ms = ceiling["cpu_ms_per_task"]
+            lines.append(f"| P5' ref | the same for the raw-REST ceiling's loop (fetch and complete only, no LLM, "
+                         f"no storage) | {_fmt(ms['worker'], 2)} ms | {_fmt(ms['camunda'], 2)} + "
+                         f"{_fmt(ms['postgres'], 2)} ms | {_fmt(ceiling['worker_cpu_ratio'], 3)} | (reference) |")
     if p2:
         lines.append(f"| P2 | tasks/s, {p2['delay_ms']} ms LLM, WORKER_MAX_TASKS_IN_FLIGHT={p2['in_flight']} "
                      f"vs library ExternalTaskWorker | {_fmt(p2.get('procos'))} | {_fmt(p2.get('library'))} "

@@ -248,7 +248,10 @@ class Bench:
         self.results["curve"] = {"levels": list(cfg.levels), "tasks_per_run": cfg.curve_tasks, "points": curve,
                                  "library_flat": spread(r.rate for r in library).as_dict()}
         p1 = cfg.p1_in_flight if cfg.p1_in_flight in rows else min(rows, key=lambda k: abs(k - cfg.p1_in_flight))
-        self.results["p1"] = {"in_flight": p1, **curve[str(p1)], **_cpu_per_task(rows[p1]["procos"])}
+        self.results["p1"] = {"in_flight": p1, **curve[str(p1)], **_cpu_per_task(rows[p1]["procos"]),
+                              # The same measure for the raw-REST loop (fetch and complete only): a reference
+                              # for what two engine calls per task cost a Python client, not a target.
+                              "ceiling_cpu": _cpu_per_task(rows[p1]["ceiling"])}
 
     # -- P2 ----------------------------------------------------------------------------------------
 

@@ -44,7 +44,9 @@ def test_bench_tiny_run_prints_the_json_summary_last(settings: Settings) -> None
                        "p8_orphan_recovery_s"}:
         assert isinstance(summary[key], float) and summary[key] > 0, (key, summary[key])
     assert summary["p5_duplicates"] == 0
-    assert "| P1 |" in done.stdout and "| P5 |" in done.stdout
+    assert "| P1 |" in done.stdout and "| P5 |" in done.stdout and "| P5' ref |" in done.stdout
+    ceiling = summary["details"]["results"]["p1"]["ceiling_cpu"]
+    assert ceiling["cpu_ms_per_task"]["worker"]["median"] > 0 and ceiling["worker_cpu_ratio"]["median"] > 0
     assert summary["details"]["results"]["p4"]["answer_bytes"] == 1024 * 1024
 
 
