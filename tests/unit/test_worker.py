@@ -10,12 +10,9 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
-from procos_testkit.engine import wait_until
 from procos_testkit.in_process import Doubles, RunningWorker, worker_on_doubles
 from procos_worker.errors import (
     EngineRejected,
@@ -30,14 +27,10 @@ from procos_worker.health import HealthRecord
 from procos_worker.settings import Settings
 from procos_worker.store.context import ContextStore
 from procos_worker.worker import Worker
+from tests.unit.worker_kit import Logs, events, soon
 
 pytestmark = pytest.mark.timeout(20)
 
-Logs = list[dict[str, Any]]
-
-
-def _soon(predicate: Callable[[], object], what: str) -> None:
-    wait_until(predicate, 5.0, what, interval_s=0.001)
 
 
 def _health_state(path: Path) -> str | None:
@@ -47,33 +40,6 @@ def _health_state(path: Path) -> str | None:
         return None  # not written yet
 
 
-def _events(logs: Logs, name: str, **fields: Any) -> Logs:
-    return [e for e in logs if e["event"] == name and all(e.get(k) == v for k, v in fields.items())]
-
-
-@pytest.fixture()
-def logs() -> Iterator[Logs]:
-    with capture_logs() as captured:
-        yield captured
-
-
-@pytest.fixture()
-def start(doubles: Doubles, unit_settings: Callable[..., Settings], logs: Logs
-          ) -> Iterator[Callable[..., RunningWorker]]:
-    """``start(max_tasks_in_flight=1, ...)``: a Worker on the doubles, serving in a thread; stopped at the end."""
-    started: list[RunningWorker] = []
-
-    def run(**worker: Any) -> RunningWorker:
-        running = RunningWorker(worker_on_doubles(unit_settings(**worker), doubles)).start()
-        started.append(running)
-        return running
-
-    yield run
-    doubles.llm.release()
-    for running in started:
-        running.stop(10)
-
-
 # -- one task, every outcome -------------------------------------------------------------------------
 
 
@@ -81,7 +47,7 @@ def test_a_task_is_completed_with_the_flags_of_its_stored_row(doubles: Doubles, 
                                                               logs: Logs) -> None:
     task_id = doubles.engine.add_task({"query": "What is BPMN?", "unrelated": "x" * 10})
     running = start()
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
+    soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
     assert running.stop() == 0
 
     stored, text = doubles.store.outputs[task_id]
@@ -94,14 +60,14 @@ def test_a_task_is_completed_with_the_flags_of_its_stored_row(doubles: Doubles, 
     assert not doubles.engine.calls_to("variable_instances")
     assert running.worker.counters.as_dict() == {"fetched": 1, "completed": 1, "failed": 0, "bpmn_errors": 0,
                                                  "abandoned": 0, "released": 0, "reclaimed": 0}
-    assert _events(logs, "task.completed", task_id=task_id, ai_context_id=str(stored.id))
+    assert events(logs, "task.completed", task_id=task_id, ai_context_id=str(stored.id))
     assert doubles.store.opened and doubles.store.closed and doubles.engine.closed
 
 
 def test_bad_input_is_a_bpmn_error(doubles: Doubles, start: Callable[..., RunningWorker]) -> None:
     task_id = doubles.engine.add_task({"context": "no query"})
     running = start()
-    _soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
+    soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
     assert doubles.engine.tasks[task_id].reported["code"] == "AI_INPUT_INVALID"
     assert "query" in doubles.engine.tasks[task_id].reported["message"]
     assert not doubles.store.inputs, "nothing stored for bad input"
@@ -114,7 +80,7 @@ def test_a_transient_error_is_a_failure_with_one_retry_less(doubles: Doubles,
     doubles.llm.fail("chat", LlmBusy("Ollama answered 503"))
     task_id = doubles.engine.add_task({"query": "q"}, retries=2)
     running = start()
-    _soon(lambda: doubles.engine.calls_to("handle_failure"), "the failure")
+    soon(lambda: doubles.engine.calls_to("handle_failure"), "the failure")
     failure = doubles.engine.calls_to("handle_failure")[0].args
     assert (failure["retries"], failure["retry_timeout_ms"]) == (1, 20_000)  # 3 - 2 earlier failures: 10 s x 2
     assert failure["message"] == "Ollama answered 503"
@@ -127,7 +93,7 @@ def test_a_permanent_error_is_an_incident(doubles: Doubles, start: Callable[...,
     doubles.llm.fail("chat", ModelNotFound("model 'x' is not on the server: fix OLLAMA_MODEL", details="404 ..."))
     task_id = doubles.engine.add_task({"query": "q"})
     start()
-    _soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
+    soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
     input_id = doubles.store.inputs[task_id].id
     # The full story, and where the prompt is (never the prompt itself).
     assert doubles.engine.tasks[task_id].reported["details"] == (
@@ -139,11 +105,11 @@ def test_a_bug_is_an_incident_with_its_traceback(doubles: Doubles, start: Callab
     doubles.store.fail("save_input", ZeroDivisionError("a bug"))
     task_id = doubles.engine.add_task({"query": "q"})
     start()
-    _soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
+    soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
     reported = doubles.engine.tasks[task_id].reported
     assert reported["message"] == "procos-worker internal error: ZeroDivisionError: a bug"
     assert "Traceback" in reported["details"] and "save_input" in reported["details"]
-    assert _events(logs, "task.unexpected_error", task_id=task_id)
+    assert events(logs, "task.unexpected_error", task_id=task_id)
 
 
 def test_a_task_whose_template_reads_a_variable_reads_it_itself(
@@ -152,8 +118,8 @@ def test_a_task_whose_template_reads_a_variable_reads_it_itself(
     task_id = doubles.engine.add_task({"ticket": "printer on fire", "other": "not read"},
                                       properties={"procos.prompt": "Summarise: {{ ticket }}"})
     start()
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
-    assert not _events(logs, "task.released"), "no fetch again: the task reads what its template needs"
+    soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
+    assert not events(logs, "task.released"), "no fetch again: the task reads what its template needs"
     # The topic's names came with the fetch; the one only its own template reads is queried.
     assert [c.args["names"] for c in doubles.engine.calls_to("variable_instances")] == [["ticket"]]
     assert doubles.store.inputs[task_id].prompt == "Summarise: printer on fire"
@@ -162,7 +128,7 @@ def test_a_task_whose_template_reads_a_variable_reads_it_itself(
 def test_a_bad_task_property_is_an_incident_naming_it(doubles: Doubles, start: Callable[..., RunningWorker]) -> None:
     task_id = doubles.engine.add_task({"query": "q"}, properties={"procos.resultScope": "everywhere"})
     start()
-    _soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
+    soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
     assert "procos.resultScope" in doubles.engine.tasks[task_id].reported["message"]
     assert not doubles.llm.calls
 
@@ -186,7 +152,7 @@ def test_an_unreachable_engine_at_report_time_is_retried_until_it_lands(
     doubles.engine.fail("complete", EngineUnavailable("refused"), EngineUnavailable("503"))
     task_id = doubles.engine.add_task({"query": "q"})
     running = RunningWorker(worker).start()
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
+    soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
     running.stop()
     assert len(doubles.engine.calls_to("complete")) == 3
     assert slept == [0.001, 0.002], "the backoff between tries (no jitter)"
@@ -199,7 +165,7 @@ def test_a_report_the_engine_refuses_is_abandoned(doubles: Doubles, start: Calla
     doubles.engine.fail("complete", refusal)
     task_id = doubles.engine.add_task({"query": "q"})
     running = start()
-    _soon(lambda: _events(logs, "task.abandoned", task_id=task_id), "task.abandoned")
+    soon(lambda: events(logs, "task.abandoned", task_id=task_id), "task.abandoned")
     assert len(doubles.engine.calls_to("complete")) == 1, "not retried"
     assert task_id in doubles.store.outputs, "the answer stays stored"
     running.stop()
@@ -220,7 +186,7 @@ def test_no_more_tasks_in_flight_than_the_capacity(doubles: Doubles, start: Call
     assert doubles.engine.tasks[ids[2]].worker_id is None, "the third task is left to others"
 
     doubles.llm.release()
-    _soon(lambda: all(doubles.engine.state(t) == "completed" for t in ids), "all three completed")
+    soon(lambda: all(doubles.engine.state(t) == "completed" for t in ids), "all three completed")
     assert all(c.args["max_tasks"] <= 2 for c in doubles.engine.calls_to("fetch_and_lock"))
     assert len(doubles.llm.calls_to("chat")) == 3
 
@@ -252,9 +218,9 @@ def test_a_task_refetched_while_its_run_continues_is_not_run_twice(
     # Our lock ran out (the heartbeat could not reach the engine); the next poll locks the task for us again.
     doubles.clock.advance(11)
     second = doubles.engine.add_task({"query": "new"})
-    _soon(lambda: _events(logs, "task.refetched", task_id=first), "task.refetched")
+    soon(lambda: events(logs, "task.refetched", task_id=first), "task.refetched")
     doubles.llm.release()
-    _soon(lambda: all(doubles.engine.state(t) == "completed" for t in (first, second)), "both completed")
+    soon(lambda: all(doubles.engine.state(t) == "completed" for t in (first, second)), "both completed")
     assert len(doubles.llm.calls_to("chat")) == 2
     running.stop()
     assert running.worker.counters.completed == 2
@@ -264,9 +230,9 @@ def test_a_poll_loop_bug_stops_the_worker_with_status_1(doubles: Doubles, start:
                                                         logs: Logs) -> None:
     doubles.engine.fail("fetch_and_lock", RuntimeError("a bug in the poll loop"))
     running = start()
-    _soon(lambda: not running.alive, "the worker to stop by itself")
+    soon(lambda: not running.alive, "the worker to stop by itself")
     assert running.exit_code == 1
-    assert _events(logs, "worker.poll_crashed")
+    assert events(logs, "worker.poll_crashed")
 
 
 # -- dependencies down and up ------------------------------------------------------------------------
@@ -278,8 +244,8 @@ def test_an_unreachable_engine_is_polled_with_backoff(doubles: Doubles, start: C
                         EngineRejected(401, "", "Unauthorized"))
     task_id = doubles.engine.add_task({"query": "q"})
     start()
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion once the engine answers")
-    assert len(_events(logs, "engine.fetch_failed")) == 3, "each failed poll waits (1, 2, 4 ms) and tries again"
+    soon(lambda: doubles.engine.state(task_id) == "completed", "completion once the engine answers")
+    assert len(events(logs, "engine.fetch_failed")) == 3, "each failed poll waits (1, 2, 4 ms) and tries again"
     assert len(doubles.engine.calls_to("fetch_and_lock")) >= 4
 
 
@@ -289,14 +255,14 @@ def test_a_task_waits_for_its_database_holding_its_lock_then_continues(
     doubles.store.down = True
     task_id = doubles.engine.add_task({"query": "q"})
     running = start()
-    _soon(lambda: running.worker.store_gate.is_down, "the database gate to close")
-    _soon(lambda: len(doubles.store.calls_to("save_input")) >= 3, "a few tries")
+    soon(lambda: running.worker.store_gate.is_down, "the database gate to close")
+    soon(lambda: len(doubles.store.calls_to("save_input")) >= 3, "a few tries")
     assert doubles.engine.tasks[task_id].worker_id == "unit-worker", "still ours"
     doubles.store.down = False
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion after the database is back")
+    soon(lambda: doubles.engine.state(task_id) == "completed", "completion after the database is back")
     assert not doubles.engine.calls_to("handle_failure"), "no retry burnt on an outage"
-    assert len(_events(logs, "service.down", service="postgresql")) == 1
-    assert _events(logs, "service.up", service="postgresql")
+    assert len(events(logs, "service.down", service="postgresql")) == 1
+    assert events(logs, "service.up", service="postgresql")
 
 
 def test_nothing_is_fetched_while_a_dependency_is_down_and_a_task_a_pending_poll_brings_is_handed_back(
@@ -311,14 +277,14 @@ def test_nothing_is_fetched_while_a_dependency_is_down_and_a_task_a_pending_poll
     with pytest.raises(LlmUnavailable):
         running.worker.llm_gate.call(doubles.llm.ping, cancelled)
     task_id = doubles.engine.add_task({"query": "q"})
-    _soon(lambda: _events(logs, "task.released", task_id=task_id, reason="ollama down"), "the hand-back")
+    soon(lambda: events(logs, "task.released", task_id=task_id, reason="ollama down"), "the hand-back")
     assert doubles.engine.tasks[task_id].worker_id is None
     polls = len(doubles.engine.calls_to("fetch_and_lock"))
-    _soon(lambda: len(doubles.llm.calls_to("ping")) >= 4, "probes of Ollama")
+    soon(lambda: len(doubles.llm.calls_to("ping")) >= 4, "probes of Ollama")
     assert len(doubles.engine.calls_to("fetch_and_lock")) == polls, "no poll while Ollama is down"
 
     doubles.llm.down = False
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion after Ollama is back")
+    soon(lambda: doubles.engine.state(task_id) == "completed", "completion after Ollama is back")
     running.stop()
     assert running.worker.counters.released == 1 and running.worker.counters.completed == 1
 
@@ -329,10 +295,10 @@ def test_a_run_released_while_it_waits_for_a_service_reports_nothing(
     doubles.store.down = True
     task_id = doubles.engine.add_task({"query": "q"})
     running = start(shutdown_grace_s=30)
-    _soon(lambda: running.worker.store_gate.is_down, "the database gate to close")
+    soon(lambda: running.worker.store_gate.is_down, "the database gate to close")
     # Shutdown does not wait the grace out while PostgreSQL is down: the run is released at once.
     assert running.stop() == 0
-    _soon(lambda: _events(logs, "task.not_reported", task_id=task_id, state="released"), "the run to give up")
+    soon(lambda: events(logs, "task.not_reported", task_id=task_id, state="released"), "the run to give up")
     assert doubles.engine.tasks[task_id].worker_id is None
     assert not doubles.engine.calls_to("handle_failure") and not doubles.engine.calls_to("complete")
 
@@ -349,16 +315,16 @@ def test_a_lost_lock_abandons_the_run_and_stops_its_llm_call(
     doubles.llm.wait_in_chat(1)
     doubles.clock.advance(6)  # less than half of the 10 s lock is left: the heartbeat extends it
     running.worker._heartbeat.tick()
-    _soon(lambda: doubles.engine.calls_to("extend_lock"), "an extension")
+    soon(lambda: doubles.engine.calls_to("extend_lock"), "an extension")
     assert doubles.engine.calls_to("extend_lock")[-1].args == {"task_id": task_id, "new_duration_ms": 10_000}
-    _soon(lambda: _events(logs, "task.lock_extended", task_id=task_id), "the extension to land")
+    soon(lambda: events(logs, "task.lock_extended", task_id=task_id), "the extension to land")
     doubles.clock.advance(6)
     doubles.engine.lock_for_other_worker(task_id)
     running.worker._heartbeat.tick()
-    _soon(lambda: _events(logs, "task.lock_lost", task_id=task_id), "the lock lost")
+    soon(lambda: events(logs, "task.lock_lost", task_id=task_id), "the lock lost")
 
     # The held chat is cancelled (the real client stops reading Ollama's stream): nothing is stored.
-    _soon(lambda: _events(logs, "task.not_reported", task_id=task_id, state="lost"), "the run to end")
+    soon(lambda: events(logs, "task.not_reported", task_id=task_id, state="lost"), "the run to end")
     assert doubles.llm.in_chat == 0
     assert not doubles.engine.calls_to("complete"), "never completed by this worker"
     assert task_id not in doubles.store.outputs
@@ -372,11 +338,11 @@ def test_a_run_lost_while_it_waits_for_a_service_reports_nothing(
     doubles.llm.down = True
     task_id = doubles.engine.add_task({"query": "q"})
     running = start()
-    _soon(lambda: running.worker.llm_gate.is_down, "the Ollama gate to close")
+    soon(lambda: running.worker.llm_gate.is_down, "the Ollama gate to close")
     doubles.clock.advance(6)
     doubles.engine.delete(task_id)  # the instance was cancelled meanwhile
     running.worker._heartbeat.tick()
-    _soon(lambda: _events(logs, "task.not_reported", task_id=task_id, state="lost"), "the run to give up")
+    soon(lambda: events(logs, "task.not_reported", task_id=task_id, state="lost"), "the run to give up")
     assert not doubles.engine.calls_to("handle_failure"), "ServiceUnavailable after a cancel reports nothing"
     running.stop()
     assert running.worker.counters.abandoned == 1
@@ -394,7 +360,7 @@ def test_shutdown_waits_for_tasks_in_flight_within_the_grace(
     running = RunningWorker(worker).start()
     doubles.llm.wait_in_chat(1)
     worker.stop()
-    _soon(lambda: _health_state(worker.settings.worker.health_file) == "stopping", "stopping")
+    soon(lambda: _health_state(worker.settings.worker.health_file) == "stopping", "stopping")
     doubles.llm.release()
     assert running.stop() == 0
     assert doubles.engine.state(task_id) == "completed"
@@ -418,8 +384,8 @@ def test_shutdown_releases_what_is_left_after_the_grace_and_sweeps(
     for task_id in (running_task, stray):
         assert doubles.engine.tasks[task_id].worker_id is None, f"{task_id} unlocked"
         assert doubles.engine.state(task_id) == "open", "no retry spent, nothing reported"
-    assert _events(logs, "task.released", task_id=running_task, reason="shutdown")
-    assert _events(logs, "task.released", task_id=stray, reason="sweep")
+    assert events(logs, "task.released", task_id=running_task, reason="shutdown")
+    assert events(logs, "task.released", task_id=stray, reason="sweep")
     assert doubles.engine.calls_to("locked_task_ids"), "the engine was asked what is still ours"
     assert not doubles.engine.calls_to("complete")
     assert worker.counters.released >= 1
@@ -436,8 +402,8 @@ def test_a_failed_sweep_or_release_is_logged_not_fatal(
     doubles.engine.fail("unlock", EngineUnavailable("refused"))
     doubles.engine.fail("locked_task_ids", EngineUnavailable("refused"))
     assert running.stop() == 0
-    assert _events(logs, "task.release_failed", task_id=task_id)
-    assert _events(logs, "worker.sweep_failed")
+    assert events(logs, "task.release_failed", task_id=task_id)
+    assert events(logs, "worker.sweep_failed")
 
 
 def test_a_sweep_that_cannot_unlock_one_task_goes_on(
@@ -451,7 +417,7 @@ def test_a_sweep_that_cannot_unlock_one_task_goes_on(
     running = RunningWorker(worker).start()
     doubles.engine.wait_polling()
     assert running.stop() == 0
-    assert len(_events(logs, "task.release_failed")) == 1, "one unlock failed; the sweep went on"
+    assert len(events(logs, "task.release_failed")) == 1, "one unlock failed; the sweep went on"
     # What the sweep unlocked woke our long poll, which locked it again: the second sweep gets the rest.
     assert all(doubles.engine.tasks[t].worker_id is None for t in ids)
 
@@ -461,7 +427,7 @@ def test_the_health_file_says_running_then_stopped(doubles: Doubles, unit_settin
     worker = worker_on_doubles(unit_settings(), doubles, health_interval_s=0.001)
     running = RunningWorker(worker).start()
     path = worker.settings.worker.health_file
-    _soon(lambda: _health_state(path) == "running", "a running record")
+    soon(lambda: _health_state(path) == "running", "a running record")
     record = HealthRecord.read(path)
     assert (record.worker_id, record.pid, record.in_flight, record.down) == ("unit-worker", os.getpid(), 0, ())
     running.stop()
@@ -475,7 +441,7 @@ def test_a_health_file_that_cannot_be_written_is_logged(
     running = RunningWorker(worker).start()
     doubles.engine.wait_polling()
     assert running.stop() == 0
-    assert _events(logs, "worker.health_write_failed")
+    assert events(logs, "worker.health_write_failed")
 
 
 # -- signals -----------------------------------------------------------------------------------------
@@ -496,7 +462,7 @@ def _signal_when(ready: Callable[[], None], worker: Worker, *then: Callable[[], 
 
     def send() -> None:
         ready()
-        _soon(lambda: _health_state(worker.settings.worker.health_file) == "running", "the running loop")
+        soon(lambda: _health_state(worker.settings.worker.health_file) == "running", "the running loop")
         if signal.getsignal(signal.SIGTERM) != worker._on_signal:
             worker.stop()  # never signal the test process without the worker's handler in place
             return
@@ -518,7 +484,7 @@ def test_a_signal_stops_the_worker_gracefully(doubles: Doubles, unit_settings: C
     worker = worker_on_doubles(unit_settings(), doubles, health_interval_s=0.01)
     _signal_when(doubles.engine.wait_polling, worker)
     assert worker.run() == 0  # in the main thread, where signal handlers run
-    assert _events(logs, "worker.stopping", signal="SIGTERM")
+    assert events(logs, "worker.stopping", signal="SIGTERM")
     assert HealthRecord.read(worker.settings.worker.health_file).state == "stopped"
 
 
@@ -536,7 +502,7 @@ def test_a_second_signal_exits_at_once_with_130(doubles: Doubles, unit_settings:
                                health_interval_s=0.01)
     health = worker.settings.worker.health_file
     _signal_when(lambda: doubles.llm.wait_in_chat(1), worker,
-                 lambda: _soon(lambda: _health_state(health) == "stopping", "the graceful stop"))
+                 lambda: soon(lambda: _health_state(health) == "stopping", "the graceful stop"))
     with pytest.raises(SystemExit):
         worker.run()  # waits the 30 s grace for the held task, until the second signal
     assert exits == [130]

@@ -6,14 +6,13 @@ as ``test_worker.py``: a fake clock, no jitter, 1-4 ms backoffs, every wait ends
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from procos_testkit.engine import wait_until
-from procos_testkit.in_process import Doubles, RunningWorker, worker_on_doubles
+from procos_testkit.in_process import Doubles, RunningWorker
 from procos_testkit.memory_store import Lease
 from procos_worker.errors import (
     EngineRefused,
@@ -28,10 +27,9 @@ from procos_worker.health import Counters
 from procos_worker.models import Variable
 from procos_worker.orphans import OrphanRecovery
 from procos_worker.settings import Settings, TaskSettings
+from tests.unit.worker_kit import Logs, events, soon
 
 pytestmark = pytest.mark.timeout(20)
-
-Logs = list[dict[str, Any]]
 
 _NS = 'xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"'
 CAUGHT = f"""<bpmn:definitions {_NS} id="d"><bpmn:error id="e" errorCode="AI_INPUT_INVALID" />
@@ -40,36 +38,6 @@ CAUGHT = f"""<bpmn:definitions {_NS} id="d"><bpmn:error id="e" errorCode="AI_INP
 </bpmn:process></bpmn:definitions>"""
 UNCAUGHT = f"""<bpmn:definitions {_NS} id="d"><bpmn:process id="p"><bpmn:serviceTask id="ask-model" />
 </bpmn:process></bpmn:definitions>"""
-
-
-def _soon(predicate: Callable[[], object], what: str) -> None:
-    wait_until(predicate, 5.0, what, interval_s=0.001)
-
-
-def _events(logs: Logs, name: str, **fields: Any) -> Logs:
-    return [e for e in logs if e["event"] == name and all(e.get(k) == v for k, v in fields.items())]
-
-
-@pytest.fixture()
-def logs() -> Iterator[Logs]:
-    with capture_logs() as captured:
-        yield captured
-
-
-@pytest.fixture()
-def start(doubles: Doubles, unit_settings: Callable[..., Settings]) -> Iterator[Callable[..., RunningWorker]]:
-    """``start(settings=None, **worker_fields)``: a worker on the doubles in a thread; stopped at the end."""
-    started: list[RunningWorker] = []
-
-    def run(settings: Settings | None = None, **worker: Any) -> RunningWorker:
-        running = RunningWorker(worker_on_doubles(settings or unit_settings(**worker), doubles)).start()
-        started.append(running)
-        return running
-
-    yield run
-    for running in started:
-        if running.alive:
-            running.stop()
 
 
 def _with_task(settings: Settings, **task: Any) -> Settings:
@@ -84,7 +52,7 @@ def test_values_that_came_with_the_fetch_are_not_read_again(
 ) -> None:
     task_id = doubles.engine.add_task({"query": b"Summarise: ok", "context": {"k": 1}})
     start()
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
+    soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
     inputs = doubles.store.inputs[task_id].inputs
     assert (inputs.query, inputs.context) == ("Summarise: ok", {"k": 1}), "a Bytes value decoded from base64"
     for call in ("variable_instances", "binary_length", "binary_value"):
@@ -96,7 +64,7 @@ def test_inputs_that_came_with_the_fetch_over_the_limit_are_refused(
 ) -> None:
     task_id = doubles.engine.add_task({"query": "x" * 500})
     start(_with_task(unit_settings(), max_input_chars=100, max_input_chars_in_flight=100))
-    _soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
+    soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
     assert "inputs are 500 characters" in doubles.engine.tasks[task_id].reported["message"]
     assert not doubles.store.calls and not doubles.llm.calls
 
@@ -105,7 +73,7 @@ def test_a_file_input_is_read_from_its_instance(doubles: Doubles, start: Callabl
     """A File's content never comes with the fetch: it is read (and refused: a File is not text input)."""
     task_id = doubles.engine.add_task({"query": Variable(value=b"from a file", type="File")})
     start()
-    _soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
+    soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
     assert [c.args["names"] for c in doubles.engine.calls_to("variable_instances")] == [["query"]]
     assert len(doubles.engine.calls_to("binary_value")) == 1
     assert "got File (bytes)" in doubles.engine.tasks[task_id].reported["message"]
@@ -119,12 +87,12 @@ def test_a_fetch_answer_too_large_is_handed_back_and_fetched_without_values(
     running = start(fetch_values_max_bytes=4_000, max_tasks_in_flight=2)
     doubles.llm.wait_in_chat(1)
     large_id = doubles.engine.add_task({"query": "q", "context": "y" * 10_000})
-    _soon(lambda: _events(logs, "engine.fetch_answer_too_large"), "the answer to be dropped")
-    event = _events(logs, "engine.fetch_answer_too_large")[0]
+    soon(lambda: events(logs, "engine.fetch_answer_too_large"), "the answer to be dropped")
+    event = events(logs, "engine.fetch_answer_too_large")[0]
     assert event["handed_back"] == 1 and event["limit_bytes"] == 4_000
     assert [c.args["task_id"] for c in doubles.engine.calls_to("unlock")] == [large_id], "the running task kept"
     doubles.llm.release()
-    _soon(lambda: doubles.engine.state(large_id) == doubles.engine.state(running_id) == "completed", "both")
+    soon(lambda: doubles.engine.state(large_id) == doubles.engine.state(running_id) == "completed", "both")
     fetches = [c.args for c in doubles.engine.calls_to("fetch_and_lock")]
     dropped = next(i for i, f in enumerate(fetches) if f["max_answer_bytes"] == 4_000 and i > 0)
     assert fetches[dropped + 1]["variables"] == [] and fetches[dropped + 1]["max_answer_bytes"] is None
@@ -141,7 +109,7 @@ def test_a_fetch_answer_too_large_whose_tasks_cant_be_listed_waits_for_their_loc
     doubles.engine.fail("locked_task_ids", EngineUnavailable("refused"))
     doubles.engine.add_task({"query": "q", "context": "y" * 10_000})
     start(fetch_values_max_bytes=4_000)
-    _soon(lambda: _events(logs, "engine.hand_back_failed"), "the hand-back to fail")
+    soon(lambda: events(logs, "engine.hand_back_failed"), "the hand-back to fail")
     assert not doubles.engine.calls_to("unlock")
 
 
@@ -153,7 +121,7 @@ def test_inputs_over_the_limit_are_refused_from_their_size_before_they_are_downl
 ) -> None:
     task_id = doubles.engine.add_task({"query": b"x" * 500})
     start(_with_task(unit_settings(fetch_values_max_bytes=0), max_input_chars=100, max_input_chars_in_flight=100))
-    _soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
+    soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
     reported = doubles.engine.tasks[task_id].reported
     assert reported["code"] == "AI_INPUT_INVALID" and "TASK_MAX_INPUT_CHARS" in reported["message"]
     assert doubles.engine.calls_to("binary_length") and not doubles.engine.calls_to("binary_value")
@@ -165,14 +133,14 @@ def test_an_answer_to_the_variable_query_over_the_limit_is_not_read(
 ) -> None:
     task_id = doubles.engine.add_task({"query": "q", "context": {"blob": "y" * 10_000_000}})
     start(_with_task(unit_settings(fetch_values_max_bytes=0), max_input_chars=100, max_input_chars_in_flight=100))
-    _soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
+    soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
     assert "their values were not read" in doubles.engine.tasks[task_id].reported["message"]
 
 
 def test_a_bytes_input_is_downloaded_once_it_fits(doubles: Doubles, start: Callable[..., RunningWorker]) -> None:
     task_id = doubles.engine.add_task({"query": b"Summarise: ok"})
     start(fetch_values_max_bytes=0)
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
+    soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
     assert len(doubles.engine.calls_to("binary_value")) == 1
     assert doubles.store.inputs[task_id].prompt == "Summarise: ok"
 
@@ -183,8 +151,8 @@ def test_variables_are_read_again_while_the_engine_is_unreachable(
     doubles.engine.fail("variable_instances", EngineUnavailable("refused"), EngineUnavailable("refused"))
     task_id = doubles.engine.add_task({"query": "q"})
     start(fetch_values_max_bytes=0)
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
-    assert len(_events(logs, "task.variables_retry", task_id=task_id)) == 2
+    soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
+    assert len(events(logs, "task.variables_retry", task_id=task_id)) == 2
 
 
 def test_a_task_lost_while_its_variables_are_read_is_not_reported(
@@ -193,7 +161,7 @@ def test_a_task_lost_while_its_variables_are_read_is_not_reported(
     doubles.engine.fail("variable_instances", LockLost("External task does not exist"))
     task_id = doubles.engine.add_task({"query": "q"})
     running = start(fetch_values_max_bytes=0)
-    _soon(lambda: _events(logs, "task.not_reported", task_id=task_id, state="lost"), "the run to end")
+    soon(lambda: events(logs, "task.not_reported", task_id=task_id, state="lost"), "the run to end")
     assert not doubles.engine.calls_to("complete") and not doubles.llm.calls
     running.stop()
     assert running.worker.counters.abandoned == 1
@@ -205,7 +173,7 @@ def test_variables_the_engine_refuses_to_give_are_an_incident(
     doubles.engine.fail("variable_instances", EngineRejected(403, "AuthorizationException", "no READ"))
     task_id = doubles.engine.add_task({"query": "q"})
     start(fetch_values_max_bytes=0)
-    _soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
+    soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
     assert "refused to give the task's variables" in doubles.engine.tasks[task_id].reported["message"]
 
 
@@ -215,9 +183,9 @@ def test_a_run_released_while_it_waits_for_the_engine_stops_there(
     doubles.engine.fail("variable_instances", *[EngineUnavailable("refused")] * 10_000)
     task_id = doubles.engine.add_task({"query": "q"})
     running = start(shutdown_grace_s=0, fetch_values_max_bytes=0)
-    _soon(lambda: _events(logs, "task.variables_retry", task_id=task_id), "a retry")
+    soon(lambda: events(logs, "task.variables_retry", task_id=task_id), "a retry")
     running.stop()
-    assert _events(logs, "task.not_reported", task_id=task_id, state="released")
+    assert events(logs, "task.not_reported", task_id=task_id, state="released")
     assert not doubles.llm.calls
 
 
@@ -230,10 +198,10 @@ def test_tasks_in_flight_share_one_input_budget(
     second = doubles.engine.add_task({"query": "b" * 60})
     start(_with_task(unit_settings(), max_input_chars=100, max_input_chars_in_flight=100))
     doubles.llm.wait_in_chat(1)
-    _soon(lambda: _events(logs, "task.waiting_for_memory"), "the second task to wait")
+    soon(lambda: events(logs, "task.waiting_for_memory"), "the second task to wait")
     assert doubles.llm.in_chat == 1, "only one input held at a time"
     doubles.llm.release()
-    _soon(lambda: doubles.engine.state(first) == doubles.engine.state(second) == "completed", "both completed")
+    soon(lambda: doubles.engine.state(first) == doubles.engine.state(second) == "completed", "both completed")
 
 
 # -- reports the engine refuses -----------------------------------------------------------------------
@@ -246,11 +214,11 @@ def test_a_completion_refused_every_time_becomes_an_incident_naming_the_stored_a
     doubles.engine.fail("complete", *[refusal] * 3)
     task_id = doubles.engine.add_task({"query": "q"})
     start(report_attempts=3)
-    _soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
+    soon(lambda: doubles.engine.state(task_id) == "incident", "the incident")
     stored, _text = doubles.store.outputs[task_id]
     message = doubles.engine.tasks[task_id].reported["message"]
     assert f"ai_context_id {stored.id}" in message and "refused complete 3 times" in message
-    assert len(_events(logs, "task.report_refused", task_id=task_id)) == 3
+    assert len(events(logs, "task.report_refused", task_id=task_id)) == 3
 
 
 def test_a_completion_refused_once_lands_on_the_next_try(
@@ -259,7 +227,7 @@ def test_a_completion_refused_once_lands_on_the_next_try(
     doubles.engine.fail("complete", EngineRefused("Camunda answered 500 OptimisticLockingException"))
     task_id = doubles.engine.add_task({"query": "q"})
     start(report_attempts=3)
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
+    soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
     assert len(doubles.engine.calls_to("complete")) == 2
 
 
@@ -271,7 +239,7 @@ def test_a_refused_bpmn_error_becomes_an_incident_and_a_refused_failure_is_given
     doubles.engine.fail("handle_failure", refusal, refusal)
     task_id = doubles.engine.add_task({"context": "no query"})
     start(report_attempts=2)
-    _soon(lambda: _events(logs, "task.abandoned", task_id=task_id), "the report given up")
+    soon(lambda: events(logs, "task.abandoned", task_id=task_id), "the report given up")
     # The BPMN error was refused twice, then its incident twice: nothing is left to report it with.
     assert [c.name for c in doubles.engine.calls if c.name.startswith("handle_")] == [
         "handle_bpmn_error", "handle_bpmn_error", "handle_failure", "handle_failure"]
@@ -285,9 +253,9 @@ def test_a_completion_answered_expired_locks_the_task_again_and_completes(
     doubles.engine.fail("complete", LockExpired("it is locked by worker 'null'"))
     task_id = doubles.engine.add_task({"query": "q"})
     start()
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
+    soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
     assert [c.args["task_id"] for c in doubles.engine.calls_to("lock")] == [task_id]
-    assert _events(logs, "task.lock_renewed", task_id=task_id)
+    assert events(logs, "task.lock_renewed", task_id=task_id)
 
 
 def test_a_completion_answered_expired_is_given_up_when_another_worker_took_the_task(
@@ -297,7 +265,7 @@ def test_a_completion_answered_expired_is_given_up_when_another_worker_took_the_
     doubles.engine.fail("lock", LockLost("it is locked by worker 'other'"))
     task_id = doubles.engine.add_task({"query": "q"})
     start()
-    _soon(lambda: _events(logs, "task.abandoned", task_id=task_id), "the report given up")
+    soon(lambda: events(logs, "task.abandoned", task_id=task_id), "the report given up")
     assert len(doubles.engine.calls_to("complete")) == 1
 
 
@@ -308,8 +276,8 @@ def test_a_relock_that_does_not_reach_the_engine_is_tried_again(
     doubles.engine.fail("lock", EngineUnavailable("refused"))
     task_id = doubles.engine.add_task({"query": "q"})
     start()
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
-    assert _events(logs, "task.report_retry", task_id=task_id)
+    soon(lambda: doubles.engine.state(task_id) == "completed", "completion")
+    assert events(logs, "task.report_retry", task_id=task_id)
 
 
 # -- a BPMN error only where the model catches it ------------------------------------------------------
@@ -318,7 +286,7 @@ def test_a_relock_that_does_not_reach_the_engine_is_tried_again(
 def test_a_bpmn_error_the_model_catches_is_thrown(doubles: Doubles, start: Callable[..., RunningWorker]) -> None:
     task_id = doubles.engine.add_task({"context": "no query"}, bpmn=CAUGHT)
     start()
-    _soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
+    soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
 
 
 def test_a_bpmn_error_nothing_catches_is_an_incident_naming_the_code(
@@ -326,10 +294,10 @@ def test_a_bpmn_error_nothing_catches_is_an_incident_naming_the_code(
 ) -> None:
     first = doubles.engine.add_task({"context": "no query"}, bpmn=UNCAUGHT)
     start()
-    _soon(lambda: doubles.engine.state(first) == "incident", "the incident")
+    soon(lambda: doubles.engine.state(first) == "incident", "the incident")
     message = doubles.engine.tasks[first].reported["message"]
     assert message.startswith("BPMN error AI_INPUT_INVALID is not caught at activity 'ask-model'")
-    assert _events(logs, "task.bpmn_error_uncaught", task_id=first, code="AI_INPUT_INVALID")
+    assert events(logs, "task.bpmn_error_uncaught", task_id=first, code="AI_INPUT_INVALID")
 
 
 def test_a_bpmn_error_is_thrown_as_before_when_the_model_cannot_be_read(
@@ -338,8 +306,8 @@ def test_a_bpmn_error_is_thrown_as_before_when_the_model_cannot_be_read(
     doubles.engine.fail("process_definition_xml", EngineUnavailable("refused"))
     task_id = doubles.engine.add_task({"context": "no query"}, bpmn=UNCAUGHT)
     start()
-    _soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
-    assert _events(logs, "task.catch_check_failed", task_id=task_id)
+    soon(lambda: doubles.engine.state(task_id) == "bpmn_error", "the BPMN error")
+    assert events(logs, "task.catch_check_failed", task_id=task_id)
 
 
 # -- shutdown inside its release window ---------------------------------------------------------------
@@ -361,9 +329,9 @@ def test_an_engine_that_hangs_at_shutdown_cannot_stretch_it_past_the_release_win
     doubles.llm.wait_in_chat(2)
     doubles.engine.unlock = slow_unlock  # type: ignore[method-assign]
     assert running.stop() == 0
-    assert len(_events(logs, "task.released", reason="shutdown")) == 1
-    assert _events(logs, "task.release_failed", error="no time left (WORKER_SHUTDOWN_RELEASE_S)")
-    assert _events(logs, "worker.release_cut_short")
+    assert len(events(logs, "task.released", reason="shutdown")) == 1
+    assert events(logs, "task.release_failed", error="no time left (WORKER_SHUTDOWN_RELEASE_S)")
+    assert events(logs, "worker.release_cut_short")
     assert {doubles.engine.tasks[t].state for t in tasks} == {"open"}
     assert not doubles.engine.calls_to("locked_task_ids"), "no sweep without time left"
 
@@ -374,7 +342,7 @@ def test_a_sweep_the_engine_refuses_is_logged(doubles: Doubles, start: Callable[
     doubles.engine.wait_polling()
     doubles.engine.fail("locked_task_ids", EngineUnavailable("refused"))
     assert running.stop() == 0
-    assert _events(logs, "worker.sweep_failed")
+    assert events(logs, "worker.sweep_failed")
 
 
 # -- orphan recovery ----------------------------------------------------------------------------------
@@ -395,12 +363,12 @@ def test_a_dead_workers_task_is_unlocked_and_done_by_a_live_worker(
 ) -> None:
     task_id = _dead_workers_task(doubles, lock_left_s=50)
     running = start()
-    _soon(lambda: "unit-worker" in doubles.leases.rows, "our lease")
+    soon(lambda: "unit-worker" in doubles.leases.rows, "our lease")
     doubles.clock.advance(11)  # healthy for a whole lease: it may judge others now
     doubles.leases.rows["dead-worker"] = Lease(expires_at=doubles.clock() - 1, sweep_until=doubles.clock() + 60)
     doubles.engine.tasks[task_id].lock_expires_at = doubles.clock() + 50
-    _soon(lambda: doubles.engine.state(task_id) == "completed", "the orphan completed")
-    assert _events(logs, "task.orphan_released", task_id=task_id, dead_worker_id="dead-worker")
+    soon(lambda: doubles.engine.state(task_id) == "completed", "the orphan completed")
+    assert events(logs, "task.orphan_released", task_id=task_id, dead_worker_id="dead-worker")
     running.stop()
     assert running.worker.counters.reclaimed == 1
     assert doubles.leases.rows["unit-worker"].stopped, "a clean stop expires the lease at once"
