@@ -5,6 +5,9 @@ task, about 4 % of the worker's CPU in the P1 benchmark. Here a finished thread 
 and exits after ``idle_exit_s`` without one, so a quiet worker holds no threads. The worker decides how
 many tasks run at once (its capacity); this only supplies threads for them. Threads are daemons, like
 the thread-per-task ones were: the worker's shutdown waits for its runs, never for a thread.
+
+Not ``concurrent.futures.ThreadPoolExecutor``: its threads are joined when the interpreter exits, so
+one task stuck in a hung call would hold the process past its shutdown bound, and idle ones never leave.
 """
 
 from __future__ import annotations

@@ -5,16 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from procos_testkit.engine import wait_until
 from procos_worker.runners import Runners
-
-
-def _wait_for(condition: object, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 def test_one_at_a_time_reuses_one_thread() -> None:
@@ -29,7 +21,7 @@ def test_one_at_a_time_reuses_one_thread() -> None:
     for item in range(50):
         runners.run(item)
         assert done.acquire(timeout=5)
-        assert _wait_for(lambda: runners.idle == 1), "the thread goes back to waiting"
+        wait_until(lambda: runners.idle == 1, 5, "the thread to go back to waiting", interval_s=0.005)
     assert runners.started == 1 and set(seen) == {"t-1"}
     runners.close()
 
@@ -45,7 +37,7 @@ def test_items_given_together_run_at_once_each_on_its_own_thread() -> None:
     runners: Runners[int] = Runners(target, name="t")
     for item in range(4):
         runners.run(item)
-    assert _wait_for(lambda: len(names) == 4)
+    wait_until(lambda: len(names) == 4, 5, "all four items to run", interval_s=0.005)
     assert runners.started == 4
     runners.close()
 
@@ -63,7 +55,7 @@ def test_every_item_runs_exactly_once_under_churn() -> None:
         runners.run(item)
         if item % 7 == 0:
             time.sleep(0.002)
-    assert _wait_for(lambda: len(counts) == 2000)
+    wait_until(lambda: len(counts) == 2000, 5, "every item to run", interval_s=0.005)
     assert set(counts.values()) == {1}
     runners.close()
 
@@ -73,13 +65,14 @@ def test_idle_threads_leave_after_the_idle_time_and_close_ends_the_rest() -> Non
     runners.run(1)
     alive = lambda: [t for t in threading.enumerate() if t.name.startswith("idle-probe-")]  # noqa: E731
     assert alive(), "a thread waits for the next item"
-    assert _wait_for(lambda: not alive(), timeout_s=5), "and leaves when none comes"
+    wait_until(lambda: not alive(), 5, "the idle thread to leave", interval_s=0.005)
 
     closing: Runners[int] = Runners(lambda _item: None, name="close-probe", idle_exit_s=60)
     closing.run(1)
     time.sleep(0.05)
     closing.close()
-    assert _wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("close-probe-")])
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith("close-probe-")], 5,
+               "close() to end the idle thread", interval_s=0.005)
 
 
 def test_an_item_given_after_close_still_runs() -> None:
