@@ -92,4 +92,4 @@ def test_refused_bpmn_error_becomes_an_incident_naming_the_code(
     _set(engine_rest, pi, "explode", False)
     _resolve(engine_rest, task_id)
     engine_rest.wait_for(lambda: engine_rest.passed_task(pi, "rejected"), timeout_s=60, what="the error path")
-    assert worker.find("task.bpmn_error", task_id=task_id)
+    worker.wait_for("task.bpmn_error", timeout_s=10, task_id=task_id)  # logged just after the engine has it

@@ -82,7 +82,7 @@ def test_no_password_in_debug_output_through_errors(
     worker = spawn(topic, **env)
     pi = engine.start(key, {"query": "hello"})
     engine.wait_for(lambda: engine.passed_task(pi), timeout_s=30, what="completion on the auth engine")
-    assert worker.find("task.completed")
+    worker.wait_for("task.completed", timeout_s=10)  # logged just after the engine has it
 
     # 2. PostgreSQL down while a task runs.
     pg_proxy.pause()
