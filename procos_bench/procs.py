@@ -17,7 +17,7 @@ from typing import IO, Any, Protocol
 import requests
 
 from procos_bench.common import Stack
-from procos_testkit.worker_process import WorkerProcess
+from procos_testkit.worker_process import WORKER_COMMAND, WorkerProcess
 
 __all__ = ["Consumer", "FakeProc", "HelperProc", "RssSampler", "WorkerGroup", "read_status_kib", "start_worker"]
 
@@ -103,9 +103,11 @@ class FakeProc:
 
 
 def start_worker(stack: Stack, topic: str, ollama_url: str, *, in_flight: int | None = None,
-                 env: dict[str, str] | None = None, health_dir: Path | None = None) -> WorkerProcess:
+                 env: dict[str, str] | None = None, health_dir: Path | None = None,
+                 steps_out: Path | None = None) -> WorkerProcess:
     """``python -m procos_worker run`` on one topic with its own worker id; ``env`` adds or overrides
-    settings (e.g. ``{"OLLAMA_OPTIONS": "..."}``). Only the events the scenarios read are parsed."""
+    settings (e.g. ``{"OLLAMA_OPTIONS": "..."}``). Only the events the scenarios read are parsed.
+    ``steps_out``: run it under ``procos_bench.stepcpu``, which writes its steps' CPU there on SIGUSR2."""
     worker_id = f"bench-{uuid.uuid4().hex[:12]}"
     health_dir = health_dir or Path(tempfile.gettempdir())
     settings = {
@@ -122,7 +124,9 @@ def start_worker(stack: Stack, topic: str, ollama_url: str, *, in_flight: int | 
     if in_flight is not None:
         settings["WORKER_MAX_TASKS_IN_FLIGHT"] = str(in_flight)
     settings.update(env or {})
-    return WorkerProcess(_python_env(settings), name=worker_id, keep=_KEPT_EVENTS).start()
+    command = (WORKER_COMMAND if steps_out is None
+               else (sys.executable, "-m", "procos_bench.stepcpu", str(steps_out), "run"))
+    return WorkerProcess(_python_env(settings), name=worker_id, keep=_KEPT_EVENTS, command=command).start()
 
 
 class WorkerGroup:

@@ -107,6 +107,35 @@ def _p3_rows(p3: dict[str, Any], p3s: dict[str, Any]) -> list[str]:
     return lines
 
 
+_STEP_NAMES = {"fetch": "fetchAndLock", "store_input": "input row", "llm": "LLM call", "store_output": "output row",
+               "complete": "complete", "handler_rest": "rest of the handler",
+               "task_thread_rest": "rest of the task thread", "rest": "other threads"}
+
+
+def _p5_rows(p1: dict[str, Any]) -> list[str]:
+    """P5' (the worker's CPU per task against the engine's and the database's), its reference and breakdown."""
+    if not p1.get("worker_cpu_ratio"):
+        return []
+    lines: list[str] = []
+    ms = p1["cpu_ms_per_task"]
+    lines.append(f"| P5' | CPU ms per task in P1: worker / (Camunda + PostgreSQL) | {_fmt(ms['worker'], 2)} ms "
+                 f"| {_fmt(ms['camunda'], 2)} + {_fmt(ms['postgres'], 2)} ms "
+                 f"| {_fmt(p1['worker_cpu_ratio'], 3)} | {TARGETS['p5_worker_cpu_ratio']} |")
+    ceiling = p1.get("ceiling_cpu")
+    if ceiling:
+        ms = ceiling["cpu_ms_per_task"]
+        lines.append(f"| P5' ref | the same for the raw-REST ceiling's loop (fetch and complete only, no LLM, "
+                     f"no storage) | {_fmt(ms['worker'], 2)} ms | {_fmt(ms['camunda'], 2)} + "
+                     f"{_fmt(ms['postgres'], 2)} ms | {_fmt(ceiling['worker_cpu_ratio'], 3)} | (reference) |")
+    steps = p1.get("steps")
+    if steps:
+        parts = ", ".join(f"{_STEP_NAMES.get(name, name)} {ms:.2f}" for name, ms in steps["ms_per_task"].items())
+        lines.append(f"| P5' steps | the worker's CPU ms per task by step, one more P1 run counted per thread "
+                     f"({steps['in_flight']} in flight): {parts} | {steps['cpu_ms_per_task']:.2f} ms | | | "
+                     "(breakdown) |")
+    return lines
+
+
 def _headline_rows(results: dict[str, Any]) -> list[str]:
     lines = [
         "| # | measure | procos-worker | baseline | ratio median (min-max) | target |",
@@ -119,17 +148,7 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
         lines.append(f"| P1 | tasks/s, instant LLM, full storage, {p1['in_flight']} in flight vs raw-REST ceiling "
                      f"({p1['in_flight']} threads, keep-alive) | {_fmt(p1.get('procos'))} | {_fmt(p1.get('ceiling'))} "
                      f"| {_fmt(p1.get('ratio'), 2)} | {TARGETS['p1_ratio_vs_ceiling']} |")
-    if p1.get("worker_cpu_ratio"):
-        ms = p1["cpu_ms_per_task"]
-        lines.append(f"| P5' | CPU ms per task in P1: worker / (Camunda + PostgreSQL) | {_fmt(ms['worker'], 2)} ms "
-                     f"| {_fmt(ms['camunda'], 2)} + {_fmt(ms['postgres'], 2)} ms "
-                     f"| {_fmt(p1['worker_cpu_ratio'], 3)} | {TARGETS['p5_worker_cpu_ratio']} |")
-        ceiling = p1.get("ceiling_cpu")
-        if ceiling:
-            ms = ceiling["cpu_ms_per_task"]
-            lines.append(f"| P5' ref | the same for the raw-REST ceiling's loop (fetch and complete only, no LLM, "
-                         f"no storage) | {_fmt(ms['worker'], 2)} ms | {_fmt(ms['camunda'], 2)} + "
-                         f"{_fmt(ms['postgres'], 2)} ms | {_fmt(ceiling['worker_cpu_ratio'], 3)} | (reference) |")
+    lines += _p5_rows(p1)
     if p2:
         lines.append(f"| P2 | tasks/s, {p2['delay_ms']} ms LLM, WORKER_MAX_TASKS_IN_FLIGHT={p2['in_flight']} "
                      f"vs library ExternalTaskWorker | {_fmt(p2.get('procos'))} | {_fmt(p2.get('library'))} "

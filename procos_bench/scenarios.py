@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ollama
@@ -32,6 +36,7 @@ from procos_bench.procs import (
     read_status_kib,
     start_worker,
 )
+from procos_bench.stepcpu import Steps
 from procos_testkit.engine import EngineRest
 from procos_testkit.second_ollama import SecondOllama
 from procos_testkit.worker_process import WorkerProcess
@@ -233,6 +238,8 @@ class Bench:
                         runs["library"].append(self.measure("library worker (sequential)", cfg.curve_tasks,
                                                             self.library(fake), fake=fake))
                 rows[k] = runs
+            p1 = cfg.p1_in_flight if cfg.p1_in_flight in rows else min(rows, key=lambda k: abs(k - cfg.p1_in_flight))
+            steps = self.steps(fake, p1)
         finally:
             fake.stop()
         curve: dict[str, Any] = {}
@@ -247,11 +254,35 @@ class Bench:
         library = rows[cfg.levels[0]]["library"]
         self.results["curve"] = {"levels": list(cfg.levels), "tasks_per_run": cfg.curve_tasks, "points": curve,
                                  "library_flat": spread(r.rate for r in library).as_dict()}
-        p1 = cfg.p1_in_flight if cfg.p1_in_flight in rows else min(rows, key=lambda k: abs(k - cfg.p1_in_flight))
         self.results["p1"] = {"in_flight": p1, **curve[str(p1)], **_cpu_per_task(rows[p1]["procos"]),
                               # The same measure for the raw-REST loop (fetch and complete only): a reference
                               # for what two engine calls per task cost a Python client, not a target.
-                              "ceiling_cpu": _cpu_per_task(rows[p1]["ceiling"])}
+                              "ceiling_cpu": _cpu_per_task(rows[p1]["ceiling"]),
+                              "steps": steps}
+
+    def steps(self, fake: FakeProc, in_flight: int) -> dict[str, Any]:
+        """One more P1 run, the worker under ``procos_bench.stepcpu``: where its CPU per task goes."""
+        out = Path(tempfile.mkdtemp(prefix="procos-bench-steps-")) / "steps.json"
+
+        def start(topic: str) -> Consumer:
+            return start_worker(self.stack, topic, fake.url, in_flight=in_flight, steps_out=out).wait_started()
+
+        def read(_batch: Batch, consumer: Consumer) -> dict[str, Any]:
+            for pid in consumer.pids():
+                os.kill(pid, signal.SIGUSR2)
+            deadline = time.monotonic() + 10
+            while not out.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return {"steps": Steps.read(out)}
+
+        try:
+            run = self.measure(f"procos-worker steps x{in_flight}", self.config.curve_tasks, start, fake=fake,
+                               on_done=read)
+        finally:
+            shutil.rmtree(out.parent, ignore_errors=True)
+        worker_s = run.cpu.seconds.get("consumer", 0.0)
+        return {"in_flight": in_flight, "tasks": run.n, "cpu_ms_per_task": round(1000 * worker_s / run.n, 3),
+                "ms_per_task": run.extra["steps"].per_task(run.n, worker_s)}
 
     # -- P2 ----------------------------------------------------------------------------------------
 

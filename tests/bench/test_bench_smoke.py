@@ -47,6 +47,9 @@ def test_bench_tiny_run_prints_the_json_summary_last(settings: Settings) -> None
     assert "| P1 |" in done.stdout and "| P5 |" in done.stdout and "| P5' ref |" in done.stdout
     ceiling = summary["details"]["results"]["p1"]["ceiling_cpu"]
     assert ceiling["cpu_ms_per_task"]["worker"]["median"] > 0 and ceiling["worker_cpu_ratio"]["median"] > 0
+    steps = summary["details"]["results"]["p1"]["steps"]
+    assert "| P5' steps |" in done.stdout and steps["tasks"] == 10, steps
+    assert all(steps["ms_per_task"][name] > 0 for name in ("fetch", "store_input", "llm", "store_output", "complete"))
     assert summary["details"]["results"]["p4"]["answer_bytes"] == 1024 * 1024
 
 
