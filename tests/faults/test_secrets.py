@@ -95,8 +95,10 @@ def test_no_password_in_debug_output_through_errors(
     _assert_clean(worker, [password, basic, DB_PASSWORD, db_url])
 
     # 3. Wrong database password, and a wrong Camunda password (another user: no lockout of the real one).
+    # A short pool timeout: each refused store call (the lease at start and at stop) waits it out.
     wrong_db = f"Wr0ng-Db-{uuid.uuid4().hex}"
     wrong_cam = f"Wr0ng-Cam-{uuid.uuid4().hex}"
+    env = {**env, "DATABASE_CONNECT_TIMEOUT_S": "1"}
     bad = spawn(topic, **{**env, "DATABASE_URL": db_url_via(5432, wrong_db),
                           "CAMUNDA_USERNAME": f"nobody{uuid.uuid4().hex[:6]}", "CAMUNDA_PASSWORD": wrong_cam})
     bad.wait_for("engine.fetch_failed", timeout_s=30)
