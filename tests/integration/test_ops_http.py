@@ -183,7 +183,7 @@ def test_healthz_fails_when_the_heartbeat_is_wedged(
         worker = served(topic, worker={"lock_duration_ms": 2000}, ollama={"base_url": fake.base_url})
         wait_until(lambda: worker.healthz()[0] == 200, 30, "/healthz 200")
         worker.engine.wedge("extend_lock")
-        pi = engine_rest.start(key, {"query": "[[fake:delay_ms=30000]] a slow generation"})
+        pi = engine_rest.start(key, {"query": "[[fake:delay_ms=20000]] a slow generation"})  # outlasts the ~9 s check
         _took_s, body = _unhealthy_after(worker)
         assert body["problem"].startswith("heartbeat loop made no progress"), body
         assert body["in_flight"] == 1
