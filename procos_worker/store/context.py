@@ -465,7 +465,9 @@ class ContextStore:
             try:
                 return self._run_once(work)
             except psycopg.OperationalError as exc:
-                if not _connection_lost(exc):
+                # The pool's own errors are OperationalErrors too: no connection within the timeout is not a
+                # dead pooled connection, and waiting once more would double DATABASE_CONNECT_TIMEOUT_S.
+                if isinstance(exc, (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)) or not _connection_lost(exc):
                     raise
                 # After a database restart every pooled connection is dead. Checking each one before
                 # every use would cost a round trip per query; instead drop the dead ones and try once

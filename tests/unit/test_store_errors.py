@@ -3,12 +3,17 @@ suite provokes each on the real database: tests/faults/test_store_errors.py)."""
 
 from __future__ import annotations
 
+import socket
+from typing import Any
+
 import psycopg
 import psycopg_pool
 import pytest
+from pydantic import SecretStr
 
 from procos_worker.errors import PermanentError, StoreRefused, StoreUnavailable
-from procos_worker.store.context import _classify
+from procos_worker.settings import DatabaseSettings
+from procos_worker.store.context import ContextStore, _classify
 
 
 @pytest.mark.parametrize(
@@ -39,3 +44,24 @@ def test_errors_are_classified_by_sqlstate(exc: Exception, expected: type[Except
     converted = _classify(exc)
     assert type(converted) is expected
     assert words in str(converted)
+
+
+def test_an_unreachable_database_is_waited_for_once_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No pooled connection within DATABASE_CONNECT_TIMEOUT_S: the call is given up after one wait, not
+    retried as if a pooled connection had died (which doubled the wait)."""
+    waits: list[float | None] = []
+    getconn = psycopg_pool.ConnectionPool.getconn
+
+    def counted(pool: psycopg_pool.ConnectionPool, timeout: float | None = None) -> psycopg.Connection[Any]:
+        waits.append(timeout)
+        return getconn(pool, timeout)
+
+    monkeypatch.setattr(psycopg_pool.ConnectionPool, "getconn", counted)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = DatabaseSettings(url=SecretStr(f"postgresql://procos:x@127.0.0.1:{port}/procos"), connect_timeout_s=0.5,
+                                attempts=1)
+    with ContextStore(settings) as store, pytest.raises(StoreUnavailable, match="unavailable"):
+        store.ping()
+    assert len(waits) == 1
