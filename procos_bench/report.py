@@ -112,21 +112,21 @@ _STEP_NAMES = {"fetch": "fetchAndLock", "store_input": "input row", "llm": "LLM 
                "task_thread_rest": "rest of the task thread", "rest": "other threads"}
 
 
+def _cpu_row(name: str, measure: str, cpu: dict[str, Any], target: str) -> str:
+    ms = cpu["cpu_ms_per_task"]
+    return (f"| {name} | {measure} | {_fmt(ms['worker'], 2)} ms | {_fmt(ms['camunda'], 2)} + "
+            f"{_fmt(ms['postgres'], 2)} ms | {_fmt(cpu['worker_cpu_ratio'], 3)} | {target} |")
+
+
 def _p5_rows(p1: dict[str, Any]) -> list[str]:
     """P5' (the worker's CPU per task against the engine's and the database's), its reference and breakdown."""
     if not p1.get("worker_cpu_ratio"):
         return []
-    lines: list[str] = []
-    ms = p1["cpu_ms_per_task"]
-    lines.append(f"| P5' | CPU ms per task in P1: worker / (Camunda + PostgreSQL) | {_fmt(ms['worker'], 2)} ms "
-                 f"| {_fmt(ms['camunda'], 2)} + {_fmt(ms['postgres'], 2)} ms "
-                 f"| {_fmt(p1['worker_cpu_ratio'], 3)} | {TARGETS['p5_worker_cpu_ratio']} |")
-    ceiling = p1.get("ceiling_cpu")
-    if ceiling:
-        ms = ceiling["cpu_ms_per_task"]
-        lines.append(f"| P5' ref | the same for the raw-REST ceiling's loop (fetch and complete only, no LLM, "
-                     f"no storage) | {_fmt(ms['worker'], 2)} ms | {_fmt(ms['camunda'], 2)} + "
-                     f"{_fmt(ms['postgres'], 2)} ms | {_fmt(ceiling['worker_cpu_ratio'], 3)} | (reference) |")
+    lines = [_cpu_row("P5'", "CPU ms per task in P1: worker / (Camunda + PostgreSQL)", p1,
+                      TARGETS["p5_worker_cpu_ratio"])]
+    if p1.get("ceiling_cpu"):
+        lines.append(_cpu_row("P5' ref", "the same for the raw-REST ceiling's loop (fetch and complete only, no LLM, "
+                              "no storage)", p1["ceiling_cpu"], "(reference)"))
     steps = p1.get("steps")
     if steps:
         parts = ", ".join(f"{_STEP_NAMES.get(name, name)} {ms:.2f}" for name, ms in steps["ms_per_task"].items())
