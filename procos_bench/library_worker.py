@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import uuid
@@ -95,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db", required=True)
     parser.add_argument("--model", default="smollm2:135m")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # The library's loop catches BaseException, SystemExit included, and goes on polling: a SIGTERM that
+    # raised it was swallowed and the harness killed the process 10 s later. Nothing here needs cleaning up.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     conn = psycopg.connect(args.db, autocommit=True)
     client = ollama.Client(host=args.ollama)
     worker = ExternalTaskWorker(worker_id=f"library-{uuid.uuid4().hex[:8]}", base_url=args.url,
