@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from procos_bench.procs import (
     start_worker,
 )
 from procos_bench.stepcpu import Steps
-from procos_testkit.engine import EngineRest
+from procos_testkit.engine import EngineRest, wait_until
 from procos_testkit.second_ollama import SecondOllama
 from procos_testkit.worker_process import WorkerProcess
 from procos_worker.settings import DatabaseSettings
@@ -262,24 +261,20 @@ class Bench:
 
     def steps(self, fake: FakeProc, in_flight: int) -> dict[str, Any]:
         """One more P1 run, the worker under ``procos_bench.stepcpu``: where its CPU per task goes."""
-        out = Path(tempfile.mkdtemp(prefix="procos-bench-steps-")) / "steps.json"
+        with tempfile.TemporaryDirectory(prefix="procos-bench-steps-") as tmp:
+            out = Path(tmp) / "steps.json"
 
-        def start(topic: str) -> Consumer:
-            return start_worker(self.stack, topic, fake.url, in_flight=in_flight, steps_out=out).wait_started()
+            def start(topic: str) -> Consumer:
+                return start_worker(self.stack, topic, fake.url, in_flight=in_flight, steps_out=out).wait_started()
 
-        def read(_batch: Batch, consumer: Consumer) -> dict[str, Any]:
-            for pid in consumer.pids():
-                os.kill(pid, signal.SIGUSR2)
-            deadline = time.monotonic() + 10
-            while not out.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            return {"steps": Steps.read(out)}
+            def read(_batch: Batch, consumer: Consumer) -> dict[str, Any]:
+                for pid in consumer.pids():
+                    os.kill(pid, signal.SIGUSR2)
+                wait_until(out.exists, 10, "the worker's step counts", interval_s=0.05)
+                return {"steps": Steps.read(out)}
 
-        try:
             run = self.measure(f"procos-worker steps x{in_flight}", self.config.curve_tasks, start, fake=fake,
                                on_done=read)
-        finally:
-            shutil.rmtree(out.parent, ignore_errors=True)
         worker_s = run.cpu.seconds.get("consumer", 0.0)
         return {"in_flight": in_flight, "tasks": run.n, "cpu_ms_per_task": round(1000 * worker_s / run.n, 3),
                 "ms_per_task": run.extra["steps"].per_task(run.n, worker_s)}

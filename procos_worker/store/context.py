@@ -465,9 +465,7 @@ class ContextStore:
             try:
                 return self._run_once(work)
             except psycopg.OperationalError as exc:
-                # The pool's own errors are OperationalErrors too: no connection within the timeout is not a
-                # dead pooled connection, and waiting once more would double DATABASE_CONNECT_TIMEOUT_S.
-                if isinstance(exc, (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)) or not _connection_lost(exc):
+                if not _connection_lost(exc):
                     raise
                 # After a database restart every pooled connection is dead. Checking each one before
                 # every use would cost a round trip per query; instead drop the dead ones and try once
@@ -598,8 +596,10 @@ def _classify(exc: BaseException) -> Exception:
 
 def _connection_lost(exc: BaseException) -> bool:
     """Can't connect, or the connection broke: class 08, the server shutting down or starting, or a
-    client-side failure that never got a SQLSTATE."""
-    if not isinstance(exc, psycopg.OperationalError):
+    client-side failure that never got a SQLSTATE. Not the pool's own errors (OperationalErrors too): no
+    connection within the timeout is no dead connection, and trying again would double the wait."""
+    if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, (psycopg_pool.PoolTimeout,
+                                                                         psycopg_pool.PoolClosed)):
         return False
     sqlstate = exc.sqlstate or ""
     if not sqlstate:

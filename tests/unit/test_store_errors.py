@@ -3,7 +3,6 @@ suite provokes each on the real database: tests/faults/test_store_errors.py)."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import psycopg
@@ -11,6 +10,7 @@ import psycopg_pool
 import pytest
 from pydantic import SecretStr
 
+from procos_testkit.second_ollama import free_port
 from procos_worker.errors import PermanentError, StoreRefused, StoreUnavailable
 from procos_worker.settings import DatabaseSettings
 from procos_worker.store.context import ContextStore, _classify
@@ -57,9 +57,7 @@ def test_an_unreachable_database_is_waited_for_once_per_call(monkeypatch: pytest
         return getconn(pool, timeout)
 
     monkeypatch.setattr(psycopg_pool.ConnectionPool, "getconn", counted)
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens on it
     settings = DatabaseSettings(url=SecretStr(f"postgresql://procos:x@127.0.0.1:{port}/procos"), connect_timeout_s=0.5,
                                 attempts=1)
     with ContextStore(settings) as store, pytest.raises(StoreUnavailable, match="unavailable"):
