@@ -10,6 +10,7 @@ from uuid import UUID
 
 __all__ = [
     "FLAG_NAMES",
+    "RESERVED_FLAG_NAMES",
     "BpmnError",
     "Complete",
     "Failure",
@@ -29,8 +30,10 @@ __all__ = [
 
 FLAG_NAMES: tuple[str, ...] = ("context_id", "response_stored", "response_length", "model", "provider",
                                "prompt_tokens", "completion_tokens", "total_tokens", "done_reason")
-"""The variables every answered task gets, after its result prefix (``flags.build_flags``): no answer
-property may take one of these names (``ai.structured``)."""
+"""The variables every answered task gets, after its result prefix (``flags.build_flags``)."""
+RESERVED_FLAG_NAMES: tuple[str, ...] = (*FLAG_NAMES, "prompt_truncated")
+"""No answer property may take one of these names (``ai.structured``): the flags, and ``prompt_truncated``,
+which only tasks with ``procos.onOverflow=truncate`` get."""
 
 
 @dataclass(frozen=True, slots=True)

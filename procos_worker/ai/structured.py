@@ -32,7 +32,7 @@ from jsonschema.protocols import Validator
 
 from procos_worker import textcodec
 from procos_worker.errors import OutputInvalid
-from procos_worker.models import FLAG_NAMES, TypedValue
+from procos_worker.models import RESERVED_FLAG_NAMES, TypedValue
 
 __all__ = [
     "Checked",
@@ -153,7 +153,7 @@ def structured_output(schema: Mapping[str, Any], names: Sequence[str] | None) ->
         if not _NAME.match(name) or len(name) > _MAX_NAME_CHARS:
             raise ValueError(f"answer property {_clip(name)!r} can't be a variable name (letters, digits and _, "
                              f"not starting with a digit, at most {_MAX_NAME_CHARS}): rename it{hint}")
-        if name in FLAG_NAMES:
+        if name in RESERVED_FLAG_NAMES:
             raise ValueError(f"answer property {name!r} would overwrite the flag <prefix>_{name}: rename it{hint}")
     validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     # "format" is checked too (a date, an email ...), for the formats jsonschema knows.

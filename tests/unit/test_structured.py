@@ -22,7 +22,7 @@ from procos_worker.ai.structured import (
 )
 from procos_worker.errors import BusinessError, OutputInvalid, VariableTooLong
 from procos_worker.flags import build_flags
-from procos_worker.models import FLAG_NAMES, StoredOutput
+from procos_worker.models import FLAG_NAMES, RESERVED_FLAG_NAMES, StoredOutput
 from procos_worker.outcomes import complete
 
 TRIAGE: dict[str, Any] = {
@@ -112,6 +112,9 @@ def test_output_variables_limit_and_may_name_a_structure() -> None:
          "answer property 'model' would overwrite the flag <prefix>_model: rename it, or leave it out"),
         ({"type": "object", "properties": {"context_id": {"type": "string"}}}, ("context_id",),
          "would overwrite the flag <prefix>_context_id: rename it"),
+        # Written only under procos.onOverflow=truncate, reserved all the same.
+        ({"type": "object", "properties": {"prompt_truncated": {"type": "boolean"}}}, None,
+         "answer property 'prompt_truncated' would overwrite the flag <prefix>_prompt_truncated"),
     ],
 )
 def test_names_that_cant_be_variables_are_refused(schema: dict[str, Any], names: tuple[str, ...] | None,
@@ -125,6 +128,10 @@ def test_the_flag_names_are_the_flags() -> None:
     flags = build_flags(StoredOutput(id=__import__("uuid").uuid4(), response_length=1, model="m", provider="p",
                                      prompt_tokens=1, completion_tokens=1, done_reason="stop"), "p")
     assert {name.removeprefix("p_") for name in flags} == set(FLAG_NAMES)
+    truncating = build_flags(StoredOutput(id=__import__("uuid").uuid4(), response_length=1, model="m", provider="p",
+                                          prompt_tokens=1, completion_tokens=1, done_reason="stop"), "p",
+                             report_truncation=True)
+    assert {name.removeprefix("p_") for name in truncating} == set(RESERVED_FLAG_NAMES)
 
 
 # -- answers ---------------------------------------------------------------------------------------------
