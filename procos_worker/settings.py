@@ -11,16 +11,19 @@ setting never echoes a password, whatever field it sits in).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import socket
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import ollama
 from ollama._client import _parse_host  # the ollama client's own reading of OLLAMA_HOST
 from pydantic import (
     AliasChoices,
@@ -37,6 +40,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
     "MODEL_NAME_MAX_CHARS",
+    "OLLAMA_OPTION_NAMES",
     "POOL_RESERVE",
     "PROVIDER_NAME_MAX_CHARS",
     "BackoffSettings",
@@ -60,6 +64,7 @@ __all__ = [
     "ollama_url",
     "parse_age",
     "settings_error_text",
+    "unknown_options",
 ]
 
 # Camunda rejects a long poll above 30 minutes with HTTP 400.
@@ -108,6 +113,27 @@ def _parse_json_object(name: str, example: str) -> Any:
         return value
 
     return parse
+
+
+# Ollama option names: what the ``ollama`` client's ``Options`` declares, and what Ollama 0.24's server
+# reads (``api.Options`` with its ``Runner``; min_p is the one the client lacks). Ollama ignores any other
+# name with a line in its own log, so a misspelt option would silently leave the default in force.
+OLLAMA_OPTION_NAMES: frozenset[str] = frozenset(ollama.Options.model_fields) | {
+    "num_keep", "seed", "num_predict", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "temperature",
+    "repeat_penalty", "presence_penalty", "frequency_penalty", "stop",
+    "num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread",
+}
+
+
+def unknown_options(options: Mapping[str, Any], known: frozenset[str]) -> str | None:
+    """What is wrong with the names of ``options`` (none of them in ``known``), or None if nothing is."""
+    unknown = sorted(name for name in options if name not in known)
+    if not unknown:
+        return None
+    hints = [f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, known, n=1))
+             else repr(name) for name in unknown]
+    return (f"unknown Ollama option{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: Ollama would ignore "
+            "it and keep its default (an option of a newer Ollama: add its name to OLLAMA_EXTRA_OPTION_NAMES)")
 
 
 class CamundaSettings(BaseModel):
@@ -327,6 +353,8 @@ class OllamaSettings(BaseModel):
     probe_timeout_s: float = Field(default=10.0, gt=0, description="each step of a probe (/api/tags)")
     options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict, description="JSON object of Ollama options, e.g. {\"temperature\": 0.2}")
+    extra_option_names: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="option names of a newer Ollama, accepted besides OLLAMA_OPTION_NAMES")
     keep_alive: str | None = None
     think: bool | ThinkLevel | None = Field(
         default=None, description="Ollama's think for reasoning models; None: not sent (the model's default)")
@@ -341,6 +369,7 @@ class OllamaSettings(BaseModel):
     _parse_headers = field_validator("headers", mode="before")(
         _parse_json_object("OLLAMA_HEADERS", '{"X-Api-Key": "..."}'))
     _split_urls = field_validator("base_urls", mode="before")(_split_csv)
+    _split_option_names = field_validator("extra_option_names", mode="before")(_split_csv)
 
     @field_validator("base_url")
     @classmethod
@@ -369,6 +398,18 @@ class OllamaSettings(BaseModel):
         if self.api_key is not None and any(name.lower() in _AUTH_HEADERS for name in self.headers):
             raise ValueError("set OLLAMA_API_KEY or an Authorization header in OLLAMA_HEADERS, not both")
         return self
+
+    @model_validator(mode="after")
+    def _known_options(self) -> OllamaSettings:
+        problem = unknown_options(self.options, self.option_names)
+        if problem:
+            raise ValueError(f"OLLAMA_OPTIONS: {problem}")
+        return self
+
+    @property
+    def option_names(self) -> frozenset[str]:
+        """The option names a task, a topic default, a model row or OLLAMA_OPTIONS may use."""
+        return OLLAMA_OPTION_NAMES | frozenset(self.extra_option_names)
 
     @property
     def endpoints(self) -> list[str]:

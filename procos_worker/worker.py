@@ -157,7 +157,8 @@ class Worker:
         self._health_interval_s = health_interval_s
         self.store_gate = ServiceGate("postgresql", settings.backoff, self.store.ping, clock=clock, draw=draw)
         self.llm_gate = ServiceGate("ollama", settings.backoff, self.llm.ping, clock=clock, draw=draw)
-        self.configs = TaskConfigs(settings, ModelRegistry(settings.registry, models.load, clock=clock))
+        self.configs = TaskConfigs(settings, ModelRegistry(settings.registry, models.load,
+                                                           option_names=settings.ollama.option_names, clock=clock))
         self.handler = TaskHandler(settings, self.store, self.llm, self.configs,
                                    store_gate=self.store_gate, llm_gate=self.llm_gate)
         # With the values of what a topic's tasks read (those reading more read the rest themselves).

@@ -6,6 +6,7 @@ and its ``performance_stats`` are kept current from the stored rows.
 - A model without a row is served unless ``REGISTRY_ALLOW_UNREGISTERED=false``.
 - ``config_data.options`` of the model's row (the newest active one, if the model has several
   versions) are its default Ollama options: over ``OLLAMA_OPTIONS``, under the topic's and the task's.
+  An option name Ollama does not know there is ``ModelRefused`` too.
 - ``performance_stats.chars_per_token_prompt`` of that row is what the context window's estimate
   starts from when a conversation has no figures of its own (``ai.window``).
 - The table is read at most once per ``REGISTRY_CACHE_S`` per worker process, not per task.
@@ -27,7 +28,7 @@ import structlog
 
 from procos_worker.errors import ModelRefused, ProcosError
 from procos_worker.models import ModelRow
-from procos_worker.settings import RegistrySettings
+from procos_worker.settings import OLLAMA_OPTION_NAMES, RegistrySettings, unknown_options
 
 __all__ = ["ModelRegistry", "StatsRefresher", "canonical_model_name"]
 
@@ -41,8 +42,11 @@ class ModelRegistry:
     """Which models may be used, and their default options (a cached read of procos_ai_models)."""
 
     def __init__(self, settings: RegistrySettings, load: Callable[[], list[ModelRow]],
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, option_names: frozenset[str] = OLLAMA_OPTION_NAMES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``option_names``: the names ``config_data.options`` may use (``OllamaSettings.option_names``)."""
         self._settings = settings
+        self._option_names = option_names
         self._load = load
         self._clock = clock
         self._lock = threading.Lock()
@@ -71,6 +75,10 @@ class ModelRegistry:
         options = active[0].config_data.get("options") or {}
         if not isinstance(options, dict):
             raise ModelRefused(f"model {model}: config_data.options in procos_ai_models is not a JSON object",
+                               details=f"config_data of {model}: {dict(active[0].config_data)!r}")
+        problem = unknown_options(options, self._option_names)
+        if problem:
+            raise ModelRefused(f"model {model}: config_data.options in procos_ai_models: {problem}",
                                details=f"config_data of {model}: {dict(active[0].config_data)!r}")
         return options
 

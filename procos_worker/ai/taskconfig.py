@@ -47,7 +47,7 @@ from procos_worker.ai.template import PromptTemplate, compile_template
 from procos_worker.ai.window import OnOverflow, parse_on_overflow
 from procos_worker.errors import TaskConfigError
 from procos_worker.models import Task
-from procos_worker.settings import Settings, TaskSettings, ThinkLevel
+from procos_worker.settings import OLLAMA_OPTION_NAMES, Settings, TaskSettings, ThinkLevel, unknown_options
 
 __all__ = ["KNOWN_PROPERTIES", "PROPERTY_PREFIX", "ResultScope", "TaskConfig", "TaskConfigs", "parse_properties"]
 
@@ -114,8 +114,8 @@ def _options(raw: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"must be a JSON object of Ollama options, got {type(value).__name__}")
     try:
-        # Type-checks the options the ollama client knows (num_ctx must be an integer, ...); names it
-        # doesn't know are passed on as written (Ollama ignores names it doesn't know, with a log line).
+        # Type-checks the options the ollama client knows (num_ctx must be an integer, ...); the names are
+        # checked by parse_properties, against the settings' list.
         ollama.Options.model_validate(value, strict=True)
     except pydantic.ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
@@ -178,9 +178,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 KNOWN_PROPERTIES = frozenset(_PARSERS)
 
 
-def parse_properties(properties: Mapping[str, Any], where: str) -> dict[str, Any]:
+def parse_properties(properties: Mapping[str, Any], where: str, *,
+                     option_names: frozenset[str] = OLLAMA_OPTION_NAMES) -> dict[str, Any]:
     """Parse the ``procos.*`` entries of ``properties``; ``TaskConfigError`` naming ``where`` and the
-    property for an unknown name or a bad value."""
+    property for an unknown name or a bad value (``procos.options`` naming an option outside
+    ``option_names``: ``OllamaSettings.option_names``)."""
     parsed: dict[str, Any] = {}
     for name, raw in properties.items():
         if not name.startswith(PROPERTY_PREFIX) or raw is None or raw == "":
@@ -194,6 +196,9 @@ def parse_properties(properties: Mapping[str, Any], where: str) -> dict[str, Any
             parsed[name] = parser(raw)
         except ValueError as exc:
             raise TaskConfigError(f"{where}, property {name}: {exc}") from exc
+    problem = unknown_options(parsed.get("procos.options", {}), option_names)
+    if problem:
+        raise TaskConfigError(f"{where}, property procos.options: {problem}")
     return parsed
 
 
@@ -205,7 +210,8 @@ class TaskConfigs:
         self._settings = settings
         self._registry = registry
         self._topics = {
-            topic: parse_properties(values, f"TASK_TOPIC_DEFAULTS topic '{topic}'")
+            topic: parse_properties(values, f"TASK_TOPIC_DEFAULTS topic '{topic}'",
+                                    option_names=settings.ollama.option_names)
             for topic, values in settings.task.topic_defaults.items()
         }
         for topic, parsed in self._topics.items():
@@ -239,7 +245,8 @@ class TaskConfigs:
 
     def _build_spec(self, topic: str, activity: str, properties: tuple[tuple[str, str], ...]) -> TaskConfig:
         """The task's own properties over its topic's defaults (options merged), without the registry."""
-        own = parse_properties(dict(properties), f"activity '{activity}'")
+        own = parse_properties(dict(properties), f"activity '{activity}'",
+                               option_names=self._settings.ollama.option_names)
         topic_defaults = self._topics.get(topic, {})
         merged = {**topic_defaults, **own}
         return TaskConfig(

@@ -219,6 +219,8 @@ def test_an_unregistered_model_is_refused_when_the_setting_says_so(
 BAD_PROPERTIES = {
     "unknown-property": ({"procos.temprature": "0.2"}, "unknown property procos.temprature"),
     "options-not-json": ({"procos.options": "{temperature: 0.2}"}, "property procos.options: is not valid JSON"),
+    "unknown-option": ({"procos.options": '{"temprature": 0.2}'},
+                       "property procos.options: unknown Ollama option 'temprature' (did you mean 'temperature'?)"),
     "bad-scope-value": ({"procos.resultScope": "global"},
                         "property procos.resultScope: must be 'process' or 'local', got 'global'"),
     "template-syntax-error": ({"procos.prompt": "Summarise {{ document "},

@@ -80,6 +80,18 @@ def test_options_that_are_not_an_object_are_refused() -> None:
         _registry(Table(_row("m:1b", options=[1, 2]))).options_for("m:1b")
 
 
+def test_an_option_name_ollama_does_not_know_is_refused_unless_it_is_an_extra_name() -> None:
+    table = Table(_row("m:1b", options={"num_ctx": 2048, "num_ctxx": 4096}))
+    with pytest.raises(ModelRefused) as info:
+        _registry(table).options_for("m:1b")
+    assert info.value.message == (
+        "model m:1b: config_data.options in procos_ai_models: unknown Ollama option 'num_ctxx' (did you mean "
+        "'num_ctx'?): Ollama would ignore it and keep its default (an option of a newer Ollama: add its name "
+        "to OLLAMA_EXTRA_OPTION_NAMES)")
+    extra = ModelRegistry(RegistrySettings(), table.load, option_names=frozenset({"num_ctx", "num_ctxx"}))
+    assert extra.options_for("m:1b") == {"num_ctx": 2048, "num_ctxx": 4096}
+
+
 def test_the_table_is_read_once_per_cache_period() -> None:
     now = [100.0]
     table = Table(_row("m:1b", options={"seed": 1}))

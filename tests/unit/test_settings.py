@@ -65,6 +65,8 @@ def test_worker_ids_are_unique_per_settings_object() -> None:
         ("WORKER_LOCK_DURATION_MS", "10", "greater than or equal to 1000"),
         ("LOG_FORMAT", "xml", "'auto', 'json' or 'console'"),
         ("OLLAMA_OPTIONS", "not json", "JSON"),
+        ("OLLAMA_OPTIONS", '{"temprature": 0.1}',
+         "OLLAMA_OPTIONS: unknown Ollama option 'temprature' (did you mean 'temperature'?)"),
         ("CAMUNDA_USERNAME", "demo", "must be set together"),
     ],
 )
@@ -73,6 +75,14 @@ def test_invalid_settings_fail_clearly(monkeypatch: pytest.MonkeyPatch, name: st
     with pytest.raises((ValidationError, ValueError)) as info:
         Settings()
     assert message in str(info.value)
+
+
+def test_extra_option_names_admit_a_newer_ollamas_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_OPTIONS", '{"temperature": 0.1, "new_knob": 3}')
+    monkeypatch.setenv("OLLAMA_EXTRA_OPTION_NAMES", "new_knob, other_knob")
+    s = Settings()
+    assert s.ollama.options == {"temperature": 0.1, "new_knob": 3}
+    assert {"new_knob", "other_knob", "temperature", "min_p"} <= s.ollama.option_names
 
 
 def test_env_var_names_cover_every_field() -> None:

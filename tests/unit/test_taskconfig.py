@@ -108,6 +108,11 @@ def test_the_model_registry_can_refuse_the_tasks_model() -> None:
         ({"procos.options": "{temperature: 0}"}, "property procos.options: is not valid JSON"),
         ({"procos.options": "[1, 2]"}, "property procos.options: must be a JSON object of Ollama options"),
         ({"procos.options": '{"num_ctx": "big"}'}, "property procos.options: has an option of the wrong type: num_ctx"),
+        ({"procos.options": '{"temprature": 0}'},
+         "property procos.options: unknown Ollama option 'temprature' (did you mean 'temperature'?): Ollama would "
+         "ignore it and keep its default"),
+        ({"procos.options": '{"top_k": 5, "zzz": 1, "num_predikt": 3}'},
+         "property procos.options: unknown Ollama options 'num_predikt' (did you mean 'num_predict'?), 'zzz':"),
         ({"procos.resultScope": "global"}, "property procos.resultScope: must be 'process' or 'local', got 'global'"),
         ({"procos.resultPrefix": "9lives"}, "property procos.resultPrefix: '9lives' is not a variable name prefix"),
         ({"procos.resultPrefix": "a-b"}, "property procos.resultPrefix: 'a-b' is not a variable name prefix"),
@@ -134,6 +139,16 @@ def test_a_bad_property_is_an_incident_naming_activity_and_property(properties: 
         assert problem in info.value.message
 
 
+def test_option_names_ollama_reads_are_accepted_and_extra_names_can_be_added() -> None:
+    # min_p: read by Ollama 0.24, not declared by the ollama client's Options.
+    assert _configs().resolve(_task(**{"procos.options": '{"min_p": 0.05, "mirostat": 0}'})).options["min_p"] == 0.05
+    settings = Settings(ollama=OllamaSettings(extra_option_names="flash_window, other"))
+    configs = TaskConfigs(settings, ModelRegistry(RegistrySettings(), lambda: []))
+    assert configs.resolve(_task(**{"procos.options": '{"flash_window": 2}'})).options == {"flash_window": 2}
+    with pytest.raises(TaskConfigError, match="unknown Ollama option 'flash_windows'"):
+        configs.resolve(_task(**{"procos.options": '{"flash_windows": 2}'}))
+
+
 def test_the_same_properties_on_two_activities_name_each_activity() -> None:
     configs = _configs()
     for activity in ("first", "second"):
@@ -148,6 +163,8 @@ def test_the_same_properties_on_two_activities_name_each_activity() -> None:
         ({"t": {"procos.modle": "x"}}, "TASK_TOPIC_DEFAULTS topic 't': unknown property procos.modle"),
         ({"t": {"procos.options": "{"}}, "TASK_TOPIC_DEFAULTS topic 't', property procos.options: is not valid JSON"),
         ({"t": {"procos.resultPrefix": 5}}, "property procos.resultPrefix: must be text, got int"),
+        ({"t": {"procos.options": {"temperatur": 0.1}}},
+         "TASK_TOPIC_DEFAULTS topic 't', property procos.options: unknown Ollama option 'temperatur'"),
         ({"t": {"procos.outputSchema": {"type": "object", "properties": {"model": {"type": "string"}}}}},
          "TASK_TOPIC_DEFAULTS topic 't', property procos.outputSchema: answer property 'model' would overwrite"),
     ],
