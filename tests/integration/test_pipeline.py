@@ -84,7 +84,15 @@ def test_example_process_end_to_end_with_real_model(
     assert variables["ai_context_id"]["value"] == str(out["id"])
     assert variables["ai_response_stored"]["value"] is True
     assert variables["ai_response_length"]["value"] == len(out["content_text"])
-    assert variables["ai_completion_tokens"]["value"] == out["token_usage"]["completion_tokens"]
+    # Every flag says what the output row says.
+    usage = out["token_usage"]
+    assert {name: variables[f"ai_{name}"]["value"] for name in (
+        "model", "provider", "prompt_tokens", "completion_tokens", "total_tokens", "done_reason")} == {
+        "model": out["model_used"], "provider": out["ai_provider"], "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+        "done_reason": out["content_data"]["done_reason"]}
+    assert "ai_prompt_truncated" not in variables, "only procos.onOverflow=truncate reports it"
     written = {name: v for name, v in variables.items() if name.startswith("ai_")}
     assert len(written) >= 8
     for name, var in written.items():
@@ -101,6 +109,19 @@ def test_example_process_end_to_end_with_real_model(
     assert exchange_out is not None and exchange_out.content_text == out["content_text"]
     assert exchange_in is not None and exchange_in.content_data["query"] == query
     assert [row.context_type for row in store.conversation(pi)] == ["input", "output"]
+
+
+def test_an_answer_cut_by_num_predict_says_length(
+    engine_rest: EngineRest, deployed: tuple[str, str], run_worker: Callable[..., Any], db: psycopg.Connection[Any],
+) -> None:
+    topic, key = deployed
+    pi = engine_rest.start(key, {"query": "Name three colours of the rainbow, with a sentence on each."})
+    run_worker(topic, task={"topic_defaults": {topic: {"procos.options": {**SMALL_ANSWER, "num_predict": 2}}}})
+    engine_rest.wait_for(lambda: engine_rest.passed_task(pi), timeout_s=300, what="instance past the AI task")
+    out = _rows(db, pi)["output"]
+    variables = engine_rest.variables(pi)
+    assert variables["ai_done_reason"]["value"] == out["content_data"]["done_reason"] == "length"
+    assert variables["ai_completion_tokens"]["value"] == out["token_usage"]["completion_tokens"] == 2
 
 
 def test_large_answer_is_stored_byte_for_byte(
