@@ -132,8 +132,10 @@ def unknown_options(options: Mapping[str, Any], known: frozenset[str]) -> str | 
         return None
     hints = [f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, known, n=1))
              else repr(name) for name in unknown]
-    return (f"unknown Ollama option{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: Ollama would ignore "
-            "it and keep its default (an option of a newer Ollama: add its name to OLLAMA_EXTRA_OPTION_NAMES)")
+    one = len(unknown) == 1
+    return (f"unknown Ollama option{'' if one else 's'} {', '.join(hints)}: Ollama would ignore "
+            f"{'it and keep its default' if one else 'them and keep its defaults'} (an option of a newer Ollama: "
+            "add its name to OLLAMA_EXTRA_OPTION_NAMES)")
 
 
 class CamundaSettings(BaseModel):
