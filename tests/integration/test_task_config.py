@@ -117,6 +117,37 @@ def test_two_ai_steps_with_their_own_prefix_model_options_and_template_keep_both
     assert [row.context_type for row in store.conversation(pi)] == ["input", "output", "input", "output"]
 
 
+def test_every_layer_of_settings_in_its_order_on_the_real_stack(
+    engine_rest: EngineRest, run_worker: Callable[..., Any], store: ContextStore, alias_model: str,
+    register: Callable[..., None], settings: Settings,
+) -> None:
+    """The task over its topic's defaults over the model's row over OLLAMA_OPTIONS, key by key; the
+    topic's procos.model over OLLAMA_MODEL."""
+    register(alias_model, options={"num_predict": 3, "seed": 1})
+    topic, key = _deploy(engine_rest, [
+        ("from-topic", {"procos.prompt": "Say hi to {{ who }}.", "procos.resultPrefix": "topic",
+                        "procos.options": json.dumps({"temperature": 0})}),
+        ("own-model", {"procos.prompt": "Say bye to {{ who }}.", "procos.resultPrefix": "own",
+                       "procos.model": settings.ollama.model}),
+    ])
+    pi = engine_rest.start(key, {"who": "Ada"})
+    run_worker(topic, registry={"cache_s": 0},
+               ollama={"options": {"num_predict": 8, "temperature": 0.5, "top_k": 5}},
+               task={"topic_defaults": {topic: {"procos.model": alias_model, "procos.options": {"seed": 7}}}})
+    engine_rest.wait_for(lambda: engine_rest.passed_task(pi), timeout_s=600, what="both AI steps done")
+
+    variables = engine_rest.variables(pi)
+    assert (variables["topic_model"]["value"], variables["own_model"]["value"]) == (alias_model, settings.ollama.model)
+    asked = {prefix: store.get_input_for(variables[f"{prefix}_context_id"]["value"]) for prefix in ("topic", "own")}
+    assert asked["topic"] is not None and asked["own"] is not None
+    # OLLAMA_OPTIONS < the alias's row (num_predict, seed) < the topic (seed) < the task (temperature).
+    assert asked["topic"].content_data["options"] == {"num_predict": 3, "temperature": 0, "top_k": 5, "seed": 7}
+    # OLLAMA_OPTIONS < smollm2's row (num_ctx) < the topic (seed); the task names its own model.
+    assert asked["own"].content_data["options"] == {"num_predict": 8, "temperature": 0.5, "top_k": 5,
+                                                    "num_ctx": 4096, "seed": 7}
+    assert variables["topic_completion_tokens"]["value"] <= 3
+
+
 def test_parallel_multi_instance_step_keeps_each_of_five_answers(
     engine_rest: EngineRest, run_worker: Callable[..., Any], store: ContextStore, ollama_up: str,
 ) -> None:
@@ -225,6 +256,10 @@ BAD_PROPERTIES = {
                         "property procos.resultScope: must be 'process' or 'local', got 'global'"),
     "template-syntax-error": ({"procos.prompt": "Summarise {{ document "},
                               "property procos.prompt: template syntax error on line 1"),
+    "bad-memory": ({"procos.memory": "session"},
+                   "property procos.memory: must be 'none', 'process' or 'variable:NAME', got 'session'"),
+    "bad-overflow": ({"procos.onOverflow": "cut"},
+                     "property procos.onOverflow: must be 'error' or 'truncate', got 'cut'"),
 }
 
 
@@ -240,6 +275,21 @@ def test_a_bad_property_is_an_incident_naming_the_activity_and_property(
     assert incident["activityId"] == "summarise-doc"
     assert incident["incidentMessage"].startswith("activity 'summarise-doc'"), incident["incidentMessage"]
     assert problem in incident["incidentMessage"]
+    assert _rows(db, pi) == []
+
+
+def test_a_missing_memory_variable_is_the_bpmn_error_naming_it(
+    engine_rest: EngineRest, run_worker: Callable[..., Any], db: psycopg.Connection[Any],
+) -> None:
+    topic, key = _deploy(engine_rest, [("answer", {"procos.prompt": "{{ question }}",
+                                                   "procos.memory": "variable:customerId"})])
+    pi = engine_rest.start(key, {"question": "Where is my parcel?"})
+    run_worker(topic)
+    # Only AI_INPUT_INVALID's boundary event leads to the end event "rejected".
+    engine_rest.wait_for(lambda: "rejected" in engine_rest.activity_ids(pi), timeout_s=120, what="end event rejected")
+    variables = engine_rest.variables(pi)
+    assert variables["ai_error_message"]["value"].startswith(
+        "variable 'customerId' is missing; procos.memory=variable:customerId continues the conversation")
     assert _rows(db, pi) == []
 
 
