@@ -80,7 +80,11 @@ def outcome_for(error: TaskError, task: Task, settings: Settings) -> Outcome:
         return failure(error.message, error.details, retries=max(0, left - 1),
                        retry_timeout_ms=retry_timeout_ms(attempt, settings))
     if isinstance(error, PermanentError):
-        return failure(error.message, error.details, retries=0)
+        # An incident names the BPMN step it stopped (a bad property already says "activity '...', property").
+        where = f"activity '{task.activity_id}'"
+        named = task.activity_id is None or error.message.startswith(where)
+        message = error.message if named else f"{where}: {error.message}"
+        return failure(message, error.details, retries=0)
     raise TypeError(f"{type(error).__name__} is not one of the handler's outcomes")
 
 

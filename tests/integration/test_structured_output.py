@@ -363,9 +363,9 @@ def test_a_property_over_4000_characters_is_an_incident_naming_it_never_a_500(
         run_worker(topic, ollama={"base_url": fake.base_url})
         incidents = engine_rest.wait_for(lambda: engine_rest.incidents(pi), timeout_s=120, what="an incident")
     message = incidents[0]["incidentMessage"]
-    assert message.startswith("variable 'ai_summary' (answer property 'summary' of procos.outputSchema; bound it "
-                              "(maxLength, maxItems) or leave it out with procos.outputVariables) would be 5000 "
-                              "characters; Camunda stores at most 4000")
+    assert message.startswith("activity 'summarise': variable 'ai_summary' (answer property 'summary' of "
+                              "procos.outputSchema; bound it (maxLength, maxItems) or leave it out with "
+                              "procos.outputVariables) would be 5000 characters; Camunda stores at most 4000")
     # The answer is stored whole; the instance waits at the task (the completion was never sent).
     assert [(kind, text) for _, kind, _, text in _rows(db, pi)][1] == ("output", answer)
     assert [t["activityId"] for t in engine_rest.external_tasks(processInstanceId=pi)] == ["summarise"]

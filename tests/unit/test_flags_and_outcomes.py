@@ -8,6 +8,7 @@ from procos_worker.errors import (
     InputError,
     LlmBusy,
     ModelNotFound,
+    PermanentError,
     VariableTooLong,
 )
 from procos_worker.flags import build_flags
@@ -149,3 +150,18 @@ def test_a_prompt_too_long_is_the_bpmn_error_ai_prompt_too_long() -> None:
 
     outcome = outcome_for(PromptTooLong("the prompt does not fit"), _task(None), SETTINGS)
     assert outcome == BpmnError(code="AI_PROMPT_TOO_LONG", message="the prompt does not fit")
+
+
+@pytest.mark.parametrize(
+    ("activity", "message", "expected"),
+    [
+        ("ask", "model m:1b is disabled", "activity 'ask': model m:1b is disabled"),
+        ("ask", "activity 'ask', property procos.memory: bad", "activity 'ask', property procos.memory: bad"),
+        (None, "model m:1b is disabled in procos_ai_models", "model m:1b is disabled in procos_ai_models"),
+    ],
+)
+def test_an_incident_names_the_activity_it_stopped_once(activity: str | None, message: str, expected: str) -> None:
+    task = Task(id="t", topic="ai-query", worker_id="w", process_instance_id="p", activity_id=activity)
+    outcome = outcome_for(PermanentError(message, details="d"), task, Settings())
+    assert isinstance(outcome, Failure) and outcome.retries == 0
+    assert (outcome.message, outcome.details) == (expected, "d")
