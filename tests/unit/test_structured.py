@@ -125,12 +125,11 @@ def test_names_that_cant_be_variables_are_refused(schema: dict[str, Any], names:
 
 
 def test_the_flag_names_are_the_flags() -> None:
-    flags = build_flags(StoredOutput(id=__import__("uuid").uuid4(), response_length=1, model="m", provider="p",
-                                     prompt_tokens=1, completion_tokens=1, done_reason="stop"), "p")
+    output = StoredOutput(id=__import__("uuid").uuid4(), response_length=1, model="m", provider="p",
+                          prompt_tokens=1, completion_tokens=1, done_reason="stop")
+    flags = build_flags(output, "p")
     assert {name.removeprefix("p_") for name in flags} == set(FLAG_NAMES)
-    truncating = build_flags(StoredOutput(id=__import__("uuid").uuid4(), response_length=1, model="m", provider="p",
-                                          prompt_tokens=1, completion_tokens=1, done_reason="stop"), "p",
-                             report_truncation=True)
+    truncating = build_flags(output, "p", report_truncation=True)
     assert {name.removeprefix("p_") for name in truncating} == set(RESERVED_FLAG_NAMES)
 
 
