@@ -80,6 +80,11 @@ class TaskHandler:
         """``cancel`` (lock lost, or shutdown) interrupts waits for an unreachable service and the LLM call."""
         # procos.* properties over the defaults; the model registry may need PostgreSQL.
         config = self._store_gate.call(lambda: self._configs.resolve(task), cancel)
+        with config.naming_model_source():
+            return self._answer(task, config, cancel, log)
+
+    def _answer(self, task: Task, config: TaskConfig, cancel: threading.Event, log: BoundLogger) -> Complete:
+        """The pipeline once the task's settings are known."""
         inputs = build_inputs(task, config, self._settings.task)
         # Earlier turns (procos.memory) and the context window (procos.onOverflow): the first try's messages.
         prompt = self._prompts.first(task, config, inputs, cancel, log)

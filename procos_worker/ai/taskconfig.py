@@ -27,7 +27,8 @@ import dataclasses
 import difflib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -45,7 +46,7 @@ from procos_worker.ai.structured import (
 )
 from procos_worker.ai.template import PromptTemplate, compile_template
 from procos_worker.ai.window import OnOverflow, parse_on_overflow
-from procos_worker.errors import TaskConfigError
+from procos_worker.errors import ModelNotFound, ModelRefused, TaskConfigError
 from procos_worker.models import Task
 from procos_worker.settings import OLLAMA_OPTION_NAMES, Settings, TaskSettings, ThinkLevel, unknown_options
 
@@ -65,6 +66,8 @@ class TaskConfig:
 
     activity: str
     model: str
+    model_source: str = "OLLAMA_MODEL"
+    """The layer that set ``model``: ``procos.model``, ``TASK_TOPIC_DEFAULTS topic 'x'`` or ``OLLAMA_MODEL``."""
     options: Mapping[str, Any] = field(default_factory=dict)
     prompt: PromptTemplate | None = None
     system_prompt: PromptTemplate | None = None
@@ -86,6 +89,16 @@ class TaskConfig:
     def where(self, prop: str) -> str:
         """How errors name a property of this task."""
         return f"activity '{self.activity}', property {prop}"
+
+    @contextmanager
+    def naming_model_source(self) -> Iterator[None]:
+        """A refused or missing model's incident says which layer set the model (the code that finds the
+        model missing knows only its name), so the engineer fixes the right one."""
+        try:
+            yield
+        except (ModelNotFound, ModelRefused) as exc:
+            exc.message = f"{exc.message} (this task's model comes from {self.model_source})"
+            raise
 
 
 # -- one parser per property: raw value (text, or JSON for a topic default) -> parsed, or ValueError --
@@ -227,7 +240,8 @@ class TaskConfigs:
         """The task's settings; ``TaskConfigError`` / ``ModelRefused`` (incidents), ``StoreUnavailable``
         when the registry must be read and PostgreSQL can't be reached."""
         spec = self._spec_of(task)
-        defaults = self._registry.options_for(spec.model)
+        with spec.naming_model_source():
+            defaults = self._registry.options_for(spec.model)
         options = {**self._settings.ollama.options, **defaults, **spec.options}
         return dataclasses.replace(spec, options=options)
 
@@ -252,6 +266,9 @@ class TaskConfigs:
         return TaskConfig(
             activity=activity,
             model=merged.get("procos.model", self._settings.ollama.model),
+            model_source=("procos.model" if "procos.model" in own else
+                          f"TASK_TOPIC_DEFAULTS topic '{topic}'" if "procos.model" in topic_defaults else
+                          "OLLAMA_MODEL"),
             options={**topic_defaults.get("procos.options", {}), **own.get("procos.options", {})},
             prompt=merged.get("procos.prompt"),
             system_prompt=merged.get("procos.systemPrompt"),

@@ -231,7 +231,8 @@ def test_a_disabled_model_is_an_incident_with_the_registrys_message(
     pi = engine_rest.start(key, {"who": "world"})
     run_worker(topic, registry={"cache_s": 0})
     [incident] = engine_rest.wait_for(lambda: engine_rest.incidents(pi), timeout_s=120, what="an incident")
-    assert incident["incidentMessage"] == f"activity 'ask': model {name} is disabled in procos_ai_models"
+    assert incident["incidentMessage"] == (f"activity 'ask': model {name} is disabled in procos_ai_models "
+                                          "(this task's model comes from procos.model)")
     assert incident["activityId"] == "ask"
     assert _rows(db, pi) == [], "nothing stored, Ollama not asked"
 
@@ -247,7 +248,8 @@ def test_a_model_the_ollama_server_does_not_have_is_an_incident_naming_activity_
     assert incident["activityId"] == "ask"
     assert incident["incidentMessage"] == (
         f"activity 'ask': model '{name}' is not on the Ollama server at {settings.ollama.base_url}: pull or "
-        "create it, or fix procos.model / TASK_TOPIC_DEFAULTS / OLLAMA_MODEL")
+        "create it, or fix procos.model / TASK_TOPIC_DEFAULTS / OLLAMA_MODEL (this task's model comes from "
+        "procos.model)")
     # The question is stored before the model is asked; no answer.
     assert [kind for (kind,) in _rows(db, pi)] == ["input"]
 
@@ -259,7 +261,9 @@ def test_an_unregistered_model_is_refused_when_the_setting_says_so(
     pi = engine_rest.start(key, {"who": "there"})
     run_worker(topic, registry={"allow_unregistered": False, "cache_s": 0})
     [incident] = engine_rest.wait_for(lambda: engine_rest.incidents(pi), timeout_s=120, what="an incident")
-    assert incident["incidentMessage"] == f"activity 'ask': model {alias_model} is not registered in procos_ai_models"
+    assert incident["incidentMessage"] == (
+        f"activity 'ask': model {alias_model} is not registered in procos_ai_models (this task's model comes "
+        "from procos.model)")
     assert _rows(db, pi) == []
 
 

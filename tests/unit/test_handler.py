@@ -12,7 +12,7 @@ from procos_testkit.memory_llm import ScriptedLlm
 from procos_testkit.memory_store import InMemoryModels, InMemoryStore
 from procos_worker.ai.registry import ModelRegistry
 from procos_worker.ai.taskconfig import TaskConfigs
-from procos_worker.errors import InputError, LlmBusy, StoreUnavailable, VariableTooLong
+from procos_worker.errors import InputError, LlmBusy, ModelNotFound, StoreUnavailable, VariableTooLong
 from procos_worker.flags import build_flags
 from procos_worker.gate import ServiceGate
 from procos_worker.handler import TaskHandler
@@ -70,6 +70,16 @@ def test_an_llm_error_leaves_the_input_row() -> None:
     llm.fail("chat", LlmBusy("503"))
     with pytest.raises(LlmBusy):
         handler(store, llm).handle(task(), threading.Event(), LOG)
+    assert "t-1" in store.inputs and "t-1" not in store.outputs
+
+
+def test_a_model_the_server_lacks_names_the_layer_that_set_it() -> None:
+    store, llm = InMemoryStore(), ScriptedLlm()
+    llm.fail("chat", ModelNotFound("model 'smollm2:135m' is not on the Ollama server", details="HTTP 404"))
+    with pytest.raises(ModelNotFound) as info:
+        handler(store, llm).handle(task(), threading.Event(), LOG)
+    assert info.value.message == ("model 'smollm2:135m' is not on the Ollama server "
+                                  "(this task's model comes from OLLAMA_MODEL)")
     assert "t-1" in store.inputs and "t-1" not in store.outputs
 
 

@@ -96,8 +96,21 @@ def test_templates_and_the_variables_a_task_needs() -> None:
 
 
 def test_the_model_registry_can_refuse_the_tasks_model() -> None:
-    with pytest.raises(ModelRefused, match="model off:1b is disabled in procos_ai_models"):
+    with pytest.raises(ModelRefused) as info:
         _configs().resolve(_task(**_props(procos_model="off:1b")))
+    assert info.value.message == ("model off:1b is disabled in procos_ai_models "
+                                  "(this task's model comes from procos.model)")
+
+
+def test_the_config_names_the_layer_that_set_its_model() -> None:
+    configs = _configs(topic_defaults={"summaries": {"procos.model": "off:1b"}})
+    assert configs.resolve(_task()).model_source == "OLLAMA_MODEL"
+    assert configs.resolve(_task(**_props(procos_model="smollm2:135m"))).model_source == "procos.model"
+    own_over_topic = configs.resolve(_task(topic="summaries", **_props(procos_model="smollm2:135m")))
+    assert own_over_topic.model_source == "procos.model"
+    with pytest.raises(ModelRefused) as info:
+        configs.resolve(_task(topic="summaries"))
+    assert info.value.message.endswith("(this task's model comes from TASK_TOPIC_DEFAULTS topic 'summaries')")
 
 
 @pytest.mark.parametrize(
