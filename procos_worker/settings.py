@@ -62,6 +62,7 @@ __all__ = [
     "default_worker_id",
     "env_var_names",
     "ollama_url",
+    "option_problem",
     "parse_age",
     "settings_error_text",
     "unknown_options",
@@ -136,6 +137,26 @@ def unknown_options(options: Mapping[str, Any], known: frozenset[str]) -> str | 
     return (f"unknown Ollama option{'' if one else 's'} {', '.join(hints)}: Ollama would ignore "
             f"{'it and keep its default' if one else 'them and keep its defaults'} (an option of a newer Ollama: "
             "add its name to OLLAMA_EXTRA_OPTION_NAMES)")
+
+
+class _OptionTypes(ollama.Options):
+    min_p: float | None = None  # read by Ollama 0.24's server, not declared by the client
+
+
+def option_problem(options: Mapping[str, Any], known: frozenset[str]) -> str | None:
+    """What is wrong with ``options``: a name not in ``known``, or a value of the wrong type for an option
+    Ollama 0.24 reads (``num_ctx`` must be an integer, ...); None if nothing is. Checked wherever options are
+    written (a task, a topic default, a model row, OLLAMA_OPTIONS): Ollama would answer every request
+    with a 500 for a wrong type."""
+    unknown = unknown_options(options, known)
+    if unknown:
+        return unknown
+    try:
+        _OptionTypes.model_validate(dict(options), strict=True)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return f"has an option of the wrong type: {problems}"
+    return None
 
 
 class CamundaSettings(BaseModel):
@@ -403,7 +424,7 @@ class OllamaSettings(BaseModel):
 
     @model_validator(mode="after")
     def _known_options(self) -> OllamaSettings:
-        problem = unknown_options(self.options, self.option_names)
+        problem = option_problem(self.options, self.option_names)
         if problem:
             raise ValueError(f"OLLAMA_OPTIONS: {problem}")
         return self

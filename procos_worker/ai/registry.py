@@ -28,7 +28,7 @@ import structlog
 
 from procos_worker.errors import ModelRefused, ProcosError
 from procos_worker.models import ModelRow
-from procos_worker.settings import OLLAMA_OPTION_NAMES, RegistrySettings, unknown_options
+from procos_worker.settings import OLLAMA_OPTION_NAMES, RegistrySettings, option_problem
 
 __all__ = ["ModelRegistry", "StatsRefresher", "canonical_model_name"]
 
@@ -76,7 +76,7 @@ class ModelRegistry:
         if not isinstance(options, dict):
             raise ModelRefused(f"model {model}: config_data.options in procos_ai_models is not a JSON object",
                                details=f"config_data of {model}: {dict(active[0].config_data)!r}")
-        problem = unknown_options(options, self._option_names)
+        problem = option_problem(options, self._option_names)
         if problem:
             raise ModelRefused(f"model {model}: config_data.options in procos_ai_models: {problem}",
                                details=f"config_data of {model}: {dict(active[0].config_data)!r}")

@@ -33,9 +33,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-import ollama
-import pydantic
-
 from procos_worker.ai.memory import NO_MEMORY, MemoryScope, parse_memory
 from procos_worker.ai.registry import ModelRegistry
 from procos_worker.ai.structured import (
@@ -48,7 +45,7 @@ from procos_worker.ai.template import PromptTemplate, compile_template
 from procos_worker.ai.window import OnOverflow, parse_on_overflow
 from procos_worker.errors import ModelNotFound, ModelRefused, TaskConfigError
 from procos_worker.models import Task
-from procos_worker.settings import OLLAMA_OPTION_NAMES, Settings, TaskSettings, ThinkLevel, unknown_options
+from procos_worker.settings import OLLAMA_OPTION_NAMES, Settings, TaskSettings, ThinkLevel, option_problem
 
 __all__ = ["KNOWN_PROPERTIES", "PROPERTY_PREFIX", "ResultScope", "TaskConfig", "TaskConfigs", "parse_properties"]
 
@@ -126,13 +123,6 @@ def _options(raw: Any) -> dict[str, Any]:
                              '{"temperature": 0.2, "num_predict": 256}') from exc
     if not isinstance(value, dict):
         raise ValueError(f"must be a JSON object of Ollama options, got {type(value).__name__}")
-    try:
-        # Type-checks the options the ollama client knows (num_ctx must be an integer, ...); the names are
-        # checked by parse_properties, against the settings' list.
-        ollama.Options.model_validate(value, strict=True)
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"has an option of the wrong type: {problems}") from exc
     return value
 
 
@@ -202,17 +192,29 @@ def parse_properties(properties: Mapping[str, Any], where: str, *,
             continue
         parser = _PARSERS.get(name)
         if parser is None:
-            close = difflib.get_close_matches(name, _PARSERS, n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise TaskConfigError(f"{where}: unknown property {name}; {hint}known: {', '.join(sorted(_PARSERS))}")
+            raise TaskConfigError(f"{where}: unknown property {name}; {_hint(name, option_names)}known: "
+                                  f"{', '.join(sorted(_PARSERS))}")
         try:
             parsed[name] = parser(raw)
         except ValueError as exc:
             raise TaskConfigError(f"{where}, property {name}: {exc}") from exc
-    problem = unknown_options(parsed.get("procos.options", {}), option_names)
+    problem = option_problem(parsed.get("procos.options", {}), option_names)
     if problem:
         raise TaskConfigError(f"{where}, property procos.options: {problem}")
     return parsed
+
+
+def _hint(name: str, option_names: frozenset[str]) -> str:
+    """A property this unknown name may have meant, or the Ollama option it looks like."""
+    # Compared without the shared prefix, which would make any name look close to any other.
+    bare = name.removeprefix(PROPERTY_PREFIX)
+    close = difflib.get_close_matches(bare, [known.removeprefix(PROPERTY_PREFIX) for known in _PARSERS], n=1)
+    if close:
+        return f"did you mean {PROPERTY_PREFIX}{close[0]}? "
+    option = difflib.get_close_matches(bare, option_names, n=1)
+    if option:
+        return f'Ollama options go in procos.options, e.g. {{"{option[0]}": ...}}; '
+    return ""
 
 
 class TaskConfigs:

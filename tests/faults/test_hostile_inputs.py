@@ -84,6 +84,8 @@ CASES: dict[str, Case] = {
     "unknown-model": Case(lambda: {"query": "hello"}, "incident", "(this task's model comes from OLLAMA_MODEL)",
                           ollama="real",
                           settings={"ollama": {"model": "nope:1b"}}),
+    # OLLAMA_OPTIONS of the wrong type stop the worker at start; set past that check (model_copy), the case shows
+    # what an option Ollama itself refuses gives (a newer server typing an option differently).
     "invalid-ollama-options": Case(lambda: {"query": "hello"}, "incident", "OLLAMA_OPTIONS", ollama="real",
                                    settings={"ollama": {"options": {"num_predict": "abc"}}}),
     "ollama-503-on-every-try": Case(lambda: {"query": "hello [[fake:status=503]]"}, "retry", "busy"),

@@ -254,6 +254,21 @@ def test_a_model_the_ollama_server_does_not_have_is_an_incident_naming_activity_
     assert [kind for (kind,) in _rows(db, pi)] == ["input"]
 
 
+def test_a_model_row_with_an_option_of_the_wrong_type_is_an_incident_before_ollama_is_asked(
+    engine_rest: EngineRest, run_worker: Callable[..., Any], register: Callable[..., None], alias_model: str,
+    db: psycopg.Connection[Any],
+) -> None:
+    register(alias_model, options={"num_ctx": "big"})
+    topic, key = _deploy(engine_rest, [("ask", {"procos.prompt": "Hello {{ who }}"})])
+    pi = engine_rest.start(key, {"who": "world"})
+    run_worker(topic, ollama={"model": alias_model}, registry={"cache_s": 0})
+    [incident] = engine_rest.wait_for(lambda: engine_rest.incidents(pi), timeout_s=120, what="an incident")
+    assert incident["incidentMessage"] == (
+        f"activity 'ask': model {alias_model}: config_data.options in procos_ai_models: has an option of the wrong "
+        "type: num_ctx: Input should be a valid integer (this task's model comes from OLLAMA_MODEL)")
+    assert _rows(db, pi) == [], "nothing stored, Ollama not asked"
+
+
 def test_an_unregistered_model_is_refused_when_the_setting_says_so(
     engine_rest: EngineRest, run_worker: Callable[..., Any], alias_model: str, db: psycopg.Connection[Any],
 ) -> None:

@@ -92,6 +92,14 @@ def test_an_option_name_ollama_does_not_know_is_refused_unless_it_is_an_extra_na
     assert extra.options_for("m:1b") == {"num_ctx": 2048, "num_ctxx": 4096}
 
 
+def test_an_option_of_the_wrong_type_is_refused_before_ollama_is_asked() -> None:
+    with pytest.raises(ModelRefused) as info:
+        _registry(Table(_row("m:1b", options={"num_ctx": "big", "temperature": 0.2}))).options_for("m:1b")
+    assert info.value.message == ("model m:1b: config_data.options in procos_ai_models: has an option of the "
+                                  "wrong type: num_ctx: Input should be a valid integer")
+    assert "'num_ctx': 'big'" in info.value.details
+
+
 def test_the_table_is_read_once_per_cache_period() -> None:
     now = [100.0]
     table = Table(_row("m:1b", options={"seed": 1}))

@@ -67,6 +67,9 @@ def test_worker_ids_are_unique_per_settings_object() -> None:
         ("OLLAMA_OPTIONS", "not json", "JSON"),
         ("OLLAMA_OPTIONS", '{"temprature": 0.1}',
          "OLLAMA_OPTIONS: unknown Ollama option 'temprature' (did you mean 'temperature'?)"),
+        ("OLLAMA_OPTIONS", '{"num_predict": "abc"}',
+         "OLLAMA_OPTIONS: has an option of the wrong type: num_predict: Input should be a valid integer"),
+        ("OLLAMA_OPTIONS", '{"min_p": "low"}', "OLLAMA_OPTIONS: has an option of the wrong type: min_p:"),
         ("CAMUNDA_USERNAME", "demo", "must be set together"),
     ],
 )

@@ -121,6 +121,7 @@ def test_the_config_names_the_layer_that_set_its_model() -> None:
         ({"procos.options": "{temperature: 0}"}, "property procos.options: is not valid JSON"),
         ({"procos.options": "[1, 2]"}, "property procos.options: must be a JSON object of Ollama options"),
         ({"procos.options": '{"num_ctx": "big"}'}, "property procos.options: has an option of the wrong type: num_ctx"),
+        ({"procos.options": '{"min_p": "low"}'}, "property procos.options: has an option of the wrong type: min_p"),
         ({"procos.options": '{"temprature": 0}'},
          "property procos.options: unknown Ollama option 'temprature' (did you mean 'temperature'?): Ollama would "
          "ignore it and keep its default"),
