@@ -9,7 +9,7 @@ Suite-only helpers are modules of the ``tests`` package (``tests.faults.faultkit
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,9 +179,26 @@ def pg_proxy() -> Iterator[TcpProxy]:
 # -- workers as subprocesses -------------------------------------------------------------------------
 
 
+_FAILED = pytest.StashKey[bool]()
+_LOG_LINES_ON_FAILURE = 80
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None],
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Remember a failed test body, for fixtures that add what they saw to its report (``spawn``)."""
+    report: pytest.TestReport = yield
+    if report.when == "call" and report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
 @pytest.fixture()
-def spawn(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``procos-worker run`` subprocesses: ``spawn(topic, ENV=value, ...)``; killed at teardown."""
+def spawn(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``procos-worker run`` subprocesses: ``spawn(topic, ENV=value, ...)``; killed at teardown. When
+    the test failed, each worker's last log lines go to the report (its subprocess's output is not
+    captured otherwise)."""
     started: list[WorkerProcess] = []
 
     def start(topic: str, **env: str) -> WorkerProcess:
@@ -194,3 +211,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     for process in started:
         if process.alive:
             process.kill()
+    if request.node.stash.get(_FAILED, False):
+        for process in started:
+            print(f"--- {process.name}: last {_LOG_LINES_ON_FAILURE} log lines ---")
+            print("\n".join(process.raw[-_LOG_LINES_ON_FAILURE:]))
