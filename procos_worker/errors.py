@@ -35,8 +35,10 @@
     │   │   │                      timeout (with several endpoints: every endpoint that could serve)
     │   │   └── LlmAuthFailed      Ollama (an authenticating proxy in front) refuses the credentials
     │   └── StoreUnavailable       PostgreSQL can't be reached
-    ├── PurgeStopped               retention gave up before the end (a row lock held too long, an
-    │                              engine without history): what was deleted stays deleted, run again
+    ├── PurgeStopped               -> stop: retention gave up before the end (a row lock held too long,
+    │                              an engine without history): what was deleted stays deleted; the
+    │                              purge command exits 1, the scheduled purge logs it and runs again
+    │                              at its next time
     └── EngineError                raised only by the engine client (``engine.client``)
         ├── EngineUnavailable      -> retry: the poll loop backs off; a report is tried again until
         │                          it lands; an extension next tick (refused or timed-out

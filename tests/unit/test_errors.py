@@ -130,6 +130,7 @@ def test_only_handler_errors_go_through_outcome_for() -> None:
     worker (tests/unit/test_worker.py) and the heartbeat (tests/unit/test_heartbeat.py)."""
     assert set(OUTCOMES) - {c.__name__ for c in TASK_ERRORS} == {
         "RunCancelled", "ServiceUnavailable", "LlmUnavailable", "LlmAuthFailed", "StoreUnavailable",
-        "EngineUnavailable", "EngineRefused", "EngineRejected", "EngineAuthFailed", "LockExpired", "LockLost"}
+        "EngineUnavailable", "EngineRefused", "EngineRejected", "EngineAuthFailed", "LockExpired", "LockLost",
+        "PurgeStopped"}
     with pytest.raises(TypeError):
         outcome_for(errors.TaskError("neither input, transient nor permanent"), TASK, SETTINGS)
