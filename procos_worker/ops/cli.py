@@ -15,7 +15,7 @@ import structlog
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from procos_worker.errors import EngineError, ProcosError, TaskConfigError
+from procos_worker.errors import ProcosError, TaskConfigError
 from procos_worker.health import check_records
 from procos_worker.ops import context_cli, purge_cli
 from procos_worker.ops.logs import configure_logging
@@ -25,8 +25,7 @@ from procos_worker.store.context import ContextStore
 __all__ = ["main"]
 
 _HEALTH_TIMEOUT_S = 10.0
-# `check` exit codes: which dependency failed.
-EXIT_CONFIG, EXIT_CAMUNDA, EXIT_POSTGRES, EXIT_OLLAMA, EXIT_MODEL, EXIT_SCHEMA = 2, 3, 4, 5, 6, 7
+EXIT_CONFIG, EXIT_POSTGRES = 2, 4  # as `check` (ops.check_cli) numbers them
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "lacks (idempotent)")
     init.add_argument("--file", type=Path, help="build a fresh database from this SQL file instead of the bundled "
                                                 "init-db.sql")
-    sub.add_parser("check", help="reach Camunda, PostgreSQL and Ollama; check the model is present")
+    sub.add_parser("check", help="reach Camunda, PostgreSQL and Ollama; check the schema, the model registry and "
+                                 "that the model is present")
     health = sub.add_parser("health", help="exit 0 while the running worker is live: asks its /healthz "
                                            "(the health file when OPS_HTTP_PORT is 0)")
     health.add_argument("--ready", action="store_true", help="ask /readyz instead: dependencies up, schema current, "
@@ -93,54 +93,9 @@ def _init_db(settings: Settings, path: Path | None) -> int:
 
 
 def _check(settings: Settings) -> int:
-    """One line per dependency; the exit code names the first that failed."""
-    from procos_worker.engine.client import EngineClient  # noqa: PLC0415 - see _run
+    from procos_worker.ops.check_cli import check  # noqa: PLC0415 - see _run
 
-    results: list[tuple[str, int, str]] = []
-    engine = EngineClient(settings.camunda, settings.worker.id, async_response_timeout_ms=0, pool_size=1)
-    try:
-        results.append(("camunda", 0, f"ok: engines {engine.engine_name()} at {settings.camunda.base_url}"))
-    except EngineError as exc:
-        results.append(("camunda", EXIT_CAMUNDA, f"FAILED: {exc}"))
-    finally:
-        engine.close()
-
-    with ContextStore(settings.database) as store:
-        try:
-            status = store.schema_status()
-            code = 0 if status.current else EXIT_SCHEMA
-            results.append(("postgresql", code, ("ok: " if code == 0 else "FAILED: ") + status.describe()))
-        except ProcosError as exc:
-            results.append(("postgresql", EXIT_POSTGRES, f"FAILED: {exc}"))
-
-    results += _check_ollama(settings)
-
-    for name, _code, message in results:
-        print(f"{name:<11} {message}")
-    return next((code for _name, code, _msg in results if code), 0)
-
-
-def _check_ollama(settings: Settings) -> list[tuple[str, int, str]]:
-    """One line per Ollama endpoint: reachable (probe timeouts) and serving OLLAMA_MODEL."""
-    from procos_worker.ai.endpoints import full_model_name  # noqa: PLC0415 - see _run
-    from procos_worker.ai.llm import LlmClient  # noqa: PLC0415
-
-    endpoints = settings.ollama.endpoints
-    wanted = full_model_name(settings.ollama.model)
-    results: list[tuple[str, int, str]] = []
-    for n, url in enumerate(endpoints, start=1):
-        label = "ollama" if len(endpoints) == 1 else f"ollama[{n}]"
-        try:
-            models = LlmClient(settings.ollama, url).ping()
-        except ProcosError as exc:
-            results.append((label, EXIT_OLLAMA, f"FAILED: {exc}"))
-            continue
-        if wanted in {full_model_name(m) for m in models}:
-            results.append((label, 0, f"ok: model {settings.ollama.model} present at {url}"))
-        else:
-            results.append((label, EXIT_MODEL, f"FAILED: model {settings.ollama.model} not on {url} "
-                                               f"(has: {', '.join(models) or 'none'})"))
-    return results
+    return check(settings)
 
 
 def _health(settings: Settings, ready: bool) -> int:
