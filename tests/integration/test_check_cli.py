@@ -96,3 +96,12 @@ def test_the_registry_is_not_read_when_postgresql_failed(settings: Settings, tmp
     code, lines = _check(tmp_path, url, DATABASE_CONNECT_TIMEOUT_S="2")
     assert code == 4, lines
     assert lines["registry"] == "skipped: PostgreSQL failed"
+
+
+def test_several_endpoints_get_a_line_each(database: str, settings: Settings, tmp_path: Path) -> None:
+    down = f"http://127.0.0.1:{_free_port()}"
+    code, lines = _check(tmp_path, database, OLLAMA_BASE_URLS=f"{settings.ollama.base_url},{down}")
+    assert code == 5, lines
+    assert lines["ollama[1]"] == f"ok: model {settings.ollama.model} present at {settings.ollama.base_url}"
+    assert lines["ollama[2]"].startswith(f"FAILED: Ollama at {down}"), lines["ollama[2]"]
+    assert "ollama" not in lines
