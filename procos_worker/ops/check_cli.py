@@ -78,8 +78,8 @@ def _registry(settings: Settings, store: ContextStore) -> Line:
             problems.append(f"{exc.message} (set by {source})" if source else exc.message)
     if problems:
         return "registry", EXIT_REGISTRY, "FAILED: " + "; ".join(problems)
-    return ("registry", 0,
-            f"ok: OLLAMA_MODEL {settings.ollama.model} allowed; the options of {len(active)} active models valid")
+    models = f"{len(active)} active model" + ("" if len(active) == 1 else "s")
+    return "registry", 0, f"ok: OLLAMA_MODEL {settings.ollama.model} allowed; the options of {models} are valid"
 
 
 def _models_named(settings: Settings) -> dict[str, str]:

@@ -53,7 +53,7 @@ def test_every_dependency_ok_is_exit_0(database: str, settings: Settings, tmp_pa
     assert lines["postgresql"].startswith("ok: schema current")
     # The shipped rows: smollm2:135m and llama3.2:1b.
     assert lines["registry"] == f"ok: OLLAMA_MODEL {settings.ollama.model} allowed; the options of 2 active " \
-                                "models valid"
+                                "models are valid"
     assert lines["ollama"] == f"ok: model {settings.ollama.model} present at {settings.ollama.base_url}"
 
 
