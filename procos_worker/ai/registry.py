@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -38,6 +39,15 @@ def canonical_model_name(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """One read of procos_ai_models: the rows by model name (newest first), and what is wrong with the
+    options of each model whose newest active row has options Ollama would refuse."""
+
+    rows: dict[str, list[ModelRow]]
+    problems: dict[str, str]
+
+
 class ModelRegistry:
     """Which models may be used, and their default options (a cached read of procos_ai_models)."""
 
@@ -50,12 +60,14 @@ class ModelRegistry:
         self._load = load
         self._clock = clock
         self._lock = threading.Lock()
-        self._rows: dict[str, list[ModelRow]] | None = None
+        self._table: _Table | None = None
         self._loaded_at = 0.0
 
     def options_for(self, model: str) -> Mapping[str, Any]:
         """The model's default options; ``ModelRefused`` if the registry does not allow it."""
-        rows = self._snapshot().get(canonical_model_name(model), [])
+        table = self._snapshot()
+        name = canonical_model_name(model)
+        rows = table.rows.get(name, [])
         if not rows:
             if self._settings.allow_unregistered:
                 return {}
@@ -72,31 +84,42 @@ class ModelRegistry:
                         f"(UPDATE procos_ai_models SET is_active = true WHERE model_name = '{model}') "
                         "or choose another model (procos.model, TASK_TOPIC_DEFAULTS, OLLAMA_MODEL)",
             )
-        options = active[0].config_data.get("options") or {}
-        if not isinstance(options, dict):
-            raise ModelRefused(f"model {model}: config_data.options in procos_ai_models is not a JSON object",
-                               details=f"config_data of {model}: {dict(active[0].config_data)!r}")
-        problem = option_problem(options, self._option_names)
+        problem = table.problems.get(name)
         if problem:
-            raise ModelRefused(f"model {model}: config_data.options in procos_ai_models: {problem}",
+            raise ModelRefused(f"model {model}: {problem}",
                                details=f"config_data of {model}: {dict(active[0].config_data)!r}")
+        options: Mapping[str, Any] = active[0].config_data.get("options") or {}
         return options
 
     def chars_per_token(self, model: str) -> float | None:
         """The model's measured characters per prompt token (``performance_stats``), if it has one."""
-        rows = [row for row in self._snapshot().get(canonical_model_name(model), []) if row.active]
+        rows = [row for row in self._snapshot().rows.get(canonical_model_name(model), []) if row.active]
         return rows[0].chars_per_token if rows else None
 
-    def _snapshot(self) -> dict[str, list[ModelRow]]:
+    def _snapshot(self) -> _Table:
         # One reader at a time: tasks arriving together share one read instead of each making their own.
         with self._lock:
             now = self._clock()
-            if self._rows is None or now - self._loaded_at >= self._settings.cache_s:
+            if self._table is None or now - self._loaded_at >= self._settings.cache_s:
                 by_name: dict[str, list[ModelRow]] = {}
                 for row in self._load():  # newest first (store.registry orders them)
                     by_name.setdefault(canonical_model_name(row.name), []).append(row)
-                self._rows, self._loaded_at = by_name, now
-            return self._rows
+                # Checked once per read of the table, not per task.
+                problems = {name: problem for name, rows in by_name.items()
+                            if (problem := self._options_problem(rows))}
+                self._table, self._loaded_at = _Table(by_name, problems), now
+            return self._table
+
+    def _options_problem(self, rows: list[ModelRow]) -> str | None:
+        """What is wrong with the options of the newest active row, if any."""
+        active = [row for row in rows if row.active]
+        if not active:
+            return None
+        options = active[0].config_data.get("options") or {}
+        if not isinstance(options, dict):
+            return "config_data.options in procos_ai_models is not a JSON object"
+        problem = option_problem(options, self._option_names)
+        return None if problem is None else f"config_data.options in procos_ai_models: {problem}"
 
 
 class StatsRefresher:

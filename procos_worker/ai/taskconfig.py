@@ -253,7 +253,11 @@ class TaskConfigs:
 
     def topic_variables(self, topic: str) -> frozenset[str]:
         """The variables a task of ``topic`` reads when it sets no property of its own."""
-        return self._spec(topic, f"topic '{topic}'", ()).variables_needed(self._settings.task)
+        return self.topic_config(topic).variables_needed(self._settings.task)
+
+    def topic_config(self, topic: str) -> TaskConfig:
+        """The settings of a task of ``topic`` that sets no property of its own, without the registry."""
+        return self._spec(topic, f"topic '{topic}'", ())
 
     def _spec_of(self, task: Task) -> TaskConfig:
         ours = tuple(sorted((k, v) for k, v in task.extension_properties.items() if k.startswith(PROPERTY_PREFIX)))

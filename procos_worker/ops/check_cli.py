@@ -11,7 +11,7 @@ from __future__ import annotations
 from procos_worker.ai.endpoints import full_model_name
 from procos_worker.ai.llm import LlmClient
 from procos_worker.ai.registry import ModelRegistry, canonical_model_name
-from procos_worker.ai.taskconfig import parse_properties
+from procos_worker.ai.taskconfig import TaskConfigs
 from procos_worker.engine.client import EngineClient
 from procos_worker.errors import EngineError, ModelRefused, ProcosError, TaskConfigError
 from procos_worker.settings import Settings
@@ -63,12 +63,12 @@ def _registry(settings: Settings, store: ContextStore) -> Line:
     """Every model the settings name is allowed, and every active row's options would be sent."""
     try:
         rows = ModelTable(store, settings.ollama.provider).load()
-        named = _models_named(settings)
+        registry = ModelRegistry(settings.registry, lambda: rows, option_names=settings.ollama.option_names)
+        named = _models_named(settings, TaskConfigs(settings, registry))
     except TaskConfigError as exc:
         return "registry", _EXIT_CONFIG, f"FAILED: {exc.message}"
     except ProcosError as exc:
         return "registry", EXIT_POSTGRES, f"FAILED: {exc}"
-    registry = ModelRegistry(settings.registry, lambda: rows, option_names=settings.ollama.option_names)
     active = list(dict.fromkeys(canonical_model_name(row.name) for row in rows if row.active))
     problems: list[str] = []
     for model, source in [*named.items(), *((name, "") for name in active if name not in named)]:
@@ -82,14 +82,12 @@ def _registry(settings: Settings, store: ContextStore) -> Line:
     return "registry", 0, f"ok: OLLAMA_MODEL {settings.ollama.model} allowed; the options of {models} are valid"
 
 
-def _models_named(settings: Settings) -> dict[str, str]:
-    """The models the settings name (canonical name -> the setting), ``OLLAMA_MODEL`` first."""
+def _models_named(settings: Settings, configs: TaskConfigs) -> dict[str, str]:
+    """The models the settings name (canonical name -> the layer that set it), ``OLLAMA_MODEL`` first."""
     named = {canonical_model_name(settings.ollama.model): "OLLAMA_MODEL"}
-    for topic, values in settings.task.topic_defaults.items():
-        where = f"TASK_TOPIC_DEFAULTS topic '{topic}'"
-        model = parse_properties(values, where, option_names=settings.ollama.option_names).get("procos.model")
-        if model:
-            named.setdefault(canonical_model_name(model), where)
+    for topic in settings.task.topic_defaults:
+        config = configs.topic_config(topic)
+        named.setdefault(canonical_model_name(config.model), config.model_source)
     return named
 
 
